@@ -1,0 +1,138 @@
+# geogate — one Makefile for build, tests, fuzzing, benchmarks and the demo.
+#
+#   make            build bin/geogate, bin/geogate-bench (installs missing Debian packages first)
+#   make test       unit + integration tests, then the same again under ASan+UBSan, then a short fuzz
+#   make demo       start a working site on loopback (two memcached + geogate)
+#   make bench      side-by-side benchmark: memcached direct, nutcracker, geogate
+#   make fuzz       libFuzzer on the request parser for FUZZ_TIME seconds
+
+CC        ?= cc
+BUILD     ?= build
+BIN       ?= bin
+SAN       ?=
+FUZZ_TIME ?= 20
+PYTHON    := /usr/bin/python3
+
+DEB_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev \
+	libprotobuf-c-dev protobuf-c-compiler libyaml-dev libcmocka-dev libsystemd-dev \
+	memcached nutcracker libmemcached-tools python3 python3-pymemcache python3-memcache \
+	python3-grpcio python3-grpc-tools haproxy prometheus clang libclang-rt-14-dev \
+	openssl iproute2 procps
+
+PKGS      := libevent libevent_pthreads yaml-0.1
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -D_GNU_SOURCE \
+	-I. $(PKG_CFLAGS)
+LDLIBS  += $(PKG_LIBS) -lm -pthread
+
+ifeq ($(SAN),1)
+CFLAGS  += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+# Everything but the programs' main files goes into one static library that
+# the daemon, the tools and the unit tests link against.
+MAIN_SRC := gateway/main.c
+LIB_SRC  := $(sort $(wildcard ring/*.c) $(filter-out $(MAIN_SRC),$(wildcard gateway/*.c)))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libgeogate.a
+BENCH_SRC := $(wildcard tests/tools/bench/*.c)
+
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+PROGRAMS := $(BIN)/geogate $(if $(BENCH_SRC),$(BIN)/geogate-bench)
+
+DEPS_STAMP := build/.deps-installed
+
+.PHONY: all deps test unit integration sanitize fuzz bench demo clean format
+.DEFAULT_GOAL := all
+
+all: $(DEPS_STAMP)
+	@$(MAKE) --no-print-directory programs
+
+programs: $(PROGRAMS)
+
+# Install whatever Debian packages are missing (CI runs as root on a fresh machine).
+deps $(DEPS_STAMP): Makefile
+	@missing=""; for p in $(DEB_PKGS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing \
+	        </dev/null || exit 1; \
+	fi
+	@mkdir -p build && touch $(DEPS_STAMP)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN)/geogate: $(BUILD)/gateway/main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/geogate-bench: $(BENCH_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+unit: $(DEPS_STAMP) $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; (cd tests/unit && timeout 120 ../../$$t); done
+
+integration: all
+	GEOGATE_BIN=$(abspath $(BIN)) timeout 1500 $(PYTHON) tests/integration/run.py
+
+# The whole suite again with AddressSanitizer + UndefinedBehaviorSanitizer.
+sanitize: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory SAN=1 BUILD=build/san BIN=build/san/bin programs unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	GEOGATE_BIN=$(abspath build/san/bin) GEOGATE_SANITIZED=1 \
+	    timeout 1500 $(PYTHON) tests/integration/run.py
+
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I. $(PKG_CFLAGS)
+
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(DEPS_STAMP)
+	@mkdir -p build/fuzz
+	clang $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
+
+fuzz: $(FUZZ_TARGETS)
+	@set -e; for f in $(FUZZ_TARGETS); do \
+	    name=$$(basename $$f); mkdir -p build/fuzz/corpus-$$name; \
+	    echo "== $$name for $(FUZZ_TIME)s"; \
+	    $$f -max_total_time=$(FUZZ_TIME) -timeout=5 -rss_limit_mb=2048 \
+	        build/fuzz/corpus-$$name tests/fuzz/seeds/$$name 2>&1 | tail -4; done
+
+test: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory sanitize
+	$(MAKE) --no-print-directory fuzz FUZZ_TIME=15
+
+bench: all
+	$(PYTHON) tests/bench/run_bench.py --out docs/BENCHMARKS.md
+
+demo: all
+	$(PYTHON) deploy/demo.py
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build bin
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d
