@@ -1,0 +1,289 @@
+/*
+ * backend — see backend.h.
+ *
+ *   gw_backend_send ──> output evbuffer (no syscall yet) ──EV_WRITE, once per loop──> node
+ *   node ──> be_read_cb: line or VALUE block ──> head frag of `pending` ──> req.c
+ *
+ * Replies come back in the order requests were written, so the head of `pending` is
+ * always the frag being answered.  A VALUE data block is moved chain by chain into
+ * its destination as it arrives, however large it is.
+ */
+#include "gateway/backend.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/req.h"
+
+/* A reply line longer than this means we are out of sync with the node. */
+#define GW_BE_MAX_LINE 4096
+
+static void be_fail(struct gw_backend *be, const char *why, bool count_failure);
+
+struct gw_backend *gw_backend_create(struct gw_worker *w, struct gw_pool *pool,
+                                     struct gw_node *node, uint32_t slot)
+{
+    struct gw_backend *be = calloc(1, sizeof(*be));
+
+    if (be == NULL) {
+        return NULL;
+    }
+    be->w = w;
+    be->pool = pool;
+    be->node = node;
+    be->slot = slot;
+    be->state = GW_BE_IDLE;
+    TAILQ_INIT(&be->pending);
+    return be;
+}
+
+void gw_backend_destroy(struct gw_backend *be)
+{
+    if (be == NULL) {
+        return;
+    }
+    be_fail(be, "closed", false);
+    free(be);
+}
+
+static void be_read_cb(struct bufferevent *bev, void *arg);
+
+static void be_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct gw_backend *be = arg;
+    int fd;
+    int one = 1;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        be->state = GW_BE_CONNECTED;
+        be->last_progress_ms = gw_now_ms();
+        fd = bufferevent_getfd(bev);
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1) {
+            log_debug("TCP_NODELAY on node %s: failed", be->node->label);
+        }
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* An idle connection closed by the node (restart, idle timeout) is not a
+         * failure; one that drops requests is. */
+        be_fail(be, "connection closed by node", be->npending > 0 || be->state != GW_BE_CONNECTED);
+        return;
+    }
+    if (what & BEV_EVENT_ERROR) {
+        be_fail(be, be->state == GW_BE_CONNECTING ? "connect failed" : "connection error", true);
+    }
+}
+
+static void be_connect(struct gw_backend *be)
+{
+    struct bufferevent *bev;
+
+    bev = bufferevent_socket_new(be->w->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        log_error("out of memory connecting to node %s", be->node->label);
+        be->state = GW_BE_CONNECTING;
+        be->connect_started_ms = 0; /* the next tick fails it */
+        return;
+    }
+    be->bev = bev;
+    be->state = GW_BE_CONNECTING;
+    be->connect_started_ms = gw_now_ms();
+    be->in_data = false;
+    bufferevent_setcb(bev, be_read_cb, NULL, be_event_cb, be);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    if (bufferevent_socket_connect(bev, (struct sockaddr *)&be->node->addr,
+                                   (int)be->node->addrlen) < 0) {
+        /* Reported from the tick, never from inside the caller's stack. */
+        be->connect_started_ms = 0;
+    }
+}
+
+void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
+                     struct evbuffer *data, size_t ndata)
+{
+    struct evbuffer *out;
+
+    if (be->bev == NULL) {
+        be_connect(be);
+    }
+    frag->be = be;
+    if (TAILQ_EMPTY(&be->pending)) {
+        be->last_progress_ms = gw_now_ms();
+    }
+    TAILQ_INSERT_TAIL(&be->pending, frag, link);
+    be->npending++;
+    STAT_INCR(&be->w->stats, backend_requests);
+    if (be->bev == NULL) {
+        return; /* the tick will fail it */
+    }
+    out = bufferevent_get_output(be->bev);
+    evbuffer_add(out, line, len);
+    if (data != NULL && ndata > 0) {
+        evbuffer_remove_buffer(data, out, ndata);
+    }
+}
+
+void gw_backend_probe(struct gw_backend *be)
+{
+    static const char version[] = "version\r\n";
+
+    memset(&be->probe, 0, sizeof(be->probe));
+    be->probing = true;
+    gw_backend_send(be, &be->probe, version, sizeof(version) - 1, NULL, 0);
+}
+
+/*
+ * Fail the connection: close it, fail every pending frag with the node's error and,
+ * when count_failure, count one consecutive failure against the node.  Safe to call
+ * from this backend's own callbacks: libevent holds a reference to the bufferevent
+ * while its callback runs, and be->bev is cleared first so callers can tell.
+ */
+static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
+{
+    struct bufferevent *bev = be->bev;
+    struct gw_frag *f;
+    int64_t now = gw_now_ms();
+
+    be->bev = NULL;
+    be->state = GW_BE_IDLE;
+    be->in_data = false;
+    be->dst = NULL;
+    if (bev != NULL) {
+        bufferevent_free(bev);
+    }
+    if (be->npending > 0 || count_failure) {
+        log_debug("node %s: %s (%u requests pending)", be->node->label, why, be->npending);
+    }
+    if (count_failure) {
+        STAT_INCR(&be->w->stats, backend_failures);
+        gw_node_failure(be->pool, be->node, now);
+    }
+    while ((f = TAILQ_FIRST(&be->pending)) != NULL) {
+        TAILQ_REMOVE(&be->pending, f, link);
+        be->npending--;
+        if (f == &be->probe) {
+            be->probing = false;
+            gw_node_probe_done(be->pool, be->node, false, now);
+            continue;
+        }
+        gw_req_frag_fail(f, be->node->err_io);
+    }
+}
+
+void gw_backend_tick(struct gw_backend *be, int64_t now_ms)
+{
+    struct gw_pool *pool = be->pool;
+
+    if (be->state == GW_BE_CONNECTING &&
+        now_ms - be->connect_started_ms > (int64_t)pool->connect_timeout_ms) {
+        STAT_INCR(&be->w->stats, backend_timeouts);
+        be_fail(be, "connect timed out", true);
+        return;
+    }
+    if (be->npending > 0 && now_ms - be->last_progress_ms > (int64_t)pool->timeout_ms) {
+        STAT_INCR(&be->w->stats, backend_timeouts);
+        be_fail(be, "request timed out", true);
+    }
+}
+
+static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const char *line,
+                           size_t len, size_t consumed)
+{
+    bool ok = len >= 8 && memcmp(line, "VERSION ", 8) == 0;
+
+    TAILQ_REMOVE(&be->pending, &be->probe, link);
+    be->npending--;
+    be->probing = false;
+    evbuffer_drain(in, consumed);
+    gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
+}
+
+static void be_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct gw_backend *be = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    be->last_progress_ms = gw_now_ms();
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        struct gw_frag *frag;
+        struct evbuffer_ptr eol;
+        size_t eol_len = 0;
+        size_t len;
+        const char *line;
+
+        if (avail == 0) {
+            return;
+        }
+        if (be->in_data) {
+            size_t n = avail < be->data_left ? avail : be->data_left;
+            if (be->dst != NULL) {
+                evbuffer_remove_buffer(in, be->dst, n);
+            } else {
+                evbuffer_drain(in, n);
+            }
+            be->data_left -= (uint32_t)n;
+            if (be->data_left > 0) {
+                return;
+            }
+            be->in_data = false;
+            continue;
+        }
+        frag = TAILQ_FIRST(&be->pending);
+        if (frag == NULL) {
+            log_warn("node %s sent %zu bytes nobody asked for", be->node->label, avail);
+            be_fail(be, "unexpected data", true);
+            return;
+        }
+        eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
+        if (eol.pos < 0) {
+            if (avail > GW_BE_MAX_LINE) {
+                log_warn("node %s: reply line too long; closing", be->node->label);
+                be_fail(be, "protocol error", true);
+            }
+            return;
+        }
+        len = (size_t)eol.pos;
+        line = (const char *)evbuffer_pullup(in, (ssize_t)(len + 2));
+        if (frag == &be->probe) {
+            be_probe_reply(be, in, line, len, len + 2);
+            continue;
+        }
+        if (mc_cmd_is_retrieval(frag->req->cmd) && len >= 6 && memcmp(line, "VALUE ", 6) == 0) {
+            struct mc_reply r;
+            struct evbuffer *dst;
+
+            mc_reply_parse(line, len, &r);
+            if (r.kind != MC_REPLY_VALUE) {
+                log_warn("node %s: malformed VALUE line; closing", be->node->label);
+                be_fail(be, "protocol error", true);
+                return;
+            }
+            dst = gw_req_value_dst(frag, r.key, r.nkey);
+            if (dst != NULL) {
+                evbuffer_remove_buffer(in, dst, len + 2);
+            } else {
+                evbuffer_drain(in, len + 2);
+            }
+            be->in_data = true;
+            be->data_left = r.bytes + 2;
+            be->dst = dst;
+            continue;
+        }
+        TAILQ_REMOVE(&be->pending, frag, link);
+        be->npending--;
+        gw_node_success(be->node);
+        gw_req_frag_line(frag, in, line, len, len + 2);
+        if (be->bev != bev) {
+            return; /* failed (or reloaded away) while the reply was handled */
+        }
+    }
+}

@@ -1,0 +1,38 @@
+/*
+ * backend — one worker's connection to one memcached node: connect, queue frags,
+ * write them batched (everything queued in one loop iteration leaves in one write),
+ * parse replies in order and hand each to its frag, detect timeouts and failures,
+ * probe down nodes.  Runs on its worker's event loop only.  It does not decide
+ * routing and does not build client replies (req.c does).
+ */
+#ifndef GEOGATE_BACKEND_H
+#define GEOGATE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/types.h"
+
+/* Create an unconnected backend (it connects on first use).  Returns NULL if out
+ * of memory. */
+struct gw_backend *gw_backend_create(struct gw_worker *w, struct gw_pool *pool,
+                                     struct gw_node *node, uint32_t slot);
+
+/* Fail whatever is pending with the node's error, close, free. */
+void gw_backend_destroy(struct gw_backend *be);
+
+/*
+ * Queue frag and send line (copied) followed by ndata bytes moved out of data
+ * (data may be NULL).  The reply will come back through req.c.  Never fails
+ * synchronously: connection problems surface as the frag failing later.
+ */
+void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
+                     struct evbuffer *data, size_t ndata);
+
+/* Timeouts and retirement; called by the worker's tick. */
+void gw_backend_tick(struct gw_backend *be, int64_t now_ms);
+
+/* Send a `version` probe for this backend's (down) node. */
+void gw_backend_probe(struct gw_backend *be);
+
+#endif

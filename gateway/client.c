@@ -1,0 +1,1013 @@
+/*
+ * client — see client.h.
+ *
+ *   read ──> client_process: for each complete request in the input buffer
+ *              ├─ swallow / data-block states finish a storage command first
+ *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place)
+ *              └─ dispatch: error reply | local answer | forward via gw_route_key
+ *   backend replies ──> req.c ──> gw_client_req_done ──> client_flush writes every
+ *              finished request at the head of the queue, in order
+ *
+ * Back-pressure: at GW_CLIENT_MAX_INFLIGHT queued requests, or GW_CLIENT_OUT_HIGH
+ * bytes unsent to the client, reading stops until the backlog halves.
+ */
+#include "gateway/client.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "gateway/backend.h"
+#include "gateway/config.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/req.h"
+#include "gateway/route.h"
+#include "gateway/server.h"
+#include "gateway/worker.h"
+
+#define GW_CLIENT_MAX_INFLIGHT 1024
+#define GW_CLIENT_OUT_HIGH (4u << 20)
+
+static void client_process(struct gw_client *c);
+static void client_close(struct gw_client *c);
+static void gw_client_restore_cbs(struct gw_client *c);
+
+/* ---- building lines for nodes ---- */
+
+static bool out_reserve(struct gw_worker *w, size_t need)
+{
+    if (need <= w->out_cap) {
+        return true;
+    }
+    size_t cap = w->out_cap ? w->out_cap : 512;
+    while (cap < need) {
+        cap *= 2;
+    }
+    char *p = realloc(w->out, cap);
+    if (p == NULL) {
+        return false;
+    }
+    w->out = p;
+    w->out_cap = cap;
+    return true;
+}
+
+static size_t put_str(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return n;
+}
+
+static size_t put_u64(char *p, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
+static size_t put_i64(char *p, int64_t v)
+{
+    if (v < 0) {
+        p[0] = '-';
+        return 1 + put_u64(p + 1, (uint64_t)(-(v + 1)) + 1);
+    }
+    return put_u64(p, (uint64_t)v);
+}
+
+/* ---- replies the gateway writes itself ---- */
+
+/* Answer with one line, in order: straight to the socket when nothing is queued
+ * ahead of it, else as an already-finished request. */
+static void reply_line(struct gw_client *c, const char *line)
+{
+    struct gw_req *r;
+
+    if (TAILQ_EMPTY(&c->reqs)) {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        size_t n = strlen(line);
+        evbuffer_add(out, line, n);
+        evbuffer_add(out, "\r\n", 2);
+        STAT_ADD(&c->w->stats, bytes_written, n + 2);
+        return;
+    }
+    r = gw_req_new(c->w, c, MC_CMD_NONE);
+    if (r == NULL) {
+        client_close(c);
+        return;
+    }
+    TAILQ_INSERT_TAIL(&c->reqs, r, link);
+    c->nreqs++;
+    gw_req_finish_line(r, line);
+}
+
+/* Queue a new request for c; NULL (and the connection closed) when out of memory. */
+static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool noreply)
+{
+    struct gw_req *r = gw_req_new(c->w, c, cmd);
+
+    if (r == NULL) {
+        log_error("out of memory: closing a client");
+        client_close(c);
+        return NULL;
+    }
+    r->noreply = noreply;
+    TAILQ_INSERT_TAIL(&c->reqs, r, link);
+    c->nreqs++;
+    return r;
+}
+
+/* ---- writing out ---- */
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct gw_client *c = arg;
+
+    if (c->quitting) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+            client_close(c);
+        }
+        return;
+    }
+    if (c->paused) {
+        c->paused = false;
+        gw_client_restore_cbs(c);
+        bufferevent_enable(bev, EV_READ);
+        client_process(c);
+    }
+}
+
+static void client_close_after_write(struct gw_client *c)
+{
+    c->quitting = true;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        client_close(c);
+        return;
+    }
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    gw_client_restore_cbs(c);
+}
+
+static void client_flush(struct gw_client *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct gw_req *r;
+
+    while ((r = TAILQ_FIRST(&c->reqs)) != NULL && r->done) {
+        bool quit = r->quit;
+        TAILQ_REMOVE(&c->reqs, r, link);
+        c->nreqs--;
+        if (r->reply != NULL) {
+            STAT_ADD(&c->w->stats, bytes_written, evbuffer_get_length(r->reply));
+            evbuffer_add_buffer(out, r->reply);
+        }
+        gw_req_free(r);
+        if (quit) {
+            client_close_after_write(c);
+            return;
+        }
+    }
+    if (c->draining && TAILQ_EMPTY(&c->reqs) && c->in_state == GW_IN_LINE) {
+        client_close_after_write(c);
+        return;
+    }
+    if (c->paused && c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2 &&
+        evbuffer_get_length(out) <= GW_CLIENT_OUT_HIGH / 2) {
+        c->paused = false;
+        gw_client_restore_cbs(c);
+        bufferevent_enable(c->bev, EV_READ);
+        client_process(c);
+    }
+}
+
+void gw_client_req_done(struct gw_client *c, struct gw_req *r)
+{
+    (void)r;
+    if (c->closing) {
+        return; /* the reaper frees finished requests */
+    }
+    client_flush(c);
+}
+
+/* ---- local answers ---- */
+
+static void add_stat(struct evbuffer *b, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void add_stat(struct evbuffer *b, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+
+    evbuffer_add_printf(b, "STAT %s ", name);
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(b, fmt, ap);
+    va_end(ap);
+    evbuffer_add(b, "\r\n", 2);
+}
+
+static void stats_general(struct gw_worker *w, struct evbuffer *b)
+{
+    struct gw_server *srv = w->srv;
+    struct gw_stats *each[64];
+    struct gw_stats sum;
+    struct rusage ru;
+    time_t now = time(NULL);
+    uint32_t up = 0;
+    int n = srv->nworkers < 64 ? srv->nworkers : 64;
+
+    for (int i = 0; i < n; i++) {
+        each[i] = &srv->workers[i].stats;
+    }
+    gw_stats_sum(&sum, each, n);
+    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
+        up += gw_node_usable(&w->pool->nodes[i]);
+    }
+    getrusage(RUSAGE_SELF, &ru);
+    add_stat(b, "pid", "%d", (int)getpid());
+    add_stat(b, "uptime", "%ld", (long)(now - srv->started));
+    add_stat(b, "time", "%ld", (long)now);
+    add_stat(b, "version", "%s", GW_MC_VERSION);
+    add_stat(b, "libevent", "%s", event_get_version());
+    add_stat(b, "pointer_size", "%d", (int)(8 * sizeof(void *)));
+    add_stat(b, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+    add_stat(b, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec,
+             (long)ru.ru_stime.tv_usec);
+    add_stat(b, "max_connections", "%u", srv->max_connections);
+    add_stat(b, "curr_connections", "%" PRId64,
+             __atomic_load_n(&srv->curr_connections, __ATOMIC_RELAXED));
+#define GW_STATS_RENDER(name) add_stat(b, #name, "%" PRIu64, sum.name);
+    GW_STATS_COUNTERS(GW_STATS_RENDER)
+#undef GW_STATS_RENDER
+    add_stat(b, "threads", "%d", srv->nworkers);
+    add_stat(b, "site", "%s", srv->cfg->site);
+    add_stat(b, "pool_nodes", "%u", w->pool->nnodes);
+    add_stat(b, "pool_nodes_up", "%u", up);
+    add_stat(b, "pool_hash", "%s", ring_hash_name(w->pool->hash));
+}
+
+static void stats_nodes(struct gw_worker *w, struct evbuffer *b)
+{
+    char name[300];
+
+    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
+        struct gw_node *nd = &w->pool->nodes[i];
+        int st = __atomic_load_n(&nd->state, __ATOMIC_RELAXED);
+        snprintf(name, sizeof(name), "node:%s:state", nd->label);
+        add_stat(b, name, "%s", gw_node_state_name(st));
+        snprintf(name, sizeof(name), "node:%s:failures", nd->label);
+        add_stat(b, name, "%u", __atomic_load_n(&nd->failures, __ATOMIC_RELAXED));
+        snprintf(name, sizeof(name), "node:%s:down_events", nd->label);
+        add_stat(b, name, "%" PRIu64, __atomic_load_n(&nd->down_events, __ATOMIC_RELAXED));
+    }
+}
+
+static void stats_reset(struct gw_server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct gw_stats *st = &srv->workers[i].stats;
+#define GW_STATS_ZERO(name) __atomic_store_n(&st->name, 0, __ATOMIC_RELAXED);
+        GW_STATS_COUNTERS(GW_STATS_ZERO)
+#undef GW_STATS_ZERO
+    }
+}
+
+static void do_stats(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_req *r;
+    struct evbuffer *b;
+
+    if (m->subcommand != NULL && strcmp(m->subcommand, "reset") == 0) {
+        stats_reset(c->w->srv);
+        reply_line(c, "RESET");
+        return;
+    }
+    if (m->subcommand != NULL && strcmp(m->subcommand, "nodes") != 0) {
+        reply_line(c, "ERROR");
+        return;
+    }
+    r = client_req(c, MC_CMD_STATS, false);
+    if (r == NULL || (b = gw_req_reply(r)) == NULL) {
+        return;
+    }
+    if (m->subcommand == NULL) {
+        stats_general(c->w, b);
+    } else {
+        stats_nodes(c->w, b);
+    }
+    evbuffer_add(b, "END\r\n", 5);
+    gw_req_finish(r);
+}
+
+static void do_local(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_req *r;
+
+    switch (m->cmd) {
+    case MC_CMD_VERSION:
+        reply_line(c, "VERSION " GW_MC_VERSION);
+        break;
+    case MC_CMD_VERBOSITY:
+        /* memcached's verbosity changes its own logging; ours is set in the config. */
+        if (!m->noreply) {
+            reply_line(c, "OK");
+        }
+        break;
+    case MC_CMD_STATS:
+        do_stats(c, m);
+        break;
+    case MC_CMD_QUIT:
+        c->quit_seen = true;
+        bufferevent_disable(c->bev, EV_READ);
+        if (TAILQ_EMPTY(&c->reqs)) {
+            client_close_after_write(c);
+            break;
+        }
+        r = client_req(c, MC_CMD_QUIT, true);
+        if (r != NULL) {
+            r->quit = true;
+            gw_req_finish(r);
+        }
+        break;
+    default:
+        reply_line(c, "ERROR");
+        break;
+    }
+}
+
+/* ---- forwarding ---- */
+
+static const char *wire_name(enum mc_cmd cmd)
+{
+    return mc_cmd_name(cmd);
+}
+
+/* Fail a request at once because its node is down. */
+static void fail_now(struct gw_client *c, enum mc_cmd cmd, bool noreply, const char *error)
+{
+    struct gw_req *r;
+
+    STAT_INCR(&c->w->stats, server_errors);
+    if (mc_cmd_is_retrieval(cmd)) {
+        STAT_INCR(&c->w->stats, get_errors);
+    }
+    if (noreply) {
+        return;
+    }
+    if (TAILQ_EMPTY(&c->reqs)) {
+        reply_line(c, error);
+        return;
+    }
+    r = client_req(c, cmd, false);
+    if (r != NULL) {
+        gw_req_finish_line(r, error);
+    }
+}
+
+/* "get k1 k2\r\n" (or "gat exptime k1 k2\r\n") for the keys at idx[0..n). */
+static size_t build_retrieval(struct gw_worker *w, const struct mc_request *m,
+                              const struct mc_token *keys, const uint32_t *idx, uint32_t n)
+{
+    size_t need = 32;
+    size_t len = 0;
+    const char *name = wire_name(m->cmd);
+
+    for (uint32_t i = 0; i < n; i++) {
+        need += keys[idx ? idx[i] : i].len + 1;
+    }
+    if (!out_reserve(w, need)) {
+        return 0;
+    }
+    len += put_str(w->out + len, name, strlen(name));
+    if (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS) {
+        w->out[len++] = ' ';
+        len += put_i64(w->out + len, m->exptime);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mc_token *k = &keys[idx ? idx[i] : i];
+        w->out[len++] = ' ';
+        len += put_str(w->out + len, k->p, k->len);
+    }
+    w->out[len++] = '\r';
+    w->out[len++] = '\n';
+    return len;
+}
+
+static void forward_retrieval_multi(struct gw_client *c, const struct mc_request *m,
+                                    uint32_t *nodes);
+
+static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_worker *w = c->w;
+    struct gw_route rt;
+    uint32_t stack_nodes[64];
+    uint32_t *nodes = stack_nodes;
+    bool single = true;
+    struct gw_req *r;
+    size_t len;
+
+    if (m->nkeys == 0) {
+        reply_line(c, "END"); /* "gat 10" with no keys: memcached says END */
+        return;
+    }
+    if (m->nkeys > 64) {
+        nodes = malloc(m->nkeys * sizeof(*nodes));
+        if (nodes == NULL) {
+            reply_line(c, "SERVER_ERROR out of memory");
+            return;
+        }
+    }
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        rt = gw_route_key(w, m->keys[i].p, m->keys[i].len);
+        if (rt.kind == GW_ROUTE_DOWN) {
+            fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
+            goto out;
+        }
+        nodes[i] = rt.node;
+        if (nodes[i] != nodes[0]) {
+            single = false;
+        }
+    }
+    if (!single) {
+        forward_retrieval_multi(c, m, nodes);
+        goto out;
+    }
+    len = build_retrieval(w, m, m->keys, NULL, m->nkeys);
+    if (len == 0 || (r = client_req(c, m->cmd, false)) == NULL) {
+        goto out;
+    }
+    r->nkeys = m->nkeys;
+    r->pending = 1;
+    gw_backend_send(gw_worker_backend(w, nodes[0]), &r->frag, w->out, len, NULL, 0);
+out:
+    if (nodes != stack_nodes) {
+        free(nodes);
+    }
+}
+
+/* Keys on several nodes: one frag per node, sent together; slots put the replies
+ * back in the client's order. */
+static void forward_retrieval_multi(struct gw_client *c, const struct mc_request *m,
+                                    uint32_t *nodes)
+{
+    struct gw_worker *w = c->w;
+    uint32_t nn = w->pool->nnodes;
+    uint32_t *count = calloc(nn, sizeof(*count));
+    uint32_t *start = calloc(nn, sizeof(*start));
+    struct mc_token *keys = NULL;
+    struct gw_req *r = NULL;
+    size_t keybytes = 0;
+    char *kp;
+    uint32_t nfrags = 0;
+
+    if (count == NULL || start == NULL) {
+        goto oom;
+    }
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        if (count[nodes[i]]++ == 0) {
+            nfrags++;
+        }
+        keybytes += m->keys[i].len;
+    }
+    r = client_req(c, m->cmd, false);
+    if (r == NULL) {
+        goto out;
+    }
+    r->nkeys = m->nkeys;
+    r->slots = calloc(m->nkeys, sizeof(*r->slots));
+    r->slotidx = malloc(m->nkeys * sizeof(*r->slotidx));
+    r->keybuf = malloc(keybytes + 1);
+    r->frags = calloc(nfrags, sizeof(*r->frags));
+    keys = malloc(m->nkeys * sizeof(*keys));
+    if (r->slots == NULL || r->slotidx == NULL || r->keybuf == NULL || r->frags == NULL ||
+        keys == NULL) {
+        goto oom_req;
+    }
+    r->nslots = m->nkeys;
+    r->nfrags = nfrags;
+    /* slotidx holds, node after node, the slots each node answers, in key order. */
+    for (uint32_t n = 0, pos = 0; n < nn; n++) {
+        start[n] = pos;
+        pos += count[n];
+        count[n] = 0;
+    }
+    kp = r->keybuf;
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        struct gw_keyslot *s = &r->slots[i];
+        memcpy(kp, m->keys[i].p, m->keys[i].len);
+        s->key = kp;
+        s->nkey = m->keys[i].len;
+        s->node = nodes[i];
+        keys[i].p = kp;
+        keys[i].len = m->keys[i].len;
+        kp += m->keys[i].len;
+        r->slotidx[start[nodes[i]] + count[nodes[i]]++] = i;
+    }
+    r->pending = nfrags;
+    for (uint32_t n = 0, f = 0; n < nn; n++) {
+        struct gw_frag *frag;
+        size_t len;
+        if (count[n] == 0) {
+            continue;
+        }
+        frag = &r->frags[f++];
+        frag->req = r;
+        frag->slots = &r->slotidx[start[n]];
+        frag->nslots = count[n];
+        len = build_retrieval(w, m, keys, frag->slots, frag->nslots);
+        if (len == 0) {
+            gw_req_frag_fail(frag, "SERVER_ERROR out of memory");
+            continue;
+        }
+        gw_backend_send(gw_worker_backend(w, n), frag, w->out, len, NULL, 0);
+    }
+    goto out;
+
+oom_req:
+    r->pending = 0;
+    r->failed = false;
+    gw_req_finish_line(r, "SERVER_ERROR out of memory");
+    goto out;
+oom:
+    reply_line(c, "SERVER_ERROR out of memory");
+out:
+    free(keys);
+    free(count);
+    free(start);
+}
+
+/* Remember a storage command until its data block is in. */
+static void begin_store(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_store_pending *st = c->store;
+    struct gw_route rt = gw_route_key(c->w, m->key, m->nkey);
+    const char *name = wire_name(m->cmd);
+    size_t len = 0;
+
+    if (rt.kind == GW_ROUTE_DOWN) {
+        /* The value still has to be read past before the next command. */
+        fail_now(c, m->cmd, m->noreply, c->w->pool->nodes[rt.node].err_down);
+        c->in_state = GW_IN_SWALLOW;
+        c->swallow_left = (uint32_t)m->vlen + 2;
+        return;
+    }
+    if (st == NULL) {
+        st = c->store = malloc(sizeof(*st));
+        if (st == NULL) {
+            client_close(c);
+            return;
+        }
+    }
+    st->cmd = m->cmd;
+    st->noreply = m->noreply;
+    st->node = rt.node;
+    st->vlen = (uint32_t)m->vlen + 2;
+    len += put_str(st->hdr + len, name, strlen(name));
+    st->hdr[len++] = ' ';
+    len += put_str(st->hdr + len, m->key, m->nkey);
+    st->hdr[len++] = ' ';
+    len += put_u64(st->hdr + len, m->flags);
+    st->hdr[len++] = ' ';
+    len += put_i64(st->hdr + len, m->exptime);
+    st->hdr[len++] = ' ';
+    len += put_u64(st->hdr + len, (uint64_t)m->vlen);
+    if (m->cmd == MC_CMD_CAS) {
+        st->hdr[len++] = ' ';
+        len += put_u64(st->hdr + len, m->cas_unique);
+    }
+    st->hdr[len++] = '\r';
+    st->hdr[len++] = '\n';
+    st->hdrlen = (uint16_t)len;
+    c->in_state = GW_IN_DATA;
+}
+
+/* The data block is in: check its "\r\n" like memcached, then send it on. */
+static void finish_store(struct gw_client *c, struct evbuffer *in)
+{
+    struct gw_store_pending *st = c->store;
+    struct evbuffer_ptr pos;
+    char last2[2] = {0, 0};
+    struct gw_req *r;
+
+    c->in_state = GW_IN_LINE;
+    STAT_ADD(&c->w->stats, bytes_read, st->vlen);
+    evbuffer_ptr_set(in, &pos, st->vlen - 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &pos, last2, 2);
+    if (!mc_data_block_ok(last2)) {
+        evbuffer_drain(in, st->vlen);
+        STAT_INCR(&c->w->stats, client_errors);
+        if (!st->noreply) {
+            reply_line(c, "CLIENT_ERROR bad data chunk");
+        }
+        return;
+    }
+    STAT_INCR(&c->w->stats, cmd_set);
+    if (!gw_node_usable(&c->w->pool->nodes[st->node])) {
+        evbuffer_drain(in, st->vlen);
+        fail_now(c, st->cmd, st->noreply, c->w->pool->nodes[st->node].err_down);
+        return;
+    }
+    r = client_req(c, st->cmd, st->noreply);
+    if (r == NULL) {
+        return;
+    }
+    r->pending = 1;
+    gw_backend_send(gw_worker_backend(c->w, st->node), &r->frag, st->hdr, st->hdrlen, in,
+                    st->vlen);
+}
+
+/* delete / incr / decr / touch: one key, one line. */
+static void forward_keyed(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_worker *w = c->w;
+    struct gw_route rt = gw_route_key(w, m->key, m->nkey);
+    const char *name = wire_name(m->cmd);
+    struct gw_req *r;
+    size_t len = 0;
+
+    if (rt.kind == GW_ROUTE_DOWN) {
+        fail_now(c, m->cmd, m->noreply, w->pool->nodes[rt.node].err_down);
+        return;
+    }
+    if (!out_reserve(w, 64 + m->nkey)) {
+        reply_line(c, "SERVER_ERROR out of memory");
+        return;
+    }
+    len += put_str(w->out + len, name, strlen(name));
+    w->out[len++] = ' ';
+    len += put_str(w->out + len, m->key, m->nkey);
+    if (m->cmd == MC_CMD_INCR || m->cmd == MC_CMD_DECR) {
+        w->out[len++] = ' ';
+        len += put_u64(w->out + len, m->delta);
+    } else if (m->cmd == MC_CMD_TOUCH) {
+        w->out[len++] = ' ';
+        len += put_i64(w->out + len, m->exptime);
+    }
+    w->out[len++] = '\r';
+    w->out[len++] = '\n';
+    r = client_req(c, m->cmd, m->noreply);
+    if (r == NULL) {
+        return;
+    }
+    r->pending = 1;
+    gw_backend_send(gw_worker_backend(w, rt.node), &r->frag, w->out, len, NULL, 0);
+}
+
+/* flush_all goes to every node of the pool. */
+static void forward_flush(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_worker *w = c->w;
+    uint32_t nn = w->pool->nnodes;
+    char line[48];
+    size_t len = 0;
+    struct gw_req *r;
+
+    STAT_INCR(&w->stats, cmd_flush);
+    for (uint32_t i = 0; i < nn; i++) {
+        if (!gw_node_usable(&w->pool->nodes[i])) {
+            fail_now(c, m->cmd, m->noreply, w->pool->nodes[i].err_down);
+            return;
+        }
+    }
+    len += put_str(line, "flush_all", 9);
+    if (m->has_delay) {
+        line[len++] = ' ';
+        len += put_i64(line + len, m->exptime);
+    }
+    line[len++] = '\r';
+    line[len++] = '\n';
+    r = client_req(c, m->cmd, m->noreply);
+    if (r == NULL) {
+        return;
+    }
+    r->frags = calloc(nn, sizeof(*r->frags));
+    if (r->frags == NULL) {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    r->nfrags = nn;
+    r->pending = nn;
+    for (uint32_t i = 0; i < nn; i++) {
+        r->frags[i].req = r;
+        gw_backend_send(gw_worker_backend(w, i), &r->frags[i], line, len, NULL, 0);
+    }
+}
+
+/* memcached drops the old value when a set is refused as too large; so do we. */
+static void drop_too_large(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_worker *w = c->w;
+    struct gw_route rt = gw_route_key(w, m->key, m->nkey);
+    struct gw_req *r;
+    size_t len = 0;
+
+    STAT_INCR(&w->stats, store_too_large);
+    if (m->cmd != MC_CMD_SET || rt.kind != GW_ROUTE_LOCAL || !out_reserve(w, 16 + m->nkey)) {
+        return;
+    }
+    r = gw_req_new(w, NULL, MC_CMD_DELETE); /* nobody waits for this one */
+    if (r == NULL) {
+        return;
+    }
+    r->noreply = true;
+    r->pending = 1;
+    len += put_str(w->out, "delete ", 7);
+    len += put_str(w->out + len, m->key, m->nkey);
+    w->out[len++] = '\r';
+    w->out[len++] = '\n';
+    gw_backend_send(gw_worker_backend(w, rt.node), &r->frag, w->out, len, NULL, 0);
+}
+
+static void dispatch(struct gw_client *c, const struct mc_request *m)
+{
+    switch (m->action) {
+    case MC_ACT_ERROR_SWALLOW:
+        c->in_state = GW_IN_SWALLOW;
+        c->swallow_left = m->swallow;
+        if (m->key != NULL) {
+            drop_too_large(c, m);
+        }
+        /* fall through */
+    case MC_ACT_ERROR:
+        STAT_INCR(&c->w->stats, client_errors);
+        if (!m->noreply) {
+            reply_line(c, m->error);
+        }
+        return;
+    case MC_ACT_LOCAL:
+        do_local(c, m);
+        return;
+    case MC_ACT_FORWARD:
+        break;
+    default:
+        reply_line(c, "ERROR");
+        return;
+    }
+    if (mc_cmd_is_retrieval(m->cmd)) {
+        forward_retrieval(c, m);
+    } else if (mc_cmd_is_storage(m->cmd)) {
+        begin_store(c, m);
+    } else if (m->cmd == MC_CMD_FLUSH_ALL) {
+        forward_flush(c, m);
+    } else {
+        forward_keyed(c, m);
+    }
+}
+
+/* ---- reading ---- */
+
+static bool scratch_reserve(struct gw_worker *w, size_t need)
+{
+    if (need <= w->scratch_cap) {
+        return true;
+    }
+    size_t cap = w->scratch_cap ? w->scratch_cap : 1024;
+    while (cap < need) {
+        cap *= 2;
+    }
+    char *p = realloc(w->scratch, cap);
+    if (p == NULL) {
+        return false;
+    }
+    w->scratch = p;
+    w->scratch_cap = cap;
+    return true;
+}
+
+static bool backlogged(struct gw_client *c)
+{
+    return c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
+           evbuffer_get_length(bufferevent_get_output(c->bev)) > GW_CLIENT_OUT_HIGH;
+}
+
+static void pause_reading(struct gw_client *c)
+{
+    c->paused = true;
+    bufferevent_disable(c->bev, EV_READ);
+    /* Resume from the write callback once the socket has taken half the backlog. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, GW_CLIENT_OUT_HIGH / 2, 0);
+    gw_client_restore_cbs(c);
+}
+
+static void client_process_once(struct gw_client *c)
+{
+    struct gw_worker *w = c->w;
+    struct gw_server *srv = w->srv;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    for (;;) {
+        size_t avail;
+        struct evbuffer_ptr eol;
+        struct mc_request m;
+        size_t raw, len;
+
+        if (c->closing || c->quitting || c->quit_seen) {
+            return;
+        }
+        avail = evbuffer_get_length(in);
+        if (c->in_state == GW_IN_SWALLOW) {
+            size_t n = avail < c->swallow_left ? avail : c->swallow_left;
+            evbuffer_drain(in, n);
+            STAT_ADD(&w->stats, bytes_read, n);
+            c->swallow_left -= (uint32_t)n;
+            if (c->swallow_left > 0) {
+                return;
+            }
+            c->in_state = GW_IN_LINE;
+            continue;
+        }
+        if (c->in_state == GW_IN_DATA) {
+            if (avail < c->store->vlen) {
+                return;
+            }
+            finish_store(c, in);
+            continue;
+        }
+        if (c->draining) {
+            bufferevent_disable(c->bev, EV_READ);
+            if (TAILQ_EMPTY(&c->reqs)) {
+                client_close_after_write(c);
+            }
+            return;
+        }
+        if (backlogged(c)) {
+            pause_reading(c);
+            return;
+        }
+        if (avail == 0) {
+            return;
+        }
+        eol = evbuffer_search(in, "\n", 1, NULL);
+        if (eol.pos < 0) {
+            char head[128];
+            ev_ssize_t n = evbuffer_copyout(in, head, sizeof(head));
+            enum mc_frame f =
+                mc_frame_no_eol(head, n > 0 ? (size_t)n : 0, avail, srv->max_request_bytes);
+            if (f == MC_FRAME_CLOSE) {
+                log_debug("closing a client: %zu bytes without a newline", avail);
+                client_close(c);
+            } else if (f == MC_FRAME_TOO_LONG) {
+                STAT_INCR(&w->stats, client_errors);
+                reply_line(c, "SERVER_ERROR request line too long");
+                client_close_after_write(c);
+            }
+            return;
+        }
+        raw = (size_t)eol.pos;
+        if (!scratch_reserve(w, raw + 1)) {
+            reply_line(c, "SERVER_ERROR out of memory");
+            client_close_after_write(c);
+            return;
+        }
+        evbuffer_copyout(in, w->scratch, raw);
+        evbuffer_drain(in, raw + 1);
+        STAT_ADD(&w->stats, bytes_read, raw + 1);
+        len = raw;
+        if (len > 1 && w->scratch[len - 1] == '\r') {
+            len--;
+        }
+        if (mc_parse(&w->parser, w->scratch, len, srv->max_value_bytes, &m) != 0) {
+            reply_line(c, "SERVER_ERROR out of memory");
+            continue;
+        }
+        dispatch(c, &m);
+    }
+}
+
+static void client_process(struct gw_client *c)
+{
+    if (c->in_process) {
+        c->again = true;
+        return;
+    }
+    c->in_process = true;
+    do {
+        c->again = false;
+        client_process_once(c);
+    } while (c->again && !c->closing);
+    c->in_process = false;
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    client_process(arg);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct gw_client *c = arg;
+
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        client_close(c);
+    }
+}
+
+static void gw_client_restore_cbs(struct gw_client *c)
+{
+    bool want_write = c->quitting || c->paused;
+    bufferevent_setcb(c->bev, client_read_cb, want_write ? client_write_cb : NULL,
+                      client_event_cb, c);
+}
+
+/* ---- life cycle ---- */
+
+void gw_client_accept(struct gw_worker *w, int fd)
+{
+    struct gw_client *c = calloc(1, sizeof(*c));
+    int one = 1;
+
+    if (c == NULL) {
+        close(fd);
+        __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) {
+        close(fd);
+        free(c);
+        __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1) {
+        log_debug("TCP_NODELAY on a client socket: failed");
+    }
+    c->w = w;
+    TAILQ_INIT(&c->reqs);
+    TAILQ_INSERT_TAIL(&w->clients, c, link);
+    w->nclients++;
+    STAT_INCR(&w->stats, total_connections);
+    gw_client_restore_cbs(c);
+    bufferevent_enable(c->bev, EV_READ);
+    if (w->draining) {
+        gw_client_drain(c);
+    }
+}
+
+static void client_close(struct gw_client *c)
+{
+    struct gw_worker *w = c->w;
+
+    if (c->closing) {
+        return;
+    }
+    c->closing = true;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    TAILQ_REMOVE(&w->clients, c, link);
+    TAILQ_INSERT_TAIL(&w->dead, c, link);
+    event_active(w->reap_ev, EV_TIMEOUT, 0);
+}
+
+void gw_client_drain(struct gw_client *c)
+{
+    if (c->closing) {
+        return;
+    }
+    c->draining = true;
+    if (TAILQ_EMPTY(&c->reqs) && c->in_state == GW_IN_LINE &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        client_close_after_write(c);
+    }
+}
+
+void gw_client_reap(struct gw_worker *w)
+{
+    struct gw_client *c;
+    struct gw_req *r;
+
+    while ((c = TAILQ_FIRST(&w->dead)) != NULL) {
+        TAILQ_REMOVE(&w->dead, c, link);
+        while ((r = TAILQ_FIRST(&c->reqs)) != NULL) {
+            TAILQ_REMOVE(&c->reqs, r, link);
+            if (r->done || r->pending == 0) {
+                gw_req_free(r);
+            } else {
+                r->client = NULL; /* the backend reply frees it */
+            }
+        }
+        bufferevent_free(c->bev);
+        free(c->store);
+        free(c);
+        w->nclients--;
+        __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
+    }
+}

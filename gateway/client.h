@@ -1,0 +1,23 @@
+/*
+ * client — one memcached client connection on a worker: reads and frames requests,
+ * answers what the gateway answers itself, sends the rest through the routing step
+ * to backends, and writes replies strictly in request order.  Worker loop only.
+ */
+#ifndef GEOGATE_CLIENT_H
+#define GEOGATE_CLIENT_H
+
+#include "gateway/types.h"
+
+/* Adopt an accepted socket.  Closes fd on failure. */
+void gw_client_accept(struct gw_worker *w, int fd);
+
+/* r (one of c's requests) has its full reply. */
+void gw_client_req_done(struct gw_client *c, struct gw_req *r);
+
+/* Stop taking new requests; close once what is in flight is answered. */
+void gw_client_drain(struct gw_client *c);
+
+/* Free clients closed during this loop iteration (never inside their callbacks). */
+void gw_client_reap(struct gw_worker *w);
+
+#endif

@@ -1,0 +1,306 @@
+/*
+ * req — see req.h.  A request is answered when its last frag is: single-node
+ * replies are moved straight into the reply buffer; multi-node retrievals park each
+ * key's VALUE block in its slot and are stitched together in the client's order at
+ * the end.  Any frag failing turns the whole reply into that one error line.
+ */
+#include "gateway/req.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "gateway/client.h"
+#include "gateway/log.h"
+
+struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd)
+{
+    struct gw_req *r = calloc(1, sizeof(*r));
+
+    if (r == NULL) {
+        return NULL;
+    }
+    r->w = w;
+    r->client = c;
+    r->cmd = cmd;
+    r->frag.req = r;
+    return r;
+}
+
+void gw_req_free(struct gw_req *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    if (r->reply != NULL) {
+        evbuffer_free(r->reply);
+    }
+    for (uint32_t i = 0; i < r->nslots; i++) {
+        if (r->slots[i].value != NULL) {
+            evbuffer_free(r->slots[i].value);
+        }
+    }
+    free(r->slots);
+    free(r->slotidx);
+    free(r->keybuf);
+    free(r->frags);
+    if (r->failed && r->error != NULL && r->error_owned) {
+        free((char *)r->error);
+    }
+    free(r);
+}
+
+struct evbuffer *gw_req_reply(struct gw_req *r)
+{
+    if (r->reply == NULL) {
+        r->reply = evbuffer_new();
+    }
+    return r->reply;
+}
+
+void gw_req_finish(struct gw_req *r)
+{
+    r->done = true;
+    if (r->client != NULL) {
+        gw_client_req_done(r->client, r);
+    } else {
+        gw_req_free(r);
+    }
+}
+
+void gw_req_finish_line(struct gw_req *r, const char *line)
+{
+    if (!r->noreply) {
+        struct evbuffer *b = gw_req_reply(r);
+        if (b != NULL) {
+            evbuffer_add(b, line, strlen(line));
+            evbuffer_add(b, "\r\n", 2);
+        }
+    }
+    gw_req_finish(r);
+}
+
+struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey)
+{
+    struct gw_req *r = frag->req;
+
+    r->hits++;
+    if (r->slots == NULL) {
+        return r->failed ? NULL : gw_req_reply(r);
+    }
+    for (uint32_t i = frag->cursor; i < frag->nslots; i++) {
+        struct gw_keyslot *s = &r->slots[frag->slots[i]];
+        if (s->nkey == nkey && memcmp(s->key, key, nkey) == 0) {
+            frag->cursor = i + 1;
+            if (s->value == NULL) {
+                s->value = evbuffer_new();
+            }
+            return s->value;
+        }
+    }
+    log_warn("node sent a VALUE for a key it was not asked for; dropped");
+    return NULL;
+}
+
+static void set_failed(struct gw_req *r, const char *error, bool owned)
+{
+    if (r->failed) {
+        if (owned) {
+            free((char *)error);
+        }
+        return;
+    }
+    r->failed = true;
+    r->error = error;
+    r->error_owned = owned;
+}
+
+static void count_retrieval(struct gw_req *r)
+{
+    struct gw_stats *st = &r->w->stats;
+    uint32_t misses = r->nkeys > r->hits ? r->nkeys - r->hits : 0;
+
+    if (r->cmd == MC_CMD_GAT || r->cmd == MC_CMD_GATS) {
+        STAT_ADD(st, cmd_touch, r->nkeys);
+        STAT_ADD(st, touch_hits, r->hits);
+        STAT_ADD(st, touch_misses, misses);
+    } else {
+        STAT_ADD(st, cmd_get, r->nkeys);
+        STAT_ADD(st, get_hits, r->hits);
+        STAT_ADD(st, get_misses, misses);
+    }
+}
+
+/* Every frag has answered: build the final reply. */
+static void req_complete(struct gw_req *r)
+{
+    struct evbuffer *b;
+
+    if (r->failed) {
+        if (mc_cmd_is_retrieval(r->cmd)) {
+            STAT_INCR(&r->w->stats, get_errors);
+        }
+        STAT_INCR(&r->w->stats, server_errors);
+        if (r->reply != NULL) {
+            evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
+        }
+        gw_req_finish_line(r, r->error);
+        return;
+    }
+    if (mc_cmd_is_retrieval(r->cmd)) {
+        count_retrieval(r);
+        if (r->slots != NULL) {
+            b = gw_req_reply(r);
+            for (uint32_t i = 0; b != NULL && i < r->nslots; i++) {
+                if (r->slots[i].value != NULL) {
+                    evbuffer_add_buffer(b, r->slots[i].value);
+                }
+            }
+            if (b != NULL) {
+                evbuffer_add(b, "END\r\n", 5);
+            }
+        }
+        gw_req_finish(r);
+        return;
+    }
+    if (r->cmd == MC_CMD_FLUSH_ALL) {
+        gw_req_finish_line(r, "OK");
+        return;
+    }
+    gw_req_finish(r);
+}
+
+static void frag_complete(struct gw_frag *frag)
+{
+    struct gw_req *r = frag->req;
+
+    if (--r->pending == 0) {
+        req_complete(r);
+    }
+}
+
+static bool line_is(const char *line, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    return len == n && memcmp(line, word, n) == 0;
+}
+
+static bool line_is_error(const char *line, size_t len)
+{
+    return (len >= 5 && memcmp(line, "ERROR", 5) == 0) ||
+           (len >= 12 && memcmp(line, "CLIENT_ERROR", 12) == 0) ||
+           (len >= 12 && memcmp(line, "SERVER_ERROR", 12) == 0);
+}
+
+/* Counters memcached keeps per reply. */
+static void count_reply(struct gw_req *r, const char *line, size_t len)
+{
+    struct gw_stats *st = &r->w->stats;
+    bool not_found = line_is(line, len, "NOT_FOUND");
+
+    switch (r->cmd) {
+    case MC_CMD_CAS:
+        if (line_is(line, len, "STORED")) {
+            STAT_INCR(st, cas_hits);
+        } else if (line_is(line, len, "EXISTS")) {
+            STAT_INCR(st, cas_badval);
+        } else if (not_found) {
+            STAT_INCR(st, cas_misses);
+        }
+        break;
+    case MC_CMD_DELETE:
+        if (line_is(line, len, "DELETED")) {
+            STAT_INCR(st, delete_hits);
+        } else if (not_found) {
+            STAT_INCR(st, delete_misses);
+        }
+        break;
+    case MC_CMD_INCR:
+        if (not_found) {
+            STAT_INCR(st, incr_misses);
+        } else if (len > 0 && line[0] >= '0' && line[0] <= '9') {
+            STAT_INCR(st, incr_hits);
+        }
+        break;
+    case MC_CMD_DECR:
+        if (not_found) {
+            STAT_INCR(st, decr_misses);
+        } else if (len > 0 && line[0] >= '0' && line[0] <= '9') {
+            STAT_INCR(st, decr_hits);
+        }
+        break;
+    case MC_CMD_TOUCH:
+        STAT_INCR(st, cmd_touch);
+        if (line_is(line, len, "TOUCHED")) {
+            STAT_INCR(st, touch_hits);
+        } else if (not_found) {
+            STAT_INCR(st, touch_misses);
+        }
+        break;
+    default:
+        break;
+    }
+    if (len >= 12 && memcmp(line, "SERVER_ERROR", 12) == 0) {
+        STAT_INCR(st, server_errors);
+    }
+}
+
+void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,
+                      size_t consumed)
+{
+    struct gw_req *r = frag->req;
+
+    if (mc_cmd_is_retrieval(r->cmd)) {
+        if (line_is(line, len, "END")) {
+            if (r->slots == NULL && !r->failed) {
+                evbuffer_remove_buffer(in, gw_req_reply(r), consumed);
+            } else {
+                evbuffer_drain(in, consumed);
+            }
+        } else {
+            /* An error instead of END: the whole retrieval answers with it. */
+            char *copy = strndup(line, len);
+            evbuffer_drain(in, consumed);
+            if (copy != NULL) {
+                set_failed(r, copy, true);
+            } else {
+                set_failed(r, "SERVER_ERROR out of memory", false);
+            }
+        }
+        frag_complete(frag);
+        return;
+    }
+    if (r->nfrags > 1) {
+        /* flush_all to every node: OK only when all said OK. */
+        if (!line_is(line, len, "OK")) {
+            char *copy = line_is_error(line, len) ? strndup(line, len) : NULL;
+            if (copy != NULL) {
+                set_failed(r, copy, true);
+            } else {
+                set_failed(r, "SERVER_ERROR flush_all failed on a node", false);
+            }
+        }
+        evbuffer_drain(in, consumed);
+        frag_complete(frag);
+        return;
+    }
+    count_reply(r, line, len);
+    if (r->noreply || r->client == NULL) {
+        evbuffer_drain(in, consumed);
+    } else {
+        struct evbuffer *b = gw_req_reply(r);
+        if (b != NULL) {
+            evbuffer_remove_buffer(in, b, consumed);
+        } else {
+            evbuffer_drain(in, consumed);
+        }
+    }
+    frag_complete(frag);
+}
+
+void gw_req_frag_fail(struct gw_frag *frag, const char *error)
+{
+    set_failed(frag->req, error, false);
+    frag_complete(frag);
+}

@@ -1,0 +1,40 @@
+/*
+ * req — a client request from parse to reply: allocation, the per-node frags,
+ * collecting backend replies (moved, not copied), putting multi-node retrievals
+ * back into the client's key order, error replies, and the stats each reply
+ * implies.  Runs on the owning worker's loop.  It does not parse client input
+ * (client.c) or talk to sockets (backend.c).
+ */
+#ifndef GEOGATE_REQ_H
+#define GEOGATE_REQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/types.h"
+
+struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd);
+void gw_req_free(struct gw_req *r);
+
+/* The request's reply buffer, created on first use.  NULL if out of memory. */
+struct evbuffer *gw_req_reply(struct gw_req *r);
+
+/* Finish a request whose reply is complete: hand it to its client (or free it when
+ * the client is gone). */
+void gw_req_finish(struct gw_req *r);
+
+/* Finish r right away with one reply line (no CRLF), unless noreply. */
+void gw_req_finish_line(struct gw_req *r, const char *line);
+
+/* A VALUE reply for frag: where its header line and data block go (NULL: drop). */
+struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey);
+
+/* The terminal reply line of frag (END, STORED, 42, an error...): takes `consumed`
+ * bytes (line + CRLF) out of in and completes the frag. */
+void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,
+                      size_t consumed);
+
+/* frag will get no reply: the node failed or is down. */
+void gw_req_frag_fail(struct gw_frag *frag, const char *error);
+
+#endif

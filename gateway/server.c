@@ -1,0 +1,285 @@
+/*
+ * server — see server.h.  The main thread accepts and hands each socket to a worker
+ * (round robin); it never touches a client after that.
+ *
+ *   SIGTERM/SIGINT ──> stop listening ──> workers drain (answer what is in flight,
+ *                      close idle clients) ──> exit 0; a worker still busy after
+ *                      GW_DRAIN_DEADLINE_MS is stopped anyway
+ *   SIGHUP ──> reload the config file ──> new pool to every worker; client
+ *              connections stay open; an invalid file is logged and ignored
+ */
+#include "gateway/server.h"
+
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+
+#include "gateway/config.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/worker.h"
+
+#define GW_DRAIN_DEADLINE_MS 4500
+
+static const char too_many[] = "ERROR Too many open connections\r\n";
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct gw_server *srv = arg;
+    struct gw_msg msg = {.type = GW_MSG_CONN, .fd = fd};
+    int64_t cur;
+
+    (void)l;
+    (void)sa;
+    (void)salen;
+    cur = __atomic_add_fetch(&srv->curr_connections, 1, __ATOMIC_RELAXED);
+    if (cur > (int64_t)srv->max_connections) {
+        __atomic_sub_fetch(&srv->curr_connections, 1, __ATOMIC_RELAXED);
+        STAT_INCR(&srv->workers[0].stats, rejected_connections);
+        if (write(fd, too_many, sizeof(too_many) - 1) == -1) {
+            /* the client is gone already */
+        }
+        close(fd);
+        return;
+    }
+    for (int tries = 0; tries < srv->nworkers; tries++) {
+        struct gw_worker *w = &srv->workers[srv->next_worker];
+        srv->next_worker = (srv->next_worker + 1) % srv->nworkers;
+        if (gw_worker_send(w, &msg) == 0) {
+            return;
+        }
+    }
+    log_error("no worker took a new connection; closing it");
+    __atomic_sub_fetch(&srv->curr_connections, 1, __ATOMIC_RELAXED);
+    close(fd);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    log_warn("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void apply_limits(struct gw_server *srv, const struct gw_config *cfg)
+{
+    srv->max_connections = cfg->max_connections;
+    srv->max_request_bytes = cfg->max_request_bytes;
+    srv->max_value_bytes = cfg->max_value_bytes;
+    gw_log_set_level(cfg->log_level);
+}
+
+static void reload(struct gw_server *srv)
+{
+    struct gw_config *cfg = NULL;
+    struct gw_pool *pool = NULL;
+    char err[512];
+
+    if (gw_config_load(srv->cfg->path, &cfg, err, sizeof(err)) != 0) {
+        log_error("reload refused, keeping the running config: %s", err);
+        return;
+    }
+    if (gw_pool_create(&pool, cfg, srv->generation + 1, err, sizeof(err)) != 0) {
+        log_error("reload refused, keeping the running config: %s", err);
+        gw_config_destroy(cfg);
+        return;
+    }
+    if (cfg->threads != srv->cfg->threads || cfg->listen.port != srv->cfg->listen.port ||
+        strcmp(cfg->listen.host, srv->cfg->listen.host) != 0) {
+        log_warn("reload: listen and threads changes take effect only after a restart");
+    }
+    gw_pool_inherit_health(pool, srv->pool);
+    srv->generation++;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct gw_msg msg = {.type = GW_MSG_RELOAD, .pool = pool};
+        gw_pool_get(pool);
+        if (gw_worker_send(&srv->workers[i], &msg) != 0) {
+            gw_pool_put(pool);
+            log_error("reload: worker %d did not take the new pool", i);
+        }
+    }
+    gw_pool_put(srv->pool);
+    srv->pool = pool;
+    apply_limits(srv, cfg);
+    log_info("reloaded %s: %u nodes, generation %llu", srv->cfg->path, pool->nnodes,
+             (unsigned long long)srv->generation);
+    /* srv->cfg stays the one workers read (site, listen); the pool is what changed. */
+    gw_config_destroy(cfg);
+}
+
+static void drain_deadline(struct gw_server *srv)
+{
+    log_warn("drain deadline reached; stopping the remaining connections");
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct gw_msg msg = {.type = GW_MSG_STOP};
+        if (gw_worker_send(&srv->workers[i], &msg) != 0) {
+            event_base_loopbreak(srv->workers[i].base);
+        }
+    }
+}
+
+static void start_drain(struct gw_server *srv)
+{
+    if (srv->draining) {
+        return;
+    }
+    srv->draining = true;
+    log_info("draining: no new connections; finishing requests in flight");
+    if (srv->listener != NULL) {
+        evconnlistener_free(srv->listener);
+        srv->listener = NULL;
+    }
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct gw_msg msg = {.type = GW_MSG_DRAIN};
+        gw_worker_send(&srv->workers[i], &msg);
+    }
+    /* gw_server_run waits for the workers, with the deadline, once the loop ends. */
+    event_base_loopexit(srv->base, NULL);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct gw_server *srv = arg;
+
+    (void)what;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reloading %s", srv->cfg->path);
+        reload(srv);
+        return;
+    }
+    start_drain(srv);
+}
+
+static struct evconnlistener *listen_on(struct gw_server *srv, const struct gw_addr *a)
+{
+    struct addrinfo hints, *res = NULL;
+    struct evconnlistener *l;
+    char port[8];
+    int rc;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%u", a->port);
+    rc = getaddrinfo(a->host, port, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        log_error("cannot resolve listen address %s:%u: %s", a->host, a->port, gai_strerror(rc));
+        return NULL;
+    }
+    l = evconnlistener_new_bind(srv->base, accept_cb, srv,
+                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                1024, res->ai_addr, (int)res->ai_addrlen);
+    freeaddrinfo(res);
+    if (l == NULL) {
+        log_error("cannot listen on %s:%u: %s", a->host, a->port,
+                  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        return NULL;
+    }
+    evconnlistener_set_error_cb(l, accept_error_cb);
+    return l;
+}
+
+int gw_server_run(struct gw_config *cfg)
+{
+    struct gw_server srv;
+    char err[512];
+    int started = 0;
+    int rc = 1;
+
+    memset(&srv, 0, sizeof(srv));
+    srv.cfg = cfg;
+    srv.started = time(NULL);
+    apply_limits(&srv, cfg);
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        log_error("libevent without pthreads support");
+        return 1;
+    }
+    srv.base = event_base_new();
+    if (srv.base == NULL) {
+        goto fail_base;
+    }
+    if (gw_pool_create(&srv.pool, cfg, 1, err, sizeof(err)) != 0) {
+        log_error("%s", err);
+        goto fail_pool;
+    }
+    srv.generation = 1;
+    srv.nworkers = (int)cfg->threads;
+    srv.workers = calloc((size_t)srv.nworkers, sizeof(*srv.workers));
+    if (srv.workers == NULL) {
+        goto fail_workers;
+    }
+    for (started = 0; started < srv.nworkers; started++) {
+        if (gw_worker_start(&srv.workers[started], &srv, started, srv.pool) != 0) {
+            log_error("cannot start worker thread %d", started);
+            goto fail_start;
+        }
+    }
+    srv.listener = listen_on(&srv, &cfg->listen);
+    if (srv.listener == NULL) {
+        goto fail_start;
+    }
+    srv.sig_term = evsignal_new(srv.base, SIGTERM, signal_cb, &srv);
+    srv.sig_int = evsignal_new(srv.base, SIGINT, signal_cb, &srv);
+    srv.sig_hup = evsignal_new(srv.base, SIGHUP, signal_cb, &srv);
+    evsignal_add(srv.sig_term, NULL);
+    evsignal_add(srv.sig_int, NULL);
+    evsignal_add(srv.sig_hup, NULL);
+    log_info("geogate %s: site %s, listening on %s:%u, %d threads, %u nodes (%s)", GW_VERSION,
+             cfg->site, cfg->listen.host, cfg->listen.port, srv.nworkers, srv.pool->nnodes,
+             ring_hash_name(cfg->pool.hash));
+
+    event_base_dispatch(srv.base);
+    rc = 0;
+    if (srv.draining) {
+        /* Wait for the workers, stopping them at the deadline if they linger. */
+        int64_t deadline = gw_now_ms() + GW_DRAIN_DEADLINE_MS;
+        for (int i = 0; i < srv.nworkers; i++) {
+            while (pthread_tryjoin_np(srv.workers[i].thread, NULL) != 0) {
+                if (gw_now_ms() > deadline) {
+                    drain_deadline(&srv);
+                    deadline = INT64_MAX;
+                }
+                usleep(10000);
+            }
+            srv.workers[i].joined = true;
+        }
+    }
+    log_info("stopped");
+
+fail_start:
+    for (int i = 0; i < started; i++) {
+        struct gw_msg msg = {.type = GW_MSG_STOP};
+        if (!srv.workers[i].joined) {
+            gw_worker_send(&srv.workers[i], &msg);
+        }
+    }
+    for (int i = 0; i < started; i++) {
+        gw_worker_join(&srv.workers[i]);
+    }
+    if (srv.listener != NULL) {
+        evconnlistener_free(srv.listener);
+    }
+    if (srv.sig_term) {
+        event_free(srv.sig_term);
+        event_free(srv.sig_int);
+        event_free(srv.sig_hup);
+    }
+    free(srv.workers);
+fail_workers:
+    gw_pool_put(srv.pool);
+fail_pool:
+    event_base_free(srv.base);
+fail_base:
+    libevent_global_shutdown();
+    return rc;
+}

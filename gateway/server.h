@@ -1,0 +1,41 @@
+/*
+ * server — the process: the loaded config, the listener on the main thread, the
+ * worker threads, signals (SIGTERM drains, SIGHUP reloads the pool), connection
+ * limits.  The main thread owns it; workers read the fields marked shared.
+ */
+#ifndef GEOGATE_SERVER_H
+#define GEOGATE_SERVER_H
+
+#include <stdint.h>
+#include <time.h>
+
+#include "gateway/types.h"
+
+#define GW_VERSION "0.1.0"
+/* What `version` answers: the memcached protocol level we speak, and who we are.
+ * Clients that parse the number (libmemcached) read 1.6.18. */
+#define GW_MC_VERSION "1.6.18-geogate-" GW_VERSION
+
+struct gw_server {
+    struct gw_config *cfg; /* shared, read-only; replaced only on reload */
+    struct gw_worker *workers;
+    int nworkers;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *sig_term, *sig_int, *sig_hup;
+    time_t started;
+    int64_t curr_connections; /* shared, atomic */
+    uint32_t max_connections; /* shared */
+    uint32_t max_request_bytes;
+    uint32_t max_value_bytes;
+    uint64_t generation;
+    struct gw_pool *pool; /* current pool (main thread's reference) */
+    int next_worker;
+    int exit_code;
+    bool draining;
+};
+
+/* Run the gateway until drained.  Returns the process exit code. */
+int gw_server_run(struct gw_config *cfg);
+
+#endif

@@ -1,0 +1,172 @@
+/*
+ * types — the structures of the request path, types only (no functions), so the
+ * modules that pass them around (client, backend, route, worker) can include them
+ * without including each other.
+ *
+ *   client socket ──read──> client.c: frame + parse ──> route.c: which node(s)?
+ *                                                          │
+ *            ┌─────────────────────────────────────────────┘
+ *            v
+ *   backend.c: frag queued on the worker's connection to that node; all frags of
+ *   one loop iteration leave in one write ──> memcached
+ *            │
+ *   backend.c: replies parsed in order, matched to the head frag, moved (not
+ *   copied) into the request's reply buffer
+ *            v
+ *   client.c: requests answered strictly in the client's order (a finished request
+ *   waits for the ones before it), then written to the client socket
+ */
+#ifndef GEOGATE_TYPES_H
+#define GEOGATE_TYPES_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "gateway/proto_mc.h"
+#include "gateway/stats.h"
+
+struct event;
+struct event_base;
+struct evbuffer;
+struct bufferevent;
+struct evconnlistener;
+struct gw_pool;
+struct gw_node;
+struct gw_config;
+struct gw_server;
+
+/* One key of a retrieval spread over several nodes: its reply, kept until all nodes
+ * answered so replies go out in the client's key order. */
+struct gw_keyslot {
+    const char *key;
+    uint32_t nkey;
+    uint32_t node;
+    struct evbuffer *value; /* this key's VALUE block(s); NULL while a miss */
+};
+
+/* The part of a request sent to one backend connection. */
+struct gw_frag {
+    struct gw_req *req; /* NULL for a health probe */
+    struct gw_backend *be;
+    TAILQ_ENTRY(gw_frag) link;
+    uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
+    uint32_t nslots;
+    uint32_t cursor; /* next slot a VALUE reply can belong to */
+};
+
+TAILQ_HEAD(gw_frag_queue, gw_frag);
+
+struct gw_req {
+    TAILQ_ENTRY(gw_req) link;  /* in the client's queue, in arrival order */
+    struct gw_client *client;  /* NULL once the client has gone (orphaned) */
+    struct gw_worker *w;
+    enum mc_cmd cmd;
+    bool noreply;
+    bool done;
+    bool quit;        /* close the client once this one is written */
+    bool failed;
+    uint32_t pending; /* frags not yet answered */
+    uint32_t nkeys;   /* retrievals: keys asked */
+    uint32_t hits;    /* retrievals: VALUE replies seen */
+    const char *error; /* first failure's reply line (no CRLF), when failed */
+    bool error_owned;  /* error was allocated for this request */
+    struct evbuffer *reply;
+    struct gw_frag frag;   /* the only frag of a single-node request */
+    struct gw_frag *frags; /* several nodes: one frag per node */
+    uint32_t nfrags;
+    struct gw_keyslot *slots;
+    uint32_t nslots;
+    char *keybuf; /* owns the key bytes slots point to */
+    uint32_t *slotidx;
+};
+
+TAILQ_HEAD(gw_req_queue, gw_req);
+
+enum gw_be_state { GW_BE_IDLE = 0, GW_BE_CONNECTING, GW_BE_CONNECTED, GW_BE_STATE_MAX };
+
+/* One connection from a worker to one memcached node. */
+struct gw_backend {
+    struct gw_worker *w;
+    struct gw_pool *pool;
+    struct gw_node *node;
+    uint32_t slot; /* which of pool->connections to this node */
+    struct bufferevent *bev;
+    int state; /* enum gw_be_state */
+    struct gw_frag_queue pending;
+    uint32_t npending;
+    int64_t connect_started_ms;
+    int64_t last_progress_ms;
+    /* reply parser */
+    bool in_data;        /* inside a VALUE data block */
+    uint32_t data_left;  /* bytes of it still to move */
+    struct evbuffer *dst; /* where the data block goes (NULL: dropped) */
+    bool retiring;       /* removed by a reload: close once pending is empty */
+    bool probing;
+    struct gw_frag probe;
+    TAILQ_ENTRY(gw_backend) retire_link;
+};
+
+enum gw_in_state { GW_IN_LINE = 0, GW_IN_DATA, GW_IN_SWALLOW, GW_IN_STATE_MAX };
+
+/* A storage command whose data block has not fully arrived yet. */
+struct gw_store_pending {
+    enum mc_cmd cmd;
+    bool noreply;
+    uint32_t node;
+    uint32_t vlen; /* data block bytes incl. the trailing CRLF */
+    uint16_t hdrlen;
+    char hdr[8 + MC_KEY_MAX_LENGTH + 64]; /* the line to send the node */
+};
+
+struct gw_client {
+    struct gw_worker *w;
+    struct bufferevent *bev;
+    TAILQ_ENTRY(gw_client) link;
+    struct gw_req_queue reqs;
+    uint32_t nreqs;
+    int in_state; /* enum gw_in_state */
+    uint32_t swallow_left;
+    bool closing;
+    bool quitting;      /* close as soon as the output is written */
+    bool quit_seen;     /* `quit` read: parse nothing more */
+    bool paused;        /* reading stopped for back-pressure */
+    bool in_process;    /* re-entrancy guard for client_process */
+    bool again;
+    bool draining;
+    struct gw_store_pending *store;
+};
+
+TAILQ_HEAD(gw_client_list, gw_client);
+TAILQ_HEAD(gw_backend_list, gw_backend);
+
+struct gw_worker {
+    int id;
+    struct gw_server *srv;
+    pthread_t thread;
+    bool joined;
+    struct event_base *base;
+    int notify_fd[2];
+    struct event *notify_ev;
+    struct event *tick_ev;
+    struct event *reap_ev;
+    struct gw_pool *pool;
+    struct gw_backend **backends; /* [node * pool->connections + slot] */
+    uint32_t nbackends;
+    uint32_t rr;
+    struct gw_client_list clients;
+    struct gw_client_list dead;
+    struct gw_backend_list retired;
+    uint32_t nclients;
+    struct gw_stats stats;
+    struct mc_parser parser;
+    char *scratch; /* a writable copy of the current request line */
+    size_t scratch_cap;
+    char *out; /* building lines for backends */
+    size_t out_cap;
+    bool draining;
+    int64_t now_ms;
+};
+
+#endif

@@ -1,0 +1,325 @@
+/*
+ * worker — see worker.h.  Messages from other threads arrive as fixed-size records
+ * on a pipe (atomic writes below PIPE_BUF), so the loop needs no locks:
+ *
+ *   main thread ──GW_MSG_CONN fd──────> adopt a client
+ *               ──GW_MSG_RELOAD pool──> swap pools, keep connections to nodes that stay
+ *               ──GW_MSG_DRAIN────────> finish in-flight requests, close clients, exit
+ */
+#include "gateway/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "gateway/backend.h"
+#include "gateway/client.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/server.h"
+
+#define GW_TICK_MS 50
+
+static struct gw_backend **backends_for(struct gw_worker *w, struct gw_pool *pool,
+                                        struct gw_backend **old, uint32_t nold)
+{
+    uint32_t n = pool->nnodes * pool->connections;
+    struct gw_backend **bes = calloc(n, sizeof(*bes));
+
+    if (bes == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < pool->nnodes; i++) {
+        for (uint32_t s = 0; s < pool->connections; s++) {
+            struct gw_backend *be = NULL;
+            for (uint32_t j = 0; j < nold; j++) {
+                if (old[j] != NULL && old[j]->slot == s &&
+                    strcmp(old[j]->node->label, pool->nodes[i].label) == 0) {
+                    be = old[j];
+                    old[j] = NULL;
+                    break;
+                }
+            }
+            if (be != NULL) {
+                be->pool = pool;
+                be->node = &pool->nodes[i];
+            } else {
+                be = gw_backend_create(w, pool, &pool->nodes[i], s);
+                if (be == NULL) {
+                    goto fail;
+                }
+            }
+            bes[i * pool->connections + s] = be;
+        }
+    }
+    return bes;
+fail:
+    for (uint32_t i = 0; i < n; i++) {
+        if (bes[i] != NULL && bes[i]->pool == pool && bes[i]->bev == NULL &&
+            bes[i]->npending == 0) {
+            /* only the ones we created; moved ones are put back by the caller's retry */
+        }
+    }
+    free(bes);
+    return NULL;
+}
+
+static void worker_reload(struct gw_worker *w, struct gw_pool *pool)
+{
+    struct gw_backend **bes = backends_for(w, pool, w->backends, w->nbackends);
+
+    if (bes == NULL) {
+        log_error("worker %d: out of memory applying a reload; keeping the old pool", w->id);
+        gw_pool_put(pool);
+        return;
+    }
+    /* Connections to nodes that left the pool finish their requests, then close.
+     * They keep a reference to the old pool until then. */
+    for (uint32_t j = 0; j < w->nbackends; j++) {
+        struct gw_backend *be = w->backends[j];
+        if (be == NULL) {
+            continue;
+        }
+        if (be->npending == 0) {
+            gw_backend_destroy(be);
+        } else {
+            be->retiring = true;
+            gw_pool_get(be->pool);
+            TAILQ_INSERT_TAIL(&w->retired, be, retire_link);
+        }
+    }
+    free(w->backends);
+    w->backends = bes;
+    w->nbackends = pool->nnodes * pool->connections;
+    gw_pool_put(w->pool);
+    w->pool = pool;
+    log_debug("worker %d: now on pool generation %llu", w->id,
+              (unsigned long long)pool->generation);
+}
+
+static void worker_drain(struct gw_worker *w)
+{
+    struct gw_client *c, *next;
+
+    w->draining = true;
+    for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        gw_client_drain(c);
+    }
+    if (w->nclients == 0) {
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+static void notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+    struct gw_msg msgs[64];
+    ssize_t n;
+
+    (void)what;
+    n = read(fd, msgs, sizeof(msgs));
+    if (n <= 0) {
+        return;
+    }
+    for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+        switch (msgs[i].type) {
+        case GW_MSG_CONN:
+            gw_client_accept(w, msgs[i].fd);
+            break;
+        case GW_MSG_RELOAD:
+            worker_reload(w, msgs[i].pool);
+            break;
+        case GW_MSG_DRAIN:
+            worker_drain(w);
+            break;
+        case GW_MSG_STOP:
+            event_base_loopbreak(w->base);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+    int64_t now = gw_now_ms();
+    struct gw_backend *be, *next;
+
+    (void)fd;
+    (void)what;
+    w->now_ms = now;
+    for (uint32_t i = 0; i < w->nbackends; i++) {
+        gw_backend_tick(w->backends[i], now);
+    }
+    for (be = TAILQ_FIRST(&w->retired); be != NULL; be = next) {
+        next = TAILQ_NEXT(be, retire_link);
+        gw_backend_tick(be, now);
+        if (be->npending == 0) {
+            struct gw_pool *old = be->pool;
+            TAILQ_REMOVE(&w->retired, be, retire_link);
+            gw_backend_destroy(be);
+            gw_pool_put(old);
+        }
+    }
+    /* Whichever worker claims a down node first probes it. */
+    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
+        if (gw_node_claim_probe(&w->pool->nodes[i], now)) {
+            gw_backend_probe(w->backends[i * w->pool->connections]);
+        }
+    }
+    if (w->draining && w->nclients == 0) {
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *w = arg;
+
+    (void)fd;
+    (void)what;
+    gw_client_reap(w);
+    if (w->draining && w->nclients == 0) {
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+struct gw_backend *gw_worker_backend(struct gw_worker *w, uint32_t node)
+{
+    uint32_t conns = w->pool->connections;
+
+    if (conns == 1) {
+        return w->backends[node];
+    }
+    return w->backends[node * conns + (w->rr++ % conns)];
+}
+
+static void *worker_main(void *arg)
+{
+    struct gw_worker *w = arg;
+
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct gw_pool *pool)
+{
+    struct timeval tick = {0, GW_TICK_MS * 1000};
+
+    w->id = id;
+    w->srv = srv;
+    TAILQ_INIT(&w->clients);
+    TAILQ_INIT(&w->dead);
+    TAILQ_INIT(&w->retired);
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        goto fail_base;
+    }
+    if (pipe2(w->notify_fd, O_CLOEXEC) == -1) {
+        goto fail_pipe;
+    }
+    w->notify_ev = event_new(w->base, w->notify_fd[0], EV_READ | EV_PERSIST, notify_cb, w);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
+    w->reap_ev = event_new(w->base, -1, 0, reap_cb, w);
+    if (w->notify_ev == NULL || w->tick_ev == NULL || w->reap_ev == NULL) {
+        goto fail_events;
+    }
+    gw_pool_get(pool);
+    w->pool = pool;
+    w->backends = backends_for(w, pool, NULL, 0);
+    if (w->backends == NULL) {
+        goto fail_backends;
+    }
+    w->nbackends = pool->nnodes * pool->connections;
+    event_add(w->notify_ev, NULL);
+    event_add(w->tick_ev, &tick);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        goto fail_thread;
+    }
+    return 0;
+
+fail_thread:
+    for (uint32_t i = 0; i < w->nbackends; i++) {
+        gw_backend_destroy(w->backends[i]);
+    }
+    free(w->backends);
+fail_backends:
+    gw_pool_put(pool);
+fail_events:
+    if (w->notify_ev) {
+        event_free(w->notify_ev);
+    }
+    if (w->tick_ev) {
+        event_free(w->tick_ev);
+    }
+    if (w->reap_ev) {
+        event_free(w->reap_ev);
+    }
+    close(w->notify_fd[0]);
+    close(w->notify_fd[1]);
+fail_pipe:
+    event_base_free(w->base);
+fail_base:
+    return -1;
+}
+
+int gw_worker_send(struct gw_worker *w, const struct gw_msg *msg)
+{
+    ssize_t n;
+
+    do {
+        n = write(w->notify_fd[1], msg, sizeof(*msg));
+    } while (n == -1 && errno == EINTR);
+    return n == (ssize_t)sizeof(*msg) ? 0 : -1;
+}
+
+void gw_worker_join(struct gw_worker *w)
+{
+    struct gw_client *c;
+    struct gw_backend *be;
+
+    if (!w->joined) {
+        pthread_join(w->thread, NULL);
+        w->joined = true;
+    }
+    /* Anything still open after the drain deadline is closed now. */
+    while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
+        gw_client_drain(c);
+        if (TAILQ_FIRST(&w->clients) == c) {
+            /* still busy: force it */
+            c->quitting = true;
+            TAILQ_REMOVE(&w->clients, c, link);
+            TAILQ_INSERT_TAIL(&w->dead, c, link);
+            c->closing = true;
+        }
+    }
+    gw_client_reap(w);
+    for (uint32_t i = 0; i < w->nbackends; i++) {
+        gw_backend_destroy(w->backends[i]);
+    }
+    while ((be = TAILQ_FIRST(&w->retired)) != NULL) {
+        struct gw_pool *old = be->pool;
+        TAILQ_REMOVE(&w->retired, be, retire_link);
+        gw_backend_destroy(be);
+        gw_pool_put(old);
+    }
+    gw_client_reap(w); /* requests orphaned by the failures above */
+    free(w->backends);
+    gw_pool_put(w->pool);
+    event_free(w->notify_ev);
+    event_free(w->tick_ev);
+    event_free(w->reap_ev);
+    close(w->notify_fd[0]);
+    close(w->notify_fd[1]);
+    mc_parser_release(&w->parser);
+    free(w->scratch);
+    free(w->out);
+    event_base_free(w->base);
+}

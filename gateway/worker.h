@@ -1,0 +1,32 @@
+/*
+ * worker — one thread, one event loop: it owns its client connections, its
+ * connections to every node, its counters, and a tick that times out requests and
+ * probes down nodes.  Other threads talk to it only through its notify pipe.
+ */
+#ifndef GEOGATE_WORKER_H
+#define GEOGATE_WORKER_H
+
+#include "gateway/types.h"
+
+enum gw_msg_type { GW_MSG_CONN = 0, GW_MSG_RELOAD, GW_MSG_DRAIN, GW_MSG_STOP, GW_MSG_TYPE_MAX };
+
+struct gw_msg {
+    int type;
+    int fd;               /* GW_MSG_CONN: takes ownership */
+    struct gw_pool *pool; /* GW_MSG_RELOAD: takes one reference */
+};
+
+/* Set up w (event base, pipe, backends for pool; takes a pool reference) and start
+ * its thread.  Returns 0 or -1. */
+int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct gw_pool *pool);
+
+/* From any thread.  Returns 0 or -1 (pipe full or closed). */
+int gw_worker_send(struct gw_worker *w, const struct gw_msg *msg);
+
+/* Join the thread and free everything it owned. */
+void gw_worker_join(struct gw_worker *w);
+
+/* The connection to use for node (round-robin over pool->connections). */
+struct gw_backend *gw_worker_backend(struct gw_worker *w, uint32_t node);
+
+#endif
