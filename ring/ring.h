@@ -40,17 +40,26 @@ int ring_server_name(char *buf, size_t buflen, const char *host, uint16_t port,
                      const char *explicit_name);
 
 /* Build a continuum.  Copies what it needs from servers (the caller keeps ownership).
- * Returns 0 and sets *out, or -1 (no servers, zero total weight, or out of memory). */
+ * Returns 0 and sets *out, or -1 (no servers, zero total weight, weights summing past
+ * UINT32_MAX, a NULL name, an unknown hash, or out of memory).  A server of weight 0
+ * gets no points.  Like nutcracker 0.5.0, only the first 272 bytes of "name-i" are
+ * hashed. */
 int ring_create(struct ring **out, const struct ring_server *servers, size_t nservers,
                 enum ring_hash hash);
 void ring_destroy(struct ring *ring);
 
-/* Index (into the servers given to ring_create) of the server that owns key. */
+/* Index (into the servers given to ring_create) of the server that owns key.  As in
+ * twemproxy, an empty key looks up hash 0.  No allocation; safe from any thread. */
 uint32_t ring_lookup(const struct ring *ring, const char *key, size_t len);
 
 /* Index of the server owning a precomputed key hash. */
 uint32_t ring_lookup_hash(const struct ring *ring, uint32_t hash);
 
 size_t ring_npoints(const struct ring *ring);
+
+/* Point i of the sorted continuum (for tests, debugging and status pages): its value
+ * and owning server index; either pointer may be NULL.  Returns 0, or -1 if i is out of
+ * range. */
+int ring_point_at(const struct ring *ring, size_t i, uint32_t *value, uint32_t *server);
 
 #endif
