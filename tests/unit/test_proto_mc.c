@@ -238,6 +238,33 @@ static void test_frame_long_lines(void **state)
     free(buf);
 }
 
+/* The same decisions when the caller shows only the head of a long buffer. */
+static void test_frame_no_eol(void **state)
+{
+    char head[128];
+    (void)state;
+
+    memset(head, 'x', sizeof(head));
+    assert_int_equal(mc_frame_no_eol(head, 128, 2048, 1 << 20), MC_FRAME_MORE);
+    assert_int_equal(mc_frame_no_eol(head, 128, 2049, 1 << 20), MC_FRAME_CLOSE);
+    assert_int_equal(mc_frame_no_eol(head, 0, 100, 1 << 20), MC_FRAME_MORE);
+    memcpy(head, "get ", 4);
+    assert_int_equal(mc_frame_no_eol(head, 128, 100000, 1 << 20), MC_FRAME_MORE);
+    assert_int_equal(mc_frame_no_eol(head, 128, 100000, 50000), MC_FRAME_TOO_LONG);
+    memcpy(head, "gets ", 5);
+    assert_int_equal(mc_frame_no_eol(head, 128, 100000, 1 << 20), MC_FRAME_MORE);
+    memcpy(head, "gat 0 ", 6);
+    assert_int_equal(mc_frame_no_eol(head, 128, 100000, 1 << 20), MC_FRAME_CLOSE);
+    memset(head, ' ', sizeof(head));
+    memcpy(head + 100, "get ", 4);
+    assert_int_equal(mc_frame_no_eol(head, 128, 3000, 1 << 20), MC_FRAME_MORE);
+    memset(head, ' ', sizeof(head));
+    memcpy(head + 101, "get ", 4);
+    assert_int_equal(mc_frame_no_eol(head, 128, 3000, 1 << 20), MC_FRAME_CLOSE);
+    memset(head, ' ', sizeof(head));
+    assert_int_equal(mc_frame_no_eol(head, 128, 3000, 1 << 20), MC_FRAME_CLOSE);
+}
+
 /* ------------------------------------------------------------------ empty, short, unknown */
 
 /* memcached: every one of these answers "ERROR" and goes on with the next line. */
@@ -345,10 +372,10 @@ static void test_parse_get_keys(void **state)
     assert_memory_equal(req.keys[2].p, "a", 1);
     free(copy);
 
-    assert_int_equal(parse("gats 30 x\ty z", 14, &req, &copy), 0);
+    assert_int_equal(parse("gats 30 x\ty z", 13, &req, &copy), 0);
     assert_int_equal(req.cmd, MC_CMD_GATS);
     assert_int_equal(req.exptime, 30);
-    assert_int_equal(req.nkeys, 3);
+    assert_int_equal(req.nkeys, 2);
     assert_int_equal(req.keys[0].len, 3); /* tabs belong to the key */
     assert_memory_equal(req.keys[0].p, "x\ty", 3);
     free(copy);
@@ -1071,6 +1098,7 @@ int main(void)
         cmocka_unit_test(test_frame_lines),
         cmocka_unit_test(test_frame_incomplete),
         cmocka_unit_test(test_frame_long_lines),
+        cmocka_unit_test(test_frame_no_eol),
         cmocka_unit_test(test_parse_empty_and_unknown),
         cmocka_unit_test(test_parse_retrieval),
         cmocka_unit_test(test_parse_get_keys),
