@@ -10,15 +10,13 @@
  */
 #include "gateway/backend.h"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/req.h"
@@ -54,56 +52,43 @@ void gw_backend_destroy(struct gw_backend *be)
     free(be);
 }
 
-static void be_read_cb(struct bufferevent *bev, void *arg);
+static void be_read(struct gw_conn *conn, void *arg);
 
-static void be_event_cb(struct bufferevent *bev, short what, void *arg)
+static void be_connected(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
-    int fd;
-    int one = 1;
 
-    if (what & BEV_EVENT_CONNECTED) {
-        be->state = GW_BE_CONNECTED;
-        be->last_progress_ms = gw_now_ms();
-        fd = bufferevent_getfd(bev);
-        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1) {
-            log_debug("TCP_NODELAY on node %s: failed", be->node->label);
-        }
-        return;
-    }
-    if (what & BEV_EVENT_EOF) {
+    (void)conn;
+    be->state = GW_BE_CONNECTED;
+    be->last_progress_ms = gw_now_ms();
+}
+
+static void be_error(struct gw_conn *conn, void *arg, bool eof)
+{
+    struct gw_backend *be = arg;
+
+    (void)conn;
+    if (eof) {
         /* An idle connection closed by the node (restart, idle timeout) is not a
          * failure; one that drops requests is. */
         be_fail(be, "connection closed by node", be->npending > 0 || be->state != GW_BE_CONNECTED);
         return;
     }
-    if (what & BEV_EVENT_ERROR) {
-        be_fail(be, be->state == GW_BE_CONNECTING ? "connect failed" : "connection error", true);
-    }
+    be_fail(be, be->state == GW_BE_CONNECTING ? "connect failed" : "connection error", true);
 }
 
 static void be_connect(struct gw_backend *be)
 {
-    struct bufferevent *bev;
-
-    bev = bufferevent_socket_new(be->w->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
-        log_error("out of memory connecting to node %s", be->node->label);
-        be->state = GW_BE_CONNECTING;
-        be->connect_started_ms = 0; /* the next tick fails it */
-        return;
-    }
-    be->bev = bev;
     be->state = GW_BE_CONNECTING;
     be->connect_started_ms = gw_now_ms();
     be->in_data = false;
-    bufferevent_setcb(bev, be_read_cb, NULL, be_event_cb, be);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&be->node->addr,
-                                   (int)be->node->addrlen) < 0) {
+    if (gw_conn_connect(&be->conn, be->w, (struct sockaddr *)&be->node->addr, be->node->addrlen,
+                        be_read, be_error, be_connected, be) != 0) {
         /* Reported from the tick, never from inside the caller's stack. */
         be->connect_started_ms = 0;
+        return;
     }
+    be->open = true;
 }
 
 void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
@@ -111,7 +96,7 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
 {
     struct evbuffer *out;
 
-    if (be->bev == NULL) {
+    if (!be->open && be->state == GW_BE_IDLE) {
         be_connect(be);
     }
     frag->be = be;
@@ -121,14 +106,18 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
     TAILQ_INSERT_TAIL(&be->pending, frag, link);
     be->npending++;
     STAT_INCR(&be->w->stats, backend_requests);
-    if (be->bev == NULL) {
-        return; /* the tick will fail it */
+    if (!be->open) {
+        if (data != NULL && ndata > 0) {
+            evbuffer_drain(data, ndata); /* the tick fails the frag */
+        }
+        return;
     }
-    out = bufferevent_get_output(be->bev);
+    out = be->conn.out;
     evbuffer_add(out, line, len);
     if (data != NULL && ndata > 0) {
         evbuffer_remove_buffer(data, out, ndata);
     }
+    gw_conn_want_flush(&be->conn);
 }
 
 void gw_backend_probe(struct gw_backend *be)
@@ -143,21 +132,21 @@ void gw_backend_probe(struct gw_backend *be)
 /*
  * Fail the connection: close it, fail every pending frag with the node's error and,
  * when count_failure, count one consecutive failure against the node.  Safe to call
- * from this backend's own callbacks: libevent holds a reference to the bufferevent
- * while its callback runs, and be->bev is cleared first so callers can tell.
+ * from this backend's own callbacks: conn_gen changes, so a reply loop in progress
+ * can tell its buffers are gone.
  */
 static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
 {
-    struct bufferevent *bev = be->bev;
     struct gw_frag *f;
     int64_t now = gw_now_ms();
 
-    be->bev = NULL;
+    be->conn_gen++;
     be->state = GW_BE_IDLE;
     be->in_data = false;
     be->dst = NULL;
-    if (bev != NULL) {
-        bufferevent_free(bev);
+    if (be->open) {
+        gw_conn_close(&be->conn);
+        be->open = false;
     }
     if (be->npending > 0 || count_failure) {
         log_debug("node %s: %s (%u requests pending)", be->node->label, why, be->npending);
@@ -206,10 +195,11 @@ static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const cha
     gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
 }
 
-static void be_read_cb(struct bufferevent *bev, void *arg)
+static void be_read(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = conn->in;
+    uint64_t gen = be->conn_gen;
 
     be->last_progress_ms = gw_now_ms();
     for (;;) {
@@ -282,8 +272,8 @@ static void be_read_cb(struct bufferevent *bev, void *arg)
         be->npending--;
         gw_node_success(be->node);
         gw_req_frag_line(frag, in, line, len, len + 2);
-        if (be->bev != bev) {
-            return; /* failed (or reloaded away) while the reply was handled */
+        if (be->conn_gen != gen) {
+            return; /* failed while the reply was handled: `in` is gone */
         }
     }
 }

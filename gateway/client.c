@@ -15,8 +15,6 @@
 
 #include <inttypes.h>
 #include <stdarg.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +22,11 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "gateway/backend.h"
 #include "gateway/config.h"
+#include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/req.h"
@@ -41,7 +39,6 @@
 
 static void client_process(struct gw_client *c);
 static void client_close(struct gw_client *c);
-static void gw_client_restore_cbs(struct gw_client *c);
 
 /* ---- building lines for nodes ---- */
 
@@ -102,11 +99,12 @@ static void reply_line(struct gw_client *c, const char *line)
     struct gw_req *r;
 
     if (TAILQ_EMPTY(&c->reqs)) {
-        struct evbuffer *out = bufferevent_get_output(c->bev);
+        struct evbuffer *out = c->conn.out;
         size_t n = strlen(line);
         evbuffer_add(out, line, n);
         evbuffer_add(out, "\r\n", 2);
         STAT_ADD(&c->w->stats, bytes_written, n + 2);
+        gw_conn_want_flush(&c->conn);
         return;
     }
     r = gw_req_new(c->w, c, MC_CMD_NONE);
@@ -137,20 +135,25 @@ static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool nore
 
 /* ---- writing out ---- */
 
-static void client_write_cb(struct bufferevent *bev, void *arg)
+/* The output drained (to 0 when quitting, to half the high mark when paused). */
+static void client_drained(struct gw_conn *conn, void *arg)
 {
     struct gw_client *c = arg;
 
+    if (c->closing) {
+        return;
+    }
     if (c->quitting) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        if (evbuffer_get_length(conn->out) == 0) {
             client_close(c);
+        } else {
+            gw_conn_notify_drain(conn, 0);
         }
         return;
     }
     if (c->paused) {
         c->paused = false;
-        gw_client_restore_cbs(c);
-        bufferevent_enable(bev, EV_READ);
+        gw_conn_resume_read(conn);
         client_process(c);
     }
 }
@@ -158,20 +161,20 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 static void client_close_after_write(struct gw_client *c)
 {
     c->quitting = true;
-    bufferevent_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    gw_conn_pause_read(&c->conn);
+    if (evbuffer_get_length(c->conn.out) == 0) {
         client_close(c);
         return;
     }
-    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-    gw_client_restore_cbs(c);
+    gw_conn_notify_drain(&c->conn, 0);
 }
 
 static void client_flush(struct gw_client *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->conn.out;
     struct gw_req *r;
 
+    gw_conn_want_flush(&c->conn);
     while ((r = TAILQ_FIRST(&c->reqs)) != NULL && r->done) {
         bool quit = r->quit;
         TAILQ_REMOVE(&c->reqs, r, link);
@@ -193,8 +196,7 @@ static void client_flush(struct gw_client *c)
     if (c->paused && c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2 &&
         evbuffer_get_length(out) <= GW_CLIENT_OUT_HIGH / 2) {
         c->paused = false;
-        gw_client_restore_cbs(c);
-        bufferevent_enable(c->bev, EV_READ);
+        gw_conn_resume_read(&c->conn);
         client_process(c);
     }
 }
@@ -336,7 +338,7 @@ static void do_local(struct gw_client *c, const struct mc_request *m)
         break;
     case MC_CMD_QUIT:
         c->quit_seen = true;
-        bufferevent_disable(c->bev, EV_READ);
+        gw_conn_pause_read(&c->conn);
         if (TAILQ_EMPTY(&c->reqs)) {
             client_close_after_write(c);
             break;
@@ -795,23 +797,22 @@ static bool scratch_reserve(struct gw_worker *w, size_t need)
 static bool backlogged(struct gw_client *c)
 {
     return c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
-           evbuffer_get_length(bufferevent_get_output(c->bev)) > GW_CLIENT_OUT_HIGH;
+           evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH;
 }
 
 static void pause_reading(struct gw_client *c)
 {
     c->paused = true;
-    bufferevent_disable(c->bev, EV_READ);
-    /* Resume from the write callback once the socket has taken half the backlog. */
-    bufferevent_setwatermark(c->bev, EV_WRITE, GW_CLIENT_OUT_HIGH / 2, 0);
-    gw_client_restore_cbs(c);
+    gw_conn_pause_read(&c->conn);
+    /* Resume once the socket has taken half the backlog (or requests finish). */
+    gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_HIGH / 2);
 }
 
 static void client_process_once(struct gw_client *c)
 {
     struct gw_worker *w = c->w;
     struct gw_server *srv = w->srv;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->conn.in;
 
     for (;;) {
         size_t avail;
@@ -842,7 +843,7 @@ static void client_process_once(struct gw_client *c)
             continue;
         }
         if (c->draining) {
-            bufferevent_disable(c->bev, EV_READ);
+            gw_conn_pause_read(&c->conn);
             if (TAILQ_EMPTY(&c->reqs)) {
                 client_close_after_write(c);
             }
@@ -906,27 +907,17 @@ static void client_process(struct gw_client *c)
     c->in_process = false;
 }
 
-static void client_read_cb(struct bufferevent *bev, void *arg)
+static void client_read(struct gw_conn *conn, void *arg)
 {
-    (void)bev;
+    (void)conn;
     client_process(arg);
 }
 
-static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+static void client_error(struct gw_conn *conn, void *arg, bool eof)
 {
-    struct gw_client *c = arg;
-
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        client_close(c);
-    }
-}
-
-static void gw_client_restore_cbs(struct gw_client *c)
-{
-    bool want_write = c->quitting || c->paused;
-    bufferevent_setcb(c->bev, client_read_cb, want_write ? client_write_cb : NULL,
-                      client_event_cb, c);
+    (void)conn;
+    (void)eof;
+    client_close(arg);
 }
 
 /* ---- life cycle ---- */
@@ -934,30 +925,19 @@ static void gw_client_restore_cbs(struct gw_client *c)
 void gw_client_accept(struct gw_worker *w, int fd)
 {
     struct gw_client *c = calloc(1, sizeof(*c));
-    int one = 1;
 
-    if (c == NULL) {
-        close(fd);
-        __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
-        close(fd);
+    if (c == NULL || gw_conn_open(&c->conn, w, fd, client_read, client_error, c) != 0) {
         free(c);
+        close(fd);
         __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
         return;
     }
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1) {
-        log_debug("TCP_NODELAY on a client socket: failed");
-    }
+    c->conn.on_drain = client_drained;
     c->w = w;
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
     STAT_INCR(&w->stats, total_connections);
-    gw_client_restore_cbs(c);
-    bufferevent_enable(c->bev, EV_READ);
     if (w->draining) {
         gw_client_drain(c);
     }
@@ -971,7 +951,7 @@ static void client_close(struct gw_client *c)
         return;
     }
     c->closing = true;
-    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    gw_conn_pause_read(&c->conn);
     TAILQ_REMOVE(&w->clients, c, link);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
@@ -984,7 +964,7 @@ void gw_client_drain(struct gw_client *c)
     }
     c->draining = true;
     if (TAILQ_EMPTY(&c->reqs) && c->in_state == GW_IN_LINE &&
-        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        evbuffer_get_length(c->conn.in) == 0) {
         client_close_after_write(c);
     }
 }
@@ -1004,7 +984,7 @@ void gw_client_reap(struct gw_worker *w)
                 r->client = NULL; /* the backend reply frees it */
             }
         }
-        bufferevent_free(c->bev);
+        gw_conn_close(&c->conn);
         free(c->store);
         free(c);
         w->nclients--;

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "gateway/conn.h"
 #include "gateway/proto_mc.h"
 #include "gateway/stats.h"
 
@@ -92,7 +93,9 @@ struct gw_backend {
     struct gw_pool *pool;
     struct gw_node *node;
     uint32_t slot; /* which of pool->connections to this node */
-    struct bufferevent *bev;
+    struct gw_conn conn;
+    bool open;         /* conn holds a socket */
+    uint64_t conn_gen; /* bumped whenever the connection is torn down */
     int state; /* enum gw_be_state */
     struct gw_frag_queue pending;
     uint32_t npending;
@@ -122,7 +125,7 @@ struct gw_store_pending {
 
 struct gw_client {
     struct gw_worker *w;
-    struct bufferevent *bev;
+    struct gw_conn conn;
     TAILQ_ENTRY(gw_client) link;
     struct gw_req_queue reqs;
     uint32_t nreqs;
@@ -166,7 +169,9 @@ struct gw_worker {
     char *out; /* building lines for backends */
     size_t out_cap;
     bool draining;
+    bool stop;
     int64_t now_ms;
+    struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
 };
 
 #endif

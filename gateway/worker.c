@@ -18,52 +18,62 @@
 
 #include "gateway/backend.h"
 #include "gateway/client.h"
+#include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/server.h"
 
 #define GW_TICK_MS 50
 
+/* The connections a worker needs for pool: the ones in old to a node that stays are
+ * reused (taken out of old), the rest are created.  On failure old is untouched and
+ * NULL is returned. */
 static struct gw_backend **backends_for(struct gw_worker *w, struct gw_pool *pool,
                                         struct gw_backend **old, uint32_t nold)
 {
     uint32_t n = pool->nnodes * pool->connections;
     struct gw_backend **bes = calloc(n, sizeof(*bes));
+    int32_t *from = calloc(n, sizeof(*from));
 
-    if (bes == NULL) {
-        return NULL;
+    if (bes == NULL || from == NULL) {
+        goto fail;
     }
     for (uint32_t i = 0; i < pool->nnodes; i++) {
         for (uint32_t s = 0; s < pool->connections; s++) {
-            struct gw_backend *be = NULL;
+            uint32_t k = i * pool->connections + s;
+            from[k] = -1;
             for (uint32_t j = 0; j < nold; j++) {
                 if (old[j] != NULL && old[j]->slot == s &&
                     strcmp(old[j]->node->label, pool->nodes[i].label) == 0) {
-                    be = old[j];
-                    old[j] = NULL;
+                    from[k] = (int32_t)j;
                     break;
                 }
             }
-            if (be != NULL) {
-                be->pool = pool;
-                be->node = &pool->nodes[i];
-            } else {
-                be = gw_backend_create(w, pool, &pool->nodes[i], s);
-                if (be == NULL) {
+            if (from[k] < 0) {
+                bes[k] = gw_backend_create(w, pool, &pool->nodes[i], s);
+                if (bes[k] == NULL) {
                     goto fail;
                 }
             }
-            bes[i * pool->connections + s] = be;
         }
     }
+    for (uint32_t k = 0; k < n; k++) {
+        if (from[k] >= 0) {
+            bes[k] = old[from[k]];
+            old[from[k]] = NULL;
+            bes[k]->pool = pool;
+            bes[k]->node = &pool->nodes[k / pool->connections];
+        }
+    }
+    free(from);
     return bes;
 fail:
-    for (uint32_t i = 0; i < n; i++) {
-        if (bes[i] != NULL && bes[i]->pool == pool && bes[i]->bev == NULL &&
-            bes[i]->npending == 0) {
-            /* only the ones we created; moved ones are put back by the caller's retry */
+    for (uint32_t k = 0; bes != NULL && k < n; k++) {
+        if (from != NULL && from[k] < 0 && bes[k] != NULL) {
+            gw_backend_destroy(bes[k]);
         }
     }
+    free(from);
     free(bes);
     return NULL;
 }
@@ -201,11 +211,23 @@ struct gw_backend *gw_worker_backend(struct gw_worker *w, uint32_t node)
     return w->backends[node * conns + (w->rr++ % conns)];
 }
 
+/* One pass of the loop runs every ready callback; then everything they queued for
+ * any socket is written, one writev per socket.  That is where requests from many
+ * clients to one node get batched into one write. */
 static void *worker_main(void *arg)
 {
     struct gw_worker *w = arg;
 
-    event_base_dispatch(w->base);
+    while (!w->stop) {
+        if (event_base_loop(w->base, EVLOOP_ONCE) != 0) {
+            break;
+        }
+        gw_conn_flush_all(w);
+        if (event_base_got_exit(w->base) || event_base_got_break(w->base)) {
+            break;
+        }
+    }
+    gw_conn_flush_all(w);
     return NULL;
 }
 
@@ -218,6 +240,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     TAILQ_INIT(&w->clients);
     TAILQ_INIT(&w->dead);
     TAILQ_INIT(&w->retired);
+    TAILQ_INIT(&w->flushq);
     w->base = event_base_new();
     if (w->base == NULL) {
         goto fail_base;

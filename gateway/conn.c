@@ -1,0 +1,274 @@
+/*
+ * conn — see conn.h.
+ *
+ *   EV_READ (persistent) ──> read into `in` ──> owner's on_read
+ *   owner queues output ──> gw_conn_want_flush ──> worker's flush list
+ *   end of loop iteration ──> gw_conn_flush_all ──> one writev per socket
+ *                                  └── EAGAIN: arm EV_WRITE until the kernel takes it
+ */
+#include "gateway/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "gateway/types.h"
+
+#define GW_READ_CHUNK 16384
+
+static void conn_fail(struct gw_conn *conn, bool eof)
+{
+    if (conn->failed) {
+        return;
+    }
+    conn->failed = true;
+    if (conn->reading) {
+        event_del(&conn->rev);
+        conn->reading = false;
+    }
+    conn->on_error(conn, conn->arg, eof);
+}
+
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_conn *conn = arg;
+    struct evbuffer_iovec vec[2];
+    struct iovec iov[2];
+    int nvec;
+    ssize_t n;
+
+    (void)what;
+    nvec = evbuffer_reserve_space(conn->in, GW_READ_CHUNK, vec, 2);
+    if (nvec <= 0) {
+        conn_fail(conn, false);
+        return;
+    }
+    for (int i = 0; i < nvec; i++) {
+        iov[i].iov_base = vec[i].iov_base;
+        iov[i].iov_len = vec[i].iov_len;
+    }
+    n = readv(fd, iov, nvec);
+    if (n > 0) {
+        size_t left = (size_t)n;
+        for (int i = 0; i < nvec; i++) {
+            size_t take = left < vec[i].iov_len ? left : vec[i].iov_len;
+            vec[i].iov_len = take;
+            left -= take;
+        }
+        evbuffer_commit_space(conn->in, vec, nvec);
+        conn->on_read(conn, conn->arg);
+        return;
+    }
+    evbuffer_commit_space(conn->in, vec, 0);
+    if (n == 0) {
+        conn_fail(conn, true);
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        conn_fail(conn, false);
+    }
+}
+
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_conn *conn = arg;
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    (void)what;
+    conn->wev_armed = false;
+    if (conn->connecting) {
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1 || err != 0) {
+            conn_fail(conn, false);
+            return;
+        }
+        conn->connecting = false;
+        if (conn->on_connected != NULL) {
+            conn->on_connected(conn, conn->arg);
+        }
+        if (conn->failed) {
+            return;
+        }
+    }
+    if (gw_conn_flush(conn) != 0) {
+        conn_fail(conn, false);
+    }
+}
+
+static int conn_setup(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn_read_fn on_read,
+                      gw_conn_error_fn on_error, void *arg)
+{
+    memset(conn, 0, sizeof(*conn));
+    conn->fd = fd;
+    conn->w = w;
+    conn->on_read = on_read;
+    conn->on_error = on_error;
+    conn->arg = arg;
+    conn->in = evbuffer_new();
+    conn->out = evbuffer_new();
+    if (conn->in == NULL || conn->out == NULL) {
+        goto fail;
+    }
+    if (event_assign(&conn->rev, w->base, fd, EV_READ | EV_PERSIST, conn_read_cb, conn) != 0 ||
+        event_assign(&conn->wev, w->base, fd, EV_WRITE, conn_write_cb, conn) != 0) {
+        goto fail;
+    }
+    return 0;
+fail:
+    if (conn->in) {
+        evbuffer_free(conn->in);
+    }
+    if (conn->out) {
+        evbuffer_free(conn->out);
+    }
+    conn->in = conn->out = NULL;
+    return -1;
+}
+
+int gw_conn_open(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn_read_fn on_read,
+                 gw_conn_error_fn on_error, void *arg)
+{
+    int one = 1;
+
+    if (conn_setup(conn, w, fd, on_read, on_error, arg) != 0) {
+        return -1;
+    }
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    gw_conn_resume_read(conn);
+    return 0;
+}
+
+int gw_conn_connect(struct gw_conn *conn, struct gw_worker *w, const struct sockaddr *sa,
+                    socklen_t salen, gw_conn_read_fn on_read, gw_conn_error_fn on_error,
+                    gw_conn_event_fn on_connected, void *arg)
+{
+    int one = 1;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd == -1) {
+        return -1;
+    }
+    if (conn_setup(conn, w, fd, on_read, on_error, arg) != 0) {
+        close(fd);
+        return -1;
+    }
+    conn->on_connected = on_connected;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn->connecting = true;
+    gw_conn_resume_read(conn);
+    if (connect(fd, sa, salen) == -1 && errno != EINPROGRESS) {
+        /* Reported through on_error from the write event, never synchronously. */
+        conn->connecting = true;
+    }
+    event_add(&conn->wev, NULL);
+    conn->wev_armed = true;
+    return 0;
+}
+
+void gw_conn_want_flush(struct gw_conn *conn)
+{
+    if (!conn->queued && !conn->failed && conn->fd >= 0) {
+        conn->queued = true;
+        TAILQ_INSERT_TAIL(&conn->w->flushq, conn, flush_link);
+    }
+}
+
+int gw_conn_flush(struct gw_conn *conn)
+{
+    size_t left;
+
+    if (conn->connecting || conn->failed || conn->fd < 0) {
+        return 0;
+    }
+    while ((left = evbuffer_get_length(conn->out)) > 0) {
+        int n = evbuffer_write(conn->out, conn->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        if ((size_t)n < left) {
+            break; /* the kernel took what it could; wait for EV_WRITE */
+        }
+    }
+    left = evbuffer_get_length(conn->out);
+    if (left > 0 && !conn->wev_armed) {
+        event_add(&conn->wev, NULL);
+        conn->wev_armed = true;
+    }
+    if (conn->notify_drain && left <= conn->drain_below) {
+        conn->notify_drain = false;
+        if (conn->on_drain != NULL) {
+            conn->on_drain(conn, conn->arg);
+        }
+    }
+    return 0;
+}
+
+void gw_conn_flush_all(struct gw_worker *w)
+{
+    struct gw_conn *conn;
+
+    while ((conn = TAILQ_FIRST(&w->flushq)) != NULL) {
+        TAILQ_REMOVE(&w->flushq, conn, flush_link);
+        conn->queued = false;
+        if (gw_conn_flush(conn) != 0) {
+            conn_fail(conn, false);
+        }
+    }
+}
+
+void gw_conn_pause_read(struct gw_conn *conn)
+{
+    if (conn->reading) {
+        event_del(&conn->rev);
+        conn->reading = false;
+    }
+}
+
+void gw_conn_resume_read(struct gw_conn *conn)
+{
+    if (!conn->reading && !conn->failed && conn->fd >= 0) {
+        event_add(&conn->rev, NULL);
+        conn->reading = true;
+    }
+}
+
+void gw_conn_notify_drain(struct gw_conn *conn, size_t below)
+{
+    conn->notify_drain = true;
+    conn->drain_below = below;
+    if (evbuffer_get_length(conn->out) <= below) {
+        gw_conn_want_flush(conn); /* the flush pass reports it */
+    }
+}
+
+void gw_conn_close(struct gw_conn *conn)
+{
+    if (conn->fd < 0) {
+        return;
+    }
+    if (conn->queued) {
+        TAILQ_REMOVE(&conn->w->flushq, conn, flush_link);
+        conn->queued = false;
+    }
+    event_del(&conn->rev);
+    event_del(&conn->wev);
+    conn->reading = false;
+    conn->wev_armed = false;
+    close(conn->fd);
+    conn->fd = -1;
+    conn->failed = true;
+    evbuffer_free(conn->in);
+    evbuffer_free(conn->out);
+    conn->in = conn->out = NULL;
+}

@@ -1,0 +1,85 @@
+/*
+ * conn — a non-blocking TCP socket with an input and an output evbuffer, cheaper than
+ * a bufferevent on the request path: the read event is registered once and never
+ * toggled, reads go straight into the input buffer (no FIONREAD ioctl), and writes
+ * are deferred to the end of the loop iteration (gw_conn_want_flush) so that
+ * everything queued for one socket during one iteration leaves in one writev.  A
+ * write event is armed only when the kernel pushes back.  Runs on its worker's loop.
+ * It does not parse anything; its owner does, in the callbacks.
+ */
+#ifndef GEOGATE_CONN_H
+#define GEOGATE_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/event_struct.h>
+
+struct gw_worker;
+struct gw_conn;
+
+/* Called on the owner after new input arrived. */
+typedef void (*gw_conn_read_fn)(struct gw_conn *conn, void *arg);
+/* The socket is finished (EOF, error, or connect failure); `connecting` tells which.
+ * The owner must call gw_conn_close (now or later in the iteration). */
+typedef void (*gw_conn_error_fn)(struct gw_conn *conn, void *arg, bool eof);
+/* Output fell to the low watermark set with gw_conn_notify_drain, or connected. */
+typedef void (*gw_conn_event_fn)(struct gw_conn *conn, void *arg);
+
+struct gw_conn {
+    int fd;
+    struct gw_worker *w;
+    struct event rev;
+    struct event wev;
+    struct evbuffer *in;
+    struct evbuffer *out;
+    gw_conn_read_fn on_read;
+    gw_conn_error_fn on_error;
+    gw_conn_event_fn on_drain;     /* optional */
+    gw_conn_event_fn on_connected; /* optional */
+    void *arg;
+    size_t drain_below; /* call on_drain when output is at or below this */
+    bool notify_drain;
+    bool connecting;
+    bool reading; /* read event registered */
+    bool wev_armed;
+    bool queued; /* in the worker's flush list */
+    bool failed;
+    TAILQ_ENTRY(gw_conn) flush_link;
+};
+
+TAILQ_HEAD(gw_conn_list, gw_conn);
+
+/* Adopt an accepted, non-blocking fd and start reading.  Returns 0, or -1 (fd is not
+ * closed then). */
+int gw_conn_open(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn_read_fn on_read,
+                 gw_conn_error_fn on_error, void *arg);
+
+/* Start a non-blocking connect; output queued before it completes is sent after.
+ * Returns 0, or -1 when no socket could be made (nothing to close then). */
+int gw_conn_connect(struct gw_conn *conn, struct gw_worker *w, const struct sockaddr *sa,
+                    socklen_t salen, gw_conn_read_fn on_read, gw_conn_error_fn on_error,
+                    gw_conn_event_fn on_connected, void *arg);
+
+/* Write the output at the end of this loop iteration. */
+void gw_conn_want_flush(struct gw_conn *conn);
+
+/* Write what can be written now.  Returns 0, or -1 when the socket failed (on_error
+ * is then called from the flush pass, never from here). */
+int gw_conn_flush(struct gw_conn *conn);
+
+void gw_conn_pause_read(struct gw_conn *conn);
+void gw_conn_resume_read(struct gw_conn *conn);
+
+/* Ask for on_drain once the output is at or below `below` bytes. */
+void gw_conn_notify_drain(struct gw_conn *conn, size_t below);
+
+/* Close the socket and free the buffers; the struct itself belongs to the owner. */
+void gw_conn_close(struct gw_conn *conn);
+
+/* Worker: write every conn queued by gw_conn_want_flush (end of iteration). */
+void gw_conn_flush_all(struct gw_worker *w);
+
+#endif
