@@ -173,12 +173,13 @@ bool mc_data_block_ok(const char last2[2])
  * token in place.  The line ends at its first NUL, because memcached measures it with
  * strlen().  Returns the number of real tokens (memcached's ntokens minus one).
  */
-static size_t tokenize(char *line, size_t len, struct mc_token *tok, size_t max)
+static size_t tokenize(char *line, size_t *lenp, struct mc_token *tok, size_t max)
 {
     size_t n = 0;
     size_t i = 0;
+    size_t len = strnlen(line, *lenp);
 
-    len = strnlen(line, len);
+    *lenp = len;
     line[len] = '\0';
     while (i < len) {
         size_t start;
@@ -214,24 +215,28 @@ static bool is_noreply(const struct mc_token *last)
     return last->len == 7 && memcmp(last->p, "noreply", 7) == 0;
 }
 
+/* Walk the tokens of an already tokenized line (tokens are NUL-terminated; the
+ * separators that remain are spaces and NULs). */
+static size_t next_token(const char *line, size_t len, size_t i, size_t *tlen)
+{
+    while (i < len && (line[i] == ' ' || line[i] == '\0')) {
+        i++;
+    }
+    *tlen = i < len ? strnlen(line + i, len - i) : 0;
+    return i;
+}
+
 /* Make room for every key of a multi-get and fill them in. */
 static int collect_keys(struct mc_parser *p, char *line, size_t len, size_t first,
                         struct mc_request *req)
 {
     size_t n = 0;
-    size_t i = 0;
     size_t ntok = 0;
+    size_t i, l;
 
-    /* Count the tokens first (the line is already NUL-split). */
-    while (i < len) {
-        if (line[i] != '\0') {
-            if (ntok >= first) {
-                n++;
-            }
-            ntok++;
-            i += strlen(line + i);
-        } else {
-            i++;
+    for (i = next_token(line, len, 0, &l); i < len; i = next_token(line, len, i + l, &l)) {
+        if (ntok++ >= first) {
+            n++;
         }
     }
     if (n > p->cap) {
@@ -247,21 +252,13 @@ static int collect_keys(struct mc_parser *p, char *line, size_t len, size_t firs
         p->keys = keys;
         p->cap = cap;
     }
-    i = 0;
     ntok = 0;
     n = 0;
-    while (i < len) {
-        if (line[i] != '\0') {
-            size_t l = strlen(line + i);
-            if (ntok >= first) {
-                p->keys[n].p = line + i;
-                p->keys[n].len = (uint32_t)l;
-                n++;
-            }
-            ntok++;
-            i += l;
-        } else {
-            i++;
+    for (i = next_token(line, len, 0, &l); i < len; i = next_token(line, len, i + l, &l)) {
+        if (ntok++ >= first) {
+            p->keys[n].p = line + i;
+            p->keys[n].len = (uint32_t)l;
+            n++;
         }
     }
     req->keys = p->keys;
@@ -368,7 +365,7 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
     req->action = MC_ACT_ERROR;
     req->error = ERR_ERROR;
 
-    ntok = tokenize(line, len, tok, MC_TOKENS_ON_STACK);
+    ntok = tokenize(line, &len, tok, MC_TOKENS_ON_STACK);
     nt = ntok + 1;
     if (ntok == 0 || tok[0].len < 2) {
         return 0;
@@ -382,7 +379,9 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
     }
 
     if (t0[0] == 'm' && t0len == 2) {
-        parse_meta(tok, ntok, req);
+        if (strchr("gsdnae", t0[1]) != NULL) {
+            parse_meta(tok, ntok, req);
+        }
         return 0;
     }
     switch (t0[0]) {
@@ -558,7 +557,7 @@ void mc_reply_parse(const char *line, size_t len, struct mc_reply *out)
     }
     out->key = p;
     out->nkey = (uint32_t)(q - p);
-    for (int field = 0; field < 3 && q < end; field++) {
+    for (int field = 0; q < end; field++) {
         const char *s = q + 1;
         const char *e = memchr(s, ' ', (size_t)(end - s));
         size_t n;
@@ -566,12 +565,14 @@ void mc_reply_parse(const char *line, size_t len, struct mc_reply *out)
             e = end;
         }
         n = (size_t)(e - s);
-        if (n == 0 || n >= sizeof(num)) {
+        if (field > 2 || n == 0 || n >= sizeof(num)) {
+            out->kind = MC_REPLY_BAD;
             return;
         }
         memcpy(num, s, n);
         num[n] = '\0';
         if (!mc_strtoull(num, &v)) {
+            out->kind = MC_REPLY_BAD;
             return;
         }
         if (field == 0) {
