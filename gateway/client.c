@@ -103,7 +103,6 @@ static void reply_line(struct gw_client *c, const char *line)
         size_t n = strlen(line);
         evbuffer_add(out, line, n);
         evbuffer_add(out, "\r\n", 2);
-        STAT_ADD(&c->w->stats, bytes_written, n + 2);
         gw_conn_want_flush(&c->conn);
         return;
     }
@@ -180,7 +179,6 @@ static void client_flush(struct gw_client *c)
         TAILQ_REMOVE(&c->reqs, r, link);
         c->nreqs--;
         if (r->reply != NULL) {
-            STAT_ADD(&c->w->stats, bytes_written, evbuffer_get_length(r->reply));
             evbuffer_add_buffer(out, r->reply);
         }
         gw_req_free(r);
@@ -610,7 +608,6 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
     struct gw_req *r;
 
     c->in_state = GW_IN_LINE;
-    STAT_ADD(&c->w->stats, bytes_read, st->vlen);
     evbuffer_ptr_set(in, &pos, st->vlen - 2, EVBUFFER_PTR_SET);
     evbuffer_copyout_from(in, &pos, last2, 2);
     if (!mc_data_block_ok(last2)) {
@@ -827,7 +824,6 @@ static void client_process_once(struct gw_client *c)
         if (c->in_state == GW_IN_SWALLOW) {
             size_t n = avail < c->swallow_left ? avail : c->swallow_left;
             evbuffer_drain(in, n);
-            STAT_ADD(&w->stats, bytes_read, n);
             c->swallow_left -= (uint32_t)n;
             if (c->swallow_left > 0) {
                 return;
@@ -880,7 +876,6 @@ static void client_process_once(struct gw_client *c)
         }
         evbuffer_copyout(in, w->scratch, raw);
         evbuffer_drain(in, raw + 1);
-        STAT_ADD(&w->stats, bytes_read, raw + 1);
         len = raw;
         if (len > 1 && w->scratch[len - 1] == '\r') {
             len--;
@@ -933,6 +928,8 @@ void gw_client_accept(struct gw_worker *w, int fd)
         return;
     }
     c->conn.on_drain = client_drained;
+    c->conn.bytes_in = &w->stats.bytes_read;
+    c->conn.bytes_out = &w->stats.bytes_written;
     c->w = w;
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
@@ -955,6 +952,14 @@ static void client_close(struct gw_client *c)
     TAILQ_REMOVE(&w->clients, c, link);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
+}
+
+void gw_client_abort(struct gw_client *c)
+{
+    if (!c->closing) {
+        log_warn("closing a client: a backend failed in the middle of its reply");
+        client_close_after_write(c);
+    }
 }
 
 void gw_client_drain(struct gw_client *c)

@@ -14,6 +14,10 @@ void gw_client_accept(struct gw_worker *w, int fd);
 /* r (one of c's requests) has its full reply. */
 void gw_client_req_done(struct gw_client *c, struct gw_req *r);
 
+/* Close c once what is already in its output is written; used when a reply broke
+ * off half-way and the stream can no longer be trusted. */
+void gw_client_abort(struct gw_client *c);
+
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -63,6 +64,9 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
             left -= take;
         }
         evbuffer_commit_space(conn->in, vec, nvec);
+        if (conn->bytes_in != NULL) {
+            __atomic_store_n(conn->bytes_in, *conn->bytes_in + (uint64_t)n, __ATOMIC_RELAXED);
+        }
         conn->on_read(conn, conn->arg);
         return;
     }
@@ -195,6 +199,9 @@ int gw_conn_flush(struct gw_conn *conn)
                 continue;
             }
             return -1;
+        }
+        if (conn->bytes_out != NULL) {
+            __atomic_store_n(conn->bytes_out, *conn->bytes_out + (uint64_t)n, __ATOMIC_RELAXED);
         }
         if ((size_t)n < left) {
             break; /* the kernel took what it could; wait for EV_WRITE */

@@ -40,6 +40,8 @@ struct gw_conn {
     gw_conn_event_fn on_drain;     /* optional */
     gw_conn_event_fn on_connected; /* optional */
     void *arg;
+    uint64_t *bytes_in;  /* optional counters, owned by the worker */
+    uint64_t *bytes_out;
     size_t drain_below; /* call on_drain when output is at or below this */
     bool notify_drain;
     bool connecting;

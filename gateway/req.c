@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 
 #include "gateway/client.h"
+#include "gateway/conn.h"
 #include "gateway/log.h"
 
 struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd)
@@ -81,13 +82,34 @@ void gw_req_finish_line(struct gw_req *r, const char *line)
     gw_req_finish(r);
 }
 
+/*
+ * Where a single-node reply goes.  When the request is at the head of its client's
+ * queue, nothing is ahead of it: bytes go straight to the client's output buffer
+ * (a large value streams through as it arrives, and no reply buffer is needed).
+ * Otherwise they wait in the request's own reply buffer.
+ */
+static struct evbuffer *req_sink(struct gw_req *r)
+{
+    struct gw_client *c = r->client;
+
+    if (c != NULL && !c->closing && TAILQ_FIRST(&c->reqs) == r) {
+        if (r->reply != NULL && evbuffer_get_length(r->reply) > 0) {
+            evbuffer_add_buffer(c->conn.out, r->reply);
+        }
+        r->streamed = true;
+        gw_conn_want_flush(&c->conn);
+        return c->conn.out;
+    }
+    return gw_req_reply(r);
+}
+
 struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey)
 {
     struct gw_req *r = frag->req;
 
     r->hits++;
     if (r->slots == NULL) {
-        return r->failed ? NULL : gw_req_reply(r);
+        return r->failed || r->client == NULL ? NULL : req_sink(r);
     }
     for (uint32_t i = frag->cursor; i < frag->nslots; i++) {
         struct gw_keyslot *s = &r->slots[frag->slots[i]];
@@ -144,6 +166,13 @@ static void req_complete(struct gw_req *r)
         STAT_INCR(&r->w->stats, server_errors);
         if (r->reply != NULL) {
             evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
+        }
+        if (r->streamed && r->client != NULL) {
+            /* Part of a value already went to the client: an error line now would
+             * read as data.  The only honest answer left is to hang up. */
+            gw_client_abort(r->client);
+            gw_req_finish(r);
+            return;
         }
         gw_req_finish_line(r, r->error);
         return;
@@ -253,8 +282,8 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
 
     if (mc_cmd_is_retrieval(r->cmd)) {
         if (line_is(line, len, "END")) {
-            if (r->slots == NULL && !r->failed) {
-                evbuffer_remove_buffer(in, gw_req_reply(r), consumed);
+            if (r->slots == NULL && !r->failed && r->client != NULL) {
+                evbuffer_remove_buffer(in, req_sink(r), consumed);
             } else {
                 evbuffer_drain(in, consumed);
             }
@@ -289,7 +318,7 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
     if (r->noreply || r->client == NULL) {
         evbuffer_drain(in, consumed);
     } else {
-        struct evbuffer *b = gw_req_reply(r);
+        struct evbuffer *b = req_sink(r);
         if (b != NULL) {
             evbuffer_remove_buffer(in, b, consumed);
         } else {

@@ -68,6 +68,7 @@ struct gw_req {
     bool done;
     bool quit;        /* close the client once this one is written */
     bool failed;
+    bool streamed;    /* reply bytes went straight to the client's output */
     uint32_t pending; /* frags not yet answered */
     uint32_t nkeys;   /* retrievals: keys asked */
     uint32_t hits;    /* retrievals: VALUE replies seen */
