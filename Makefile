@@ -19,7 +19,7 @@ DEB_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev \
 	python3-grpcio python3-grpc-tools haproxy prometheus clang libclang-rt-14-dev \
 	openssl iproute2 procps
 
-PKGS      := libevent libevent_pthreads yaml-0.1
+PKGS      := libevent libevent_pthreads libevent_openssl openssl libnghttp2 libprotobuf-c yaml-0.1
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -36,7 +36,10 @@ endif
 # Everything but the programs' main files goes into one static library that
 # the daemon, the tools and the unit tests link against.
 MAIN_SRC := gateway/main.c
-LIB_SRC  := $(sort $(wildcard ring/*.c) $(filter-out $(MAIN_SRC),$(wildcard gateway/*.c)))
+PROTO_SRC := $(wildcard proto/*.proto)
+PROTO_GEN := $(PROTO_SRC:%.proto=%.pb-c.c)
+LIB_SRC  := $(sort $(wildcard ring/*.c tls/*.c wan/*.c) $(PROTO_GEN) \
+	$(filter-out $(MAIN_SRC),$(wildcard gateway/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libgeogate.a
 BENCH_SRC := $(wildcard tests/tools/bench/*.c)
@@ -69,9 +72,18 @@ deps $(DEPS_STAMP): Makefile
 	fi
 	@mkdir -p build && touch $(DEPS_STAMP)
 
-$(BUILD)/%.o: %.c
+# protobuf-c code is generated at build time, never committed.
+proto/%.pb-c.c proto/%.pb-c.h: proto/%.proto $(DEPS_STAMP)
+	protoc-c --c_out=. $<
+
+$(BUILD)/%.o: %.c | $(PROTO_GEN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# Generated code is not ours to hold to -Werror's standards.
+$(BUILD)/proto/%.o: proto/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Werror -Wextra,$(CFLAGS)) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -105,7 +117,7 @@ sanitize: $(DEPS_STAMP)
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -I. $(PKG_CFLAGS)
 
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(DEPS_STAMP)
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(DEPS_STAMP) | $(PROTO_GEN)
 	@mkdir -p build/fuzz
 	clang $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(PKG_LIBS) -lm -pthread
 
@@ -133,6 +145,6 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build bin
+	rm -rf build bin proto/*.pb-c.c proto/*.pb-c.h
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d
