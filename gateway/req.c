@@ -300,7 +300,7 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
         frag_complete(frag);
         return;
     }
-    if (r->nfrags > 1) {
+    if (r->cmd == MC_CMD_FLUSH_ALL) {
         /* flush_all to every node: OK only when all said OK. */
         if (!line_is(line, len, "OK")) {
             char *copy = line_is_error(line, len) ? strndup(line, len) : NULL;
