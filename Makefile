@@ -72,7 +72,9 @@ deps $(DEPS_STAMP): Makefile
 	fi
 	@mkdir -p build && touch $(DEPS_STAMP)
 
-# protobuf-c code is generated at build time, never committed.
+# protobuf-c code is generated at build time, never committed (and never deleted as
+# an intermediate file).
+.SECONDARY: $(PROTO_GEN) $(PROTO_GEN:.c=.h)
 proto/%.pb-c.c proto/%.pb-c.h: proto/%.proto $(DEPS_STAMP)
 	protoc-c --c_out=. $<
 
