@@ -256,6 +256,7 @@ def start_servers(tmp, taken, children, binary):
                 "  servers:\n"
                 "    - 127.0.0.1:%d:1\n"
                 "    - 127.0.0.1:%d:1\n" % (nc.port, mc_ports[0], mc_ports[1]))
+    nc.config_text = open(nc_conf).read()
     nc.child = Child("nutcracker", ["nutcracker", "-c", nc_conf, "-s", str(free_port(taken)),
                                     "-a", "127.0.0.1", "-p", os.path.join(tmp, "nc.pid"),
                                     "-o", os.path.join(tmp, "nutcracker-own.log")], tmp)
@@ -398,6 +399,14 @@ def fmt(v, spec="%.0f", none="—"):
     return none if v is None else spec % v
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def machine_info():
     model = ""
     try:
@@ -426,6 +435,7 @@ def machine_info():
     except (OSError, subprocess.TimeoutExpired):
         commit = "?"
     return {
+        "load": loadavg(),
         "nproc": os.cpu_count(),
         "kernel": platform.release(),
         "cpu": model,
@@ -487,14 +497,16 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     w("| memcached | %s |" % info["memcached"])
     w("| nutcracker | %s |" % info["nutcracker"])
     w("| geogate commit | %s |" % info["commit"])
+    w("| load average (1, 5, 15 min) before / after | %s / %s |" % (info["load"], loadavg()))
     w("| whole run took | %.0f s |" % elapsed)
     w("")
-    w("geogate's config:")
-    w("")
-    w("```yaml")
-    w(getattr(gg, "config_text", "").rstrip())
-    w("```")
-    w("")
+    for t in (gg, nc):
+        w("%s's config (ports are picked free for each run):" % t.name)
+        w("")
+        w("```yaml")
+        w(getattr(t, "config_text", "").rstrip())
+        w("```")
+        w("")
     for t in targets:
         if t.error:
             w("> **%s did not run to the end:** %s" % (t.name, t.error.replace("\n", "\n> ")))
@@ -628,7 +640,8 @@ def render(args, info, configs, targets, memory, soak, elapsed):
         w("| RSS per idle connection | ≤ %.0f kB | %.2f kB (nutcracker %s kB) | %s |" % (
             TARGET_KB_PER_CONN, mg["kb_per_conn"],
             fmt(mn["kb_per_conn"] if mn else None, "%.2f"),
-            verdict(mg["kb_per_conn"] <= TARGET_KB_PER_CONN and mg["errors"] == 0)))
+            verdict(mg["kb_per_conn"] <= TARGET_KB_PER_CONN and mg["errors"] == 0
+                    and mg["opened"] == args.idle_conns)))
     else:
         w("| RSS per idle connection | ≤ %.0f kB | not measured | — |" % TARGET_KB_PER_CONN)
     if growth:
@@ -697,6 +710,9 @@ def main():
     raise_nofile()
     t_start = time.time()
     info = machine_info()
+    if info["load"] != "?" and float(info["load"].split()[0]) > 0.5 * (os.cpu_count() or 1):
+        log("warning: load average %s before starting: other work on this machine will "
+            "skew the numbers" % info["load"])
     children = []
     taken = set()
     bench = Bench(bench_bin, bench_common(args))
