@@ -43,8 +43,9 @@ struct gw_peer_conf {
 };
 
 struct gw_rule_conf {
-    char *prefix;
+    char *prefix; /* "" matches every key */
     enum gw_repl_mode mode;
+    int line; /* 0 for the implicit catch-all rule added when no rule has prefix "" */
 };
 
 struct gw_config {
@@ -92,7 +93,9 @@ struct gw_config {
     } failover;
 
     struct {
-        struct gw_rule_conf *rules; /* default: one rule {"", copy} */
+        struct gw_rule_conf *rules; /* default: one rule {"", copy}; the last rule always has
+                                       prefix "" (a {"", copy} is appended when none has), so
+                                       every key matches some rule */
         size_t nrules;
         bool flush;                /* default false */
         uint32_t tombstone_ttl_s;  /* tombstone_ttl, seconds, default 86400 */
@@ -116,6 +119,10 @@ void gw_config_destroy(struct gw_config *cfg);
 /* Parse "host:port" into addr (allocates host).  Returns 0 or -1. */
 int gw_addr_parse(const char *s, struct gw_addr *addr);
 
+/* Lower-case names as written in the config ("info", "everysec", "copy"); "unknown"
+ * for a value out of range. */
 const char *gw_log_level_name(enum gw_log_level level);
+const char *gw_fsync_mode_name(enum gw_fsync_mode mode);
+const char *gw_repl_mode_name(enum gw_repl_mode mode);
 
 #endif
