@@ -116,7 +116,8 @@ int gw_config_load_string(const char *yaml, size_t len, const char *name,
 
 void gw_config_destroy(struct gw_config *cfg);
 
-/* Parse "host:port" into addr (allocates host).  Returns 0 or -1. */
+/* Parse "host:port" or "[v6]:port" into addr (allocates host, stored without brackets;
+ * port 1..65535).  Returns 0, or -1 with addr untouched. */
 int gw_addr_parse(const char *s, struct gw_addr *addr);
 
 /* Lower-case names as written in the config ("info", "everysec", "copy"); "unknown"
