@@ -163,6 +163,10 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
             gw_node_probe_done(be->pool, be->node, false, now);
             continue;
         }
+        if (f->cb != NULL) {
+            f->cb(f, NULL, be->node->err_io);
+            continue;
+        }
         gw_req_frag_fail(f, be->node->err_io);
     }
 }
@@ -245,6 +249,31 @@ static void be_read(struct gw_conn *conn, void *arg)
         line = (const char *)evbuffer_pullup(in, (ssize_t)(len + 2));
         if (frag == &be->probe) {
             be_probe_reply(be, in, line, len, len + 2);
+            continue;
+        }
+        if (frag->cb != NULL) {
+            if (frag->cb_values && len >= 6 && memcmp(line, "VALUE ", 6) == 0) {
+                struct mc_reply r;
+                mc_reply_parse(line, len, &r);
+                if (r.kind != MC_REPLY_VALUE) {
+                    log_warn("node %s: malformed VALUE line; closing", be->node->label);
+                    be_fail(be, "protocol error", true);
+                    return;
+                }
+                evbuffer_remove_buffer(in, frag->capture, len + 2);
+                be->in_data = true;
+                be->data_left = r.bytes + 2;
+                be->dst = frag->capture;
+                continue;
+            }
+            TAILQ_REMOVE(&be->pending, frag, link);
+            be->npending--;
+            gw_node_success(be->node);
+            evbuffer_remove_buffer(in, frag->capture, len + 2);
+            frag->cb(frag, frag->capture, NULL);
+            if (be->conn_gen != gen) {
+                return;
+            }
             continue;
         }
         if (mc_cmd_is_retrieval(frag->req->cmd) && len >= 6 && memcmp(line, "VALUE ", 6) == 0) {

@@ -47,9 +47,19 @@ struct gw_keyslot {
     struct evbuffer *value; /* this key's VALUE block(s); NULL while a miss */
 };
 
+struct gw_frag;
+
+/* An internal request's reply is complete (reply holds it, VALUE blocks and final line
+ * included), or it failed (reply NULL, error set).  Runs on the worker's loop. */
+typedef void (*gw_frag_cb)(struct gw_frag *frag, struct evbuffer *reply, const char *error);
+
 /* The part of a request sent to one backend connection. */
 struct gw_frag {
-    struct gw_req *req; /* NULL for a health probe */
+    struct gw_req *req; /* NULL for a health probe or an internal request */
+    gw_frag_cb cb;      /* internal request (read-modify-write, apply): reply goes to cb */
+    void *cb_arg;
+    struct evbuffer *capture; /* with cb: where the reply is collected */
+    bool cb_values;           /* with cb: the reply may hold VALUE blocks */
     struct gw_backend *be;
     TAILQ_ENTRY(gw_frag) link;
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
