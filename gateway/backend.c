@@ -10,6 +10,8 @@
  */
 #include "gateway/backend.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +22,8 @@
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/req.h"
+#include "gateway/server.h"
+#include "wan/version.h"
 
 /* A reply line longer than this means we are out of sync with the node. */
 #define GW_BE_MAX_LINE 4096
@@ -199,6 +203,53 @@ static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const cha
     gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
 }
 
+/*
+ * A VALUE whose item carries a version header (replicating gateways only): hide the
+ * header from the client, and hide tombstones altogether.  Returns 1 when handled, 0
+ * when the header does not check out (the item is served as is, version 0), -1 when
+ * the header bytes have not all arrived yet.
+ */
+static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
+                              const char *line, size_t len, const struct mc_reply *r)
+{
+    uint8_t hb[WAN_ITEM_HEADER_SIZE];
+    struct wan_item_header h;
+    struct evbuffer_ptr pos;
+    struct evbuffer *dst;
+    char head[MC_KEY_MAX_LENGTH + 80];
+    int n;
+
+    if (evbuffer_get_length(in) < len + 2 + WAN_ITEM_HEADER_SIZE) {
+        return -1;
+    }
+    evbuffer_ptr_set(in, &pos, len + 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &pos, hb, sizeof(hb));
+    if (wan_item_header_decode(hb, sizeof(hb), &h) != 0) {
+        return 0;
+    }
+    if (h.tombstone) {
+        dst = NULL;
+    } else {
+        dst = gw_req_value_dst(frag, r->key, r->nkey);
+    }
+    if (dst != NULL) {
+        if (r->has_cas) {
+            n = snprintf(head, sizeof(head), "VALUE %.*s %u %u %" PRIu64 "\r\n", (int)r->nkey,
+                         r->key, h.client_flags, r->bytes - WAN_ITEM_HEADER_SIZE, r->cas);
+        } else {
+            n = snprintf(head, sizeof(head), "VALUE %.*s %u %u\r\n", (int)r->nkey, r->key,
+                         h.client_flags, r->bytes - WAN_ITEM_HEADER_SIZE);
+        }
+        evbuffer_add(dst, head, (size_t)n);
+    }
+    (void)line;
+    evbuffer_drain(in, len + 2 + WAN_ITEM_HEADER_SIZE);
+    be->in_data = true;
+    be->data_left = r->bytes - WAN_ITEM_HEADER_SIZE + 2;
+    be->dst = dst;
+    return 1;
+}
+
 static void be_read(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
@@ -285,6 +336,16 @@ static void be_read(struct gw_conn *conn, void *arg)
                 log_warn("node %s: malformed VALUE line; closing", be->node->label);
                 be_fail(be, "protocol error", true);
                 return;
+            }
+            if (r.flags == WAN_ITEM_FLAGS_MARKER && r.bytes >= WAN_ITEM_HEADER_SIZE &&
+                be->w->srv->versioned) {
+                int rc = be_versioned_value(be, frag, in, line, len, &r);
+                if (rc > 0) {
+                    continue;
+                }
+                if (rc < 0) {
+                    return; /* wait for the header bytes */
+                }
             }
             dst = gw_req_value_dst(frag, r.key, r.nkey);
             if (dst != NULL) {

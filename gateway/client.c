@@ -32,6 +32,7 @@
 #include "gateway/req.h"
 #include "gateway/route.h"
 #include "gateway/server.h"
+#include "gateway/vop.h"
 #include "gateway/worker.h"
 
 #define GW_CLIENT_MAX_INFLIGHT 1024
@@ -580,6 +581,11 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->noreply = m->noreply;
     st->node = rt.node;
     st->vlen = (uint32_t)m->vlen + 2;
+    st->flags = m->flags;
+    st->exptime = m->exptime;
+    st->cas_unique = m->cas_unique;
+    st->nkey = (uint16_t)m->nkey;
+    memcpy(st->key, m->key, m->nkey);
     len += put_str(st->hdr + len, name, strlen(name));
     st->hdr[len++] = ' ';
     len += put_str(st->hdr + len, m->key, m->nkey);
@@ -628,6 +634,10 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
     if (r == NULL) {
         return;
     }
+    if (c->w->srv->versioned) {
+        gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in);
+        return;
+    }
     r->pending = 1;
     gw_backend_send(gw_worker_backend(c->w, st->node), &r->frag, st->hdr, st->hdrlen, in,
                     st->vlen);
@@ -644,6 +654,13 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
 
     if (rt.kind == GW_ROUTE_DOWN) {
         fail_now(c, m->cmd, m->noreply, w->pool->nodes[rt.node].err_down);
+        return;
+    }
+    if (w->srv->versioned) {
+        r = client_req(c, m->cmd, m->noreply);
+        if (r != NULL) {
+            gw_vop_keyed(w, r, rt.node, m);
+        }
         return;
     }
     if (!out_reserve(w, 64 + m->nkey)) {
@@ -838,6 +855,9 @@ static void client_process_once(struct gw_client *c)
             finish_store(c, in);
             continue;
         }
+        if (c->barrier > 0) {
+            return; /* resumed by gw_client_barrier_release */
+        }
         if (c->draining) {
             gw_conn_pause_read(&c->conn);
             if (TAILQ_EMPTY(&c->reqs)) {
@@ -952,6 +972,18 @@ static void client_close(struct gw_client *c)
     TAILQ_REMOVE(&w->clients, c, link);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
+}
+
+void gw_client_barrier_hold(struct gw_client *c)
+{
+    c->barrier++;
+}
+
+void gw_client_barrier_release(struct gw_client *c)
+{
+    if (c->barrier > 0 && --c->barrier == 0 && !c->closing) {
+        client_process(c);
+    }
 }
 
 void gw_client_abort(struct gw_client *c)

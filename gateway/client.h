@@ -18,6 +18,10 @@ void gw_client_req_done(struct gw_client *c, struct gw_req *r);
  * off half-way and the stream can no longer be trusted. */
 void gw_client_abort(struct gw_client *c);
 
+/* A multi-step command is in flight: parse nothing more until it is released. */
+void gw_client_barrier_hold(struct gw_client *c);
+void gw_client_barrier_release(struct gw_client *c);
+
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 

@@ -199,6 +199,10 @@ int gw_server_run(struct gw_config *cfg)
     srv.cfg = cfg;
     srv.started = time(NULL);
     apply_limits(&srv, cfg);
+    srv.versioned = cfg->wan.enabled;
+    srv.site_id = wan_site_id(cfg->site);
+    srv.tombstone_ttl_s = cfg->replication.tombstone_ttl_s;
+    wan_hlc_init(&srv.hlc, NULL, NULL, 0);
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0) {
         log_error("libevent without pthreads support");

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "gateway/types.h"
+#include "wan/version.h"
 
 #define GW_VERSION "0.1.0"
 /* What `version` answers: the memcached protocol level we speak, and who we are.
@@ -33,6 +34,11 @@ struct gw_server {
     int next_worker;
     int exit_code;
     bool draining;
+    /* replication: items carry versions (docs/REPLICATION.md) when a wan: section exists */
+    bool versioned;
+    struct wan_hlc hlc; /* shared by every thread */
+    uint32_t site_id;
+    uint32_t tombstone_ttl_s;
 };
 
 /* Run the gateway until drained.  Returns the process exit code. */

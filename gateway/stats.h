@@ -36,6 +36,7 @@
     X(backend_requests)                                                                      \
     X(backend_failures)                                                                      \
     X(backend_timeouts)                                                                      \
+    X(repl_queued)                                                                           \
     X(bytes_read)                                                                            \
     X(bytes_written)
 

@@ -79,6 +79,7 @@ struct gw_req {
     bool quit;        /* close the client once this one is written */
     bool failed;
     bool streamed;    /* reply bytes went straight to the client's output */
+    bool barrier;     /* the client's later commands wait for this one */
     uint32_t pending; /* frags not yet answered */
     uint32_t nkeys;   /* retrievals: keys asked */
     uint32_t hits;    /* retrievals: VALUE replies seen */
@@ -132,6 +133,12 @@ struct gw_store_pending {
     uint32_t vlen; /* data block bytes incl. the trailing CRLF */
     uint16_t hdrlen;
     char hdr[8 + MC_KEY_MAX_LENGTH + 64]; /* the line to send the node */
+    /* the parsed command, for a versioned gateway that rewrites it */
+    uint32_t flags;
+    int32_t exptime;
+    uint64_t cas_unique;
+    uint16_t nkey;
+    char key[MC_KEY_MAX_LENGTH + 1];
 };
 
 struct gw_client {
@@ -150,6 +157,7 @@ struct gw_client {
     bool again;
     bool draining;
     struct gw_store_pending *store;
+    uint32_t barrier; /* commands in flight that later ones must wait for */
 };
 
 TAILQ_HEAD(gw_client_list, gw_client);

@@ -1,0 +1,644 @@
+/*
+ * vop — see vop.h.
+ *
+ *   blind:  set/add/cas ──"<cmd> key MARKER exp n+32"──> STORED ──> ship the item
+ *                           add NOT_STORED ──> gets: a tombstone? cas over it : NOT_STORED
+ *                           cas EXISTS ────> gets: gone or a tombstone? NOT_FOUND : EXISTS
+ *   rmw:    replace/append/prepend/incr/decr/touch
+ *           ──gets──> miss or tombstone: memcached's "not there" reply
+ *                     else compute the new item ──cas──> STORED: reply, ship
+ *                                                        EXISTS: lost a race, gets again
+ *   delete: "gets" and "set tombstone" pipelined ──> DELETED if the gets saw a live item
+ *
+ * One internal request is outstanding per operation (two for delete), so an operation
+ * is a small state machine driven by backend callbacks.
+ */
+#include "gateway/vop.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "gateway/backend.h"
+#include "gateway/client.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/repl.h"
+#include "gateway/req.h"
+#include "gateway/server.h"
+#include "gateway/worker.h"
+#include "wan/version.h"
+
+#define VOP_MAX_TRIES 8
+#define VOP_RELATIVE_MAX 2592000 /* memcached: larger exptimes are absolute times */
+
+enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
+
+struct vop {
+    struct gw_worker *w;
+    struct gw_req *r;
+    enum mc_cmd cmd;
+    enum vop_step step;
+    uint32_t node;
+    int tries;
+    char key[MC_KEY_MAX_LENGTH + 1];
+    uint32_t nkey;
+    uint32_t flags;
+    int32_t exptime;
+    uint64_t cas_unique;
+    uint64_t delta;
+    uint8_t *data; /* the client's value (without CRLF) */
+    size_t ndata;
+    /* what the last gets found */
+    bool found;     /* a live item (not a tombstone) */
+    uint64_t cur_cas;
+    bool cur_versioned;
+    struct wan_item_header cur;
+    uint8_t *cur_val;
+    size_t cur_len;
+    /* the item being written */
+    struct wan_item_header nh;
+    uint8_t *new_val;
+    size_t new_len;
+    struct gw_frag frag;
+    struct gw_frag frag2;
+    struct evbuffer *cap;
+    struct evbuffer *cap2;
+    int outstanding;
+    const char *answer; /* delete: decided by the gets */
+};
+
+uint32_t gw_vop_expiry(int32_t exptime, uint32_t now)
+{
+    if (exptime == 0) {
+        return 0;
+    }
+    if (exptime < 0) {
+        return 1;
+    }
+    if (exptime <= VOP_RELATIVE_MAX) {
+        return now + (uint32_t)exptime;
+    }
+    return (uint32_t)exptime <= now ? 1 : (uint32_t)exptime;
+}
+
+static void vop_free(struct vop *v)
+{
+    if (v->cap) {
+        evbuffer_free(v->cap);
+    }
+    if (v->cap2) {
+        evbuffer_free(v->cap2);
+    }
+    free(v->data);
+    free(v->cur_val);
+    free(v->new_val);
+    free(v);
+}
+
+/* Answer the client (unless noreply) and end the operation. */
+static void vop_finish(struct vop *v, const char *line)
+{
+    struct gw_req *r = v->r;
+    struct gw_client *c = r->barrier ? r->client : NULL;
+
+    r->pending = 0;
+    r->barrier = false;
+    gw_req_finish_line(r, line); /* may free r */
+    vop_free(v);
+    if (c != NULL) {
+        gw_client_barrier_release(c);
+    }
+}
+
+static struct gw_backend *vop_backend(struct vop *v)
+{
+    return gw_worker_backend(v->w, v->node);
+}
+
+static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error);
+
+static void vop_send(struct vop *v, struct gw_frag *frag, struct evbuffer *cap, bool values,
+                     const char *line, size_t len, struct evbuffer *data, size_t ndata)
+{
+    memset(frag, 0, sizeof(*frag));
+    frag->cb = vop_cb;
+    frag->cb_arg = v;
+    frag->capture = cap;
+    frag->cb_values = values;
+    evbuffer_drain(cap, evbuffer_get_length(cap));
+    v->outstanding++;
+    gw_backend_send(vop_backend(v), frag, line, len, data, ndata);
+}
+
+static void vop_gets(struct vop *v)
+{
+    char line[MC_KEY_MAX_LENGTH + 16];
+    int n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
+
+    v->step = VOP_READ;
+    vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
+}
+
+/*
+ * Write v->nh + v->new_val with `cmd` ("set", "add", "cas").  Memcached's exptime is the
+ * absolute expiry (memcached reads values past 30 days as unix times), or the
+ * tombstone lifetime for tombstones.
+ */
+static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap, const char *cmd,
+                      uint64_t cas)
+{
+    struct gw_server *srv = v->w->srv;
+    uint8_t hdr[WAN_ITEM_HEADER_SIZE];
+    char line[MC_KEY_MAX_LENGTH + 96];
+    struct evbuffer *data = evbuffer_new();
+    long exptime;
+    int n;
+
+    if (data == NULL) {
+        vop_finish(v, "SERVER_ERROR out of memory");
+        return;
+    }
+    wan_item_header_encode(&v->nh, hdr);
+    if (v->nh.tombstone) {
+        exptime = (long)srv->tombstone_ttl_s;
+    } else {
+        exptime = v->nh.expiry == 1 ? -1 : (long)v->nh.expiry;
+    }
+    if (strcmp(cmd, "cas") == 0) {
+        n = snprintf(line, sizeof(line), "cas %.*s %u %ld %zu %" PRIu64 "\r\n", (int)v->nkey,
+                     v->key, WAN_ITEM_FLAGS_MARKER, exptime, WAN_ITEM_HEADER_SIZE + v->new_len,
+                     cas);
+    } else {
+        n = snprintf(line, sizeof(line), "%s %.*s %u %ld %zu\r\n", cmd, (int)v->nkey, v->key,
+                     WAN_ITEM_FLAGS_MARKER, exptime, WAN_ITEM_HEADER_SIZE + v->new_len);
+    }
+    evbuffer_add(data, hdr, sizeof(hdr));
+    if (v->new_len > 0) {
+        evbuffer_add(data, v->new_val, v->new_len);
+    }
+    evbuffer_add(data, "\r\n", 2);
+    vop_send(v, frag, cap, false, line, (size_t)n, data, evbuffer_get_length(data));
+    evbuffer_free(data);
+}
+
+/* A fresh version for the item about to be written. */
+static void vop_stamp(struct vop *v, uint32_t expiry, bool tombstone)
+{
+    struct gw_server *srv = v->w->srv;
+
+    memset(&v->nh, 0, sizeof(v->nh));
+    v->nh.version.hlc = wan_hlc_now(&srv->hlc);
+    v->nh.version.site_id = srv->site_id;
+    v->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
+    v->nh.expiry = expiry;
+    v->nh.tombstone = tombstone;
+}
+
+static void vop_ship(struct vop *v)
+{
+    struct gw_item it = {
+        .key = v->key,
+        .nkey = v->nkey,
+        .hdr = &v->nh,
+        .value = v->new_val,
+        .vlen = v->new_len,
+    };
+    gw_repl_ship(v->w, &it);
+}
+
+/*
+ * Parse a `gets` reply: END, or one VALUE block then END.  Sets found / cur_* and returns
+ * 0, or -1 with the reply line to pass on (an error from the node).
+ */
+static int vop_parse_gets(struct vop *v, struct evbuffer *reply, char *err, size_t errlen)
+{
+    size_t len = evbuffer_get_length(reply);
+    const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
+    const char *eol;
+    struct mc_reply mr;
+    const uint8_t *val;
+    size_t vlen;
+
+    v->found = false;
+    v->cur_versioned = false;
+    free(v->cur_val);
+    v->cur_val = NULL;
+    v->cur_len = 0;
+    if (len >= 5 && memcmp(p, "END\r\n", 5) == 0) {
+        return 0;
+    }
+    eol = memchr(p, '\n', len);
+    if (eol == NULL || eol == p || memcmp(p, "VALUE ", 6) != 0) {
+        size_t n = eol != NULL && eol > p ? (size_t)(eol - p - 1) : len;
+        snprintf(err, errlen, "%.*s", (int)(n < errlen ? n : errlen - 1), p);
+        if (err[0] == '\0' || (strncmp(err, "SERVER_ERROR", 12) != 0 &&
+                               strncmp(err, "CLIENT_ERROR", 12) != 0)) {
+            snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
+        }
+        return -1;
+    }
+    mc_reply_parse(p, (size_t)(eol - p - 1), &mr);
+    if (mr.kind != MC_REPLY_VALUE || !mr.has_cas ||
+        (size_t)(eol - p + 1) + mr.bytes + 2 > len) {
+        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
+        return -1;
+    }
+    v->cur_cas = mr.cas;
+    val = (const uint8_t *)eol + 1;
+    vlen = mr.bytes;
+    if (wan_item_decode(mr.flags, val, vlen, &v->cur, &val, &vlen) == 0) {
+        v->cur_versioned = true;
+        if (v->cur.tombstone) {
+            return 0; /* a tombstone is an absence */
+        }
+    } else {
+        /* Written before geogate or by another tool: version 0, served as is. */
+        memset(&v->cur, 0, sizeof(v->cur));
+        v->cur.client_flags = mr.flags;
+    }
+    v->found = true;
+    v->cur_val = malloc(vlen + 1);
+    if (v->cur_val == NULL) {
+        snprintf(err, errlen, "SERVER_ERROR out of memory");
+        return -1;
+    }
+    memcpy(v->cur_val, val, vlen);
+    v->cur_len = vlen;
+    return 0;
+}
+
+static bool line_is(struct evbuffer *reply, const char *word)
+{
+    size_t n = strlen(word);
+    char buf[32];
+
+    if (evbuffer_get_length(reply) != n + 2 || n + 2 > sizeof(buf)) {
+        return false;
+    }
+    evbuffer_copyout(reply, buf, n + 2);
+    return memcmp(buf, word, n) == 0 && buf[n] == '\r';
+}
+
+/* The node's one-line reply, as a string for the client. */
+static void reply_text(struct evbuffer *reply, char *out, size_t outlen)
+{
+    size_t n = evbuffer_get_length(reply);
+
+    if (n > outlen - 1) {
+        n = outlen - 1;
+    }
+    evbuffer_copyout(reply, out, n);
+    out[n] = '\0';
+    out[strcspn(out, "\r\n")] = '\0';
+}
+
+/* incr/decr as memcached does them: the value must be a decimal number. */
+static int vop_arith(struct vop *v, char *num, size_t numlen)
+{
+    char buf[32];
+    uint64_t cur;
+
+    if (v->cur_len == 0 || v->cur_len >= sizeof(buf)) {
+        return -1;
+    }
+    memcpy(buf, v->cur_val, v->cur_len);
+    buf[v->cur_len] = '\0';
+    if (!mc_strtoull(buf, &cur)) {
+        return -1;
+    }
+    if (v->cmd == MC_CMD_INCR) {
+        cur += v->delta;
+    } else {
+        cur = v->delta > cur ? 0 : cur - v->delta;
+    }
+    snprintf(num, numlen, "%" PRIu64, cur);
+    return 0;
+}
+
+/* After a gets: decide, then write (or answer). */
+static void vop_after_read(struct vop *v)
+{
+    uint32_t now = (uint32_t)time(NULL);
+    char num[32];
+    size_t n;
+
+    switch (v->cmd) {
+    case MC_CMD_ADD:
+        if (v->found) {
+            vop_finish(v, "NOT_STORED");
+            return;
+        }
+        break;
+    case MC_CMD_CAS:
+        vop_finish(v, v->found ? "EXISTS" : "NOT_FOUND");
+        return;
+    case MC_CMD_REPLACE:
+    case MC_CMD_APPEND:
+    case MC_CMD_PREPEND:
+        if (!v->found) {
+            vop_finish(v, "NOT_STORED");
+            return;
+        }
+        break;
+    case MC_CMD_INCR:
+    case MC_CMD_DECR:
+    case MC_CMD_TOUCH:
+        if (!v->found) {
+            vop_finish(v, "NOT_FOUND");
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    free(v->new_val);
+    v->new_val = NULL;
+    v->new_len = 0;
+    switch (v->cmd) {
+    case MC_CMD_ADD:
+    case MC_CMD_REPLACE:
+        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
+        v->nh.client_flags = v->flags;
+        v->new_val = v->data;
+        v->new_len = v->ndata;
+        v->data = NULL;
+        v->ndata = 0;
+        break;
+    case MC_CMD_APPEND:
+    case MC_CMD_PREPEND:
+        /* memcached keeps the old item's flags and expiry on append/prepend */
+        vop_stamp(v, v->cur.expiry, false);
+        v->nh.client_flags = v->cur.client_flags;
+        v->new_len = v->cur_len + v->ndata;
+        v->new_val = malloc(v->new_len + 1);
+        if (v->new_val == NULL) {
+            vop_finish(v, "SERVER_ERROR out of memory");
+            return;
+        }
+        if (v->cmd == MC_CMD_APPEND) {
+            memcpy(v->new_val, v->cur_val, v->cur_len);
+            memcpy(v->new_val + v->cur_len, v->data, v->ndata);
+        } else {
+            memcpy(v->new_val, v->data, v->ndata);
+            memcpy(v->new_val + v->ndata, v->cur_val, v->cur_len);
+        }
+        break;
+    case MC_CMD_INCR:
+    case MC_CMD_DECR:
+        if (vop_arith(v, num, sizeof(num)) != 0) {
+            vop_finish(v, "CLIENT_ERROR cannot increment or decrement non-numeric value");
+            return;
+        }
+        vop_stamp(v, v->cur.expiry, false);
+        v->nh.client_flags = v->cur.client_flags;
+        n = strlen(num);
+        v->new_val = malloc(n + 1);
+        if (v->new_val == NULL) {
+            vop_finish(v, "SERVER_ERROR out of memory");
+            return;
+        }
+        memcpy(v->new_val, num, n + 1);
+        v->new_len = n;
+        break;
+    case MC_CMD_TOUCH:
+        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
+        v->nh.client_flags = v->cur.client_flags;
+        v->new_val = v->cur_val;
+        v->new_len = v->cur_len;
+        v->cur_val = NULL;
+        v->cur_len = 0;
+        break;
+    default:
+        vop_finish(v, "SERVER_ERROR unexpected operation");
+        return;
+    }
+    v->step = VOP_WRITE;
+    /* Over a tombstone or an unversioned item of the same key, cas keeps us from
+     * overwriting a write that landed since our read. */
+    if (v->cur_versioned || v->found) {
+        vop_write(v, &v->frag, v->cap, "cas", v->cur_cas);
+    } else {
+        vop_write(v, &v->frag, v->cap, "add", 0);
+    }
+}
+
+static const char *vop_success_line(struct vop *v, char *buf, size_t buflen)
+{
+    switch (v->cmd) {
+    case MC_CMD_INCR:
+    case MC_CMD_DECR:
+        snprintf(buf, buflen, "%.*s", (int)v->new_len, (const char *)v->new_val);
+        return buf;
+    case MC_CMD_TOUCH:
+        return "TOUCHED";
+    default:
+        return "STORED";
+    }
+}
+
+static void vop_retry(struct vop *v)
+{
+    if (++v->tries >= VOP_MAX_TRIES) {
+        log_warn("key %.*s: gave up after %d lost races", (int)v->nkey, v->key, v->tries);
+        vop_finish(v, "SERVER_ERROR too many concurrent updates of this key");
+        return;
+    }
+    vop_gets(v);
+}
+
+static void vop_delete_done(struct vop *v)
+{
+    const char *answer = v->answer;
+
+    vop_ship(v);
+    vop_finish(v, answer);
+}
+
+static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct vop *v = frag->cb_arg;
+    char text[256];
+
+    v->outstanding--;
+    if (error != NULL) {
+        if (v->outstanding > 0) {
+            v->answer = error;
+            return;
+        }
+        vop_finish(v, v->cmd == MC_CMD_DELETE && v->answer != NULL &&
+                              strncmp(v->answer, "SERVER_ERROR", 12) == 0
+                          ? v->answer
+                          : error);
+        return;
+    }
+    if (v->cmd == MC_CMD_DELETE) {
+        if (frag == &v->frag) {
+            /* the gets: was there a live item? */
+            if (vop_parse_gets(v, reply, text, sizeof(text)) != 0) {
+                v->answer = "SERVER_ERROR unexpected reply from node";
+            } else if (v->answer == NULL) {
+                v->answer = v->found ? "DELETED" : "NOT_FOUND";
+            }
+        } else if (!line_is(reply, "STORED")) {
+            v->answer = "SERVER_ERROR could not store the tombstone";
+        }
+        if (v->outstanding == 0) {
+            vop_delete_done(v);
+        }
+        return;
+    }
+    switch (v->step) {
+    case VOP_BLIND:
+        if (line_is(reply, "STORED")) {
+            vop_ship(v);
+            vop_finish(v, "STORED");
+        } else if (v->cmd == MC_CMD_ADD && line_is(reply, "NOT_STORED")) {
+            vop_gets(v); /* maybe a tombstone: add wins over it */
+        } else if (v->cmd == MC_CMD_CAS && line_is(reply, "EXISTS")) {
+            vop_gets(v); /* EXISTS, unless what is there is a tombstone */
+        } else {
+            reply_text(reply, text, sizeof(text));
+            vop_finish(v, text);
+        }
+        return;
+    case VOP_READ:
+        if (vop_parse_gets(v, reply, text, sizeof(text)) != 0) {
+            vop_finish(v, text);
+            return;
+        }
+        vop_after_read(v);
+        return;
+    case VOP_WRITE:
+        if (line_is(reply, "STORED")) {
+            vop_ship(v);
+            vop_finish(v, vop_success_line(v, text, sizeof(text)));
+        } else if (line_is(reply, "EXISTS") || line_is(reply, "NOT_FOUND") ||
+                   line_is(reply, "NOT_STORED")) {
+            vop_retry(v); /* someone wrote the key between our gets and our cas */
+        } else {
+            reply_text(reply, text, sizeof(text));
+            vop_finish(v, text);
+        }
+        return;
+    default:
+        vop_finish(v, "SERVER_ERROR unexpected state");
+        return;
+    }
+}
+
+static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cmd, uint32_t node,
+                           const char *key, uint32_t nkey)
+{
+    struct vop *v = calloc(1, sizeof(*v));
+
+    if (v == NULL) {
+        return NULL;
+    }
+    v->cap = evbuffer_new();
+    v->cap2 = evbuffer_new();
+    if (v->cap == NULL || v->cap2 == NULL) {
+        vop_free(v);
+        return NULL;
+    }
+    v->w = w;
+    v->r = r;
+    v->cmd = cmd;
+    v->node = node;
+    memcpy(v->key, key, nkey);
+    v->nkey = nkey;
+    r->pending = 1;
+    /* Anything but a plain set or delete may take several round trips; the client's
+     * next commands wait, so a pipelined "append k; get k" reads what memcached would. */
+    if (cmd != MC_CMD_SET && cmd != MC_CMD_DELETE && r->client != NULL) {
+        r->barrier = true;
+        gw_client_barrier_hold(r->client);
+    }
+    return v;
+}
+
+void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_pending *st,
+                  const char *key, uint32_t nkey, uint32_t flags, int32_t exptime,
+                  uint64_t cas_unique, struct evbuffer *in)
+{
+    struct vop *v = vop_new(w, r, st->cmd, st->node, key, nkey);
+    uint32_t now = (uint32_t)time(NULL);
+
+    if (v == NULL) {
+        evbuffer_drain(in, st->vlen);
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    v->flags = flags;
+    v->exptime = exptime;
+    v->cas_unique = cas_unique;
+    v->ndata = st->vlen - 2;
+    v->data = malloc(v->ndata + 1);
+    if (v->data == NULL) {
+        evbuffer_drain(in, st->vlen);
+        vop_finish(v, "SERVER_ERROR out of memory");
+        return;
+    }
+    evbuffer_remove(in, v->data, v->ndata);
+    evbuffer_drain(in, 2);
+    switch (st->cmd) {
+    case MC_CMD_SET:
+    case MC_CMD_ADD:
+    case MC_CMD_CAS:
+        /* Blind writes: no read first.  The version decides between sites. */
+        vop_stamp(v, gw_vop_expiry(exptime, now), false);
+        v->nh.client_flags = flags;
+        v->new_val = v->data;
+        v->new_len = v->ndata;
+        v->data = NULL;
+        v->ndata = 0;
+        v->step = VOP_BLIND;
+        if (st->cmd == MC_CMD_SET) {
+            vop_write(v, &v->frag, v->cap, "set", 0);
+        } else if (st->cmd == MC_CMD_ADD) {
+            vop_write(v, &v->frag, v->cap, "add", 0);
+        } else {
+            vop_write(v, &v->frag, v->cap, "cas", cas_unique);
+        }
+        /* add/cas retries go through vop_after_read, which wants the value in data */
+        if (st->cmd != MC_CMD_SET) {
+            v->data = malloc(v->new_len + 1);
+            if (v->data != NULL) {
+                memcpy(v->data, v->new_val, v->new_len);
+                v->ndata = v->new_len;
+            }
+        }
+        return;
+    default:
+        vop_gets(v);
+        return;
+    }
+}
+
+void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m)
+{
+    struct vop *v = vop_new(w, r, m->cmd, node, m->key, m->nkey);
+    char line[MC_KEY_MAX_LENGTH + 16];
+    int n;
+
+    if (v == NULL) {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    v->delta = m->delta;
+    v->exptime = m->exptime;
+    if (m->cmd != MC_CMD_DELETE) {
+        vop_gets(v);
+        return;
+    }
+    /* delete: read and write the tombstone in one round trip.  The tombstone ships
+     * even when nothing was here: the key may exist at a site we have not heard from. */
+    n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
+    vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
+    vop_stamp(v, (uint32_t)time(NULL) + w->srv->tombstone_ttl_s, true);
+    vop_write(v, &v->frag2, v->cap2, "set", 0);
+}

@@ -1,0 +1,29 @@
+/*
+ * vop — versioned operations: how a replicating gateway (one with a `wan:` section)
+ * carries out client writes so that every item in memcached holds its version in the
+ * 32-byte header of docs/REPLICATION.md, and what it ships afterwards.  set/add/cas are
+ * written blind with a fresh version; replace/append/prepend/incr/decr/touch are
+ * read-modify-write (gets, compute, cas; retried on a lost race); delete writes a
+ * tombstone.  Replies are exactly memcached's.  Worker loop only.  It does not parse
+ * client input (client.c) or ship anything over the WAN itself (repl.c).
+ */
+#ifndef GEOGATE_VOP_H
+#define GEOGATE_VOP_H
+
+#include "gateway/types.h"
+
+/* A storage command whose data block (vlen bytes incl. CRLF, already checked) is at
+ * the front of in.  Consumes it.  The reply goes into r (already queued on c). */
+void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_pending *st,
+                  const char *key, uint32_t nkey, uint32_t flags, int32_t exptime,
+                  uint64_t cas_unique, struct evbuffer *in);
+
+/* delete / incr / decr / touch on a versioned gateway. */
+void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m);
+
+/* Absolute expiry (unix seconds, 0 = never) for a client's exptime, memcached's rules:
+ * 0 never, up to 30 days relative, beyond that an absolute time; negative = already
+ * expired (returns 1). */
+uint32_t gw_vop_expiry(int32_t exptime, uint32_t now);
+
+#endif
