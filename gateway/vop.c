@@ -64,6 +64,7 @@ struct vop {
     struct wan_item_header nh;
     uint8_t *new_val;
     size_t new_len;
+    size_t arith_len; /* incr/decr: digits of the result, before padding */
     struct gw_frag frag;
     struct gw_frag frag2;
     struct evbuffer *cap;
@@ -397,13 +398,17 @@ static void vop_after_read(struct vop *v)
         vop_stamp(v, v->cur.expiry, false);
         v->nh.client_flags = v->cur.client_flags;
         n = strlen(num);
-        v->new_val = malloc(n + 1);
+        /* memcached writes a number that fits over the old one in place, padded with
+         * spaces to the old length ("100" decr 100 reads back as "0  "); so do we. */
+        v->new_len = n <= v->cur_len ? v->cur_len : n;
+        v->new_val = malloc(v->new_len + 1);
         if (v->new_val == NULL) {
             vop_finish(v, "SERVER_ERROR out of memory");
             return;
         }
-        memcpy(v->new_val, num, n + 1);
-        v->new_len = n;
+        memset(v->new_val, ' ', v->new_len);
+        memcpy(v->new_val, num, n);
+        v->arith_len = n;
         break;
     case MC_CMD_TOUCH:
         vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
@@ -432,7 +437,7 @@ static const char *vop_success_line(struct vop *v, char *buf, size_t buflen)
     switch (v->cmd) {
     case MC_CMD_INCR:
     case MC_CMD_DECR:
-        snprintf(buf, buflen, "%.*s", (int)v->new_len, (const char *)v->new_val);
+        snprintf(buf, buflen, "%.*s", (int)v->arith_len, (const char *)v->new_val);
         return buf;
     case MC_CMD_TOUCH:
         return "TOUCHED";
