@@ -47,7 +47,9 @@ BENCH_SRC := $(wildcard tests/tools/bench/*.c)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-PROGRAMS := $(BIN)/geogate $(if $(BENCH_SRC),$(BIN)/geogate-bench)
+WANEM_SRC := $(wildcard tests/tools/wanem/*.c)
+PROGRAMS := $(BIN)/geogate $(if $(BENCH_SRC),$(BIN)/geogate-bench) \
+	$(if $(WANEM_SRC),$(BIN)/geogate-wanem)
 
 DEPS_STAMP := build/.deps-installed
 
@@ -96,6 +98,11 @@ $(BIN)/geogate: $(BUILD)/gateway/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/geogate-bench: $(BENCH_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The WAN emulator the multi-site tests put between sites (netem is not available).
+$(BIN)/geogate-wanem: $(WANEM_SRC:%.c=$(BUILD)/%.o)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -149,4 +156,4 @@ format:
 clean:
 	rm -rf build bin proto/*.pb-c.c proto/*.pb-c.h
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d
+-include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d $(WANEM_SRC:%.c=$(BUILD)/%.d)
