@@ -29,6 +29,7 @@
 #include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/repl.h"
 #include "gateway/req.h"
 #include "gateway/route.h"
 #include "gateway/server.h"
@@ -233,7 +234,7 @@ static void stats_general(struct gw_worker *w, struct evbuffer *b)
     struct rusage ru;
     time_t now = time(NULL);
     uint32_t up = 0;
-    int n = srv->nworkers < 64 ? srv->nworkers : 64;
+    int n = srv->nthreads < 64 ? srv->nthreads : 64;
 
     for (int i = 0; i < n; i++) {
         each[i] = &srv->workers[i].stats;
@@ -283,7 +284,7 @@ static void stats_nodes(struct gw_worker *w, struct evbuffer *b)
 
 static void stats_reset(struct gw_server *srv)
 {
-    for (int i = 0; i < srv->nworkers; i++) {
+    for (int i = 0; i < srv->nthreads; i++) {
         struct gw_stats *st = &srv->workers[i].stats;
 #define GW_STATS_ZERO(name) __atomic_store_n(&st->name, 0, __ATOMIC_RELAXED);
         GW_STATS_COUNTERS(GW_STATS_ZERO)
@@ -301,7 +302,8 @@ static void do_stats(struct gw_client *c, const struct mc_request *m)
         reply_line(c, "RESET");
         return;
     }
-    if (m->subcommand != NULL && strcmp(m->subcommand, "nodes") != 0) {
+    if (m->subcommand != NULL && strcmp(m->subcommand, "nodes") != 0 &&
+        strcmp(m->subcommand, "peers") != 0) {
         reply_line(c, "ERROR");
         return;
     }
@@ -311,6 +313,8 @@ static void do_stats(struct gw_client *c, const struct mc_request *m)
     }
     if (m->subcommand == NULL) {
         stats_general(c->w, b);
+    } else if (strcmp(m->subcommand, "peers") == 0) {
+        gw_repl_stats(c->w->srv, b);
     } else {
         stats_nodes(c->w, b);
     }

@@ -1,12 +1,154 @@
 /*
  * repl — see repl.h.
+ *
+ *   Shipping, per peer (WAN thread):
+ *
+ *     down ──connect──> (TLS, h2, Ship stream) ──up──> pump: cursor at acked+1
+ *       ^                                              │ batches of spooled records,
+ *       │ backoff (jittered, exponential)              │ at most REPL_INFLIGHT unacked
+ *       └──────────── down (any reason) <──────────────┤
+ *                                                      v
+ *                      ShipAck(acked_seq) ──> spool ack (trims) ──> pump again
+ *
+ *   Receiving (WAN thread): one batch per stream at a time; while it is applied the
+ *   stream is BUSY, so HTTP/2 flow control holds the peer back.
  */
 #include "gateway/repl.h"
 
+#include <errno.h>
+#include <inttypes.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "gateway/apply.h"
 #include "gateway/config.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/req.h"
 #include "gateway/server.h"
+#include "gateway/worker.h"
+#include "proto/geogate_wan.pb-c.h"
+#include "proto/health.pb-c.h"
+#include "tls/tls.h"
+#include "wan/grpc_client.h"
+#include "wan/grpc_server.h"
+#include "wan/spool.h"
+
+#define REPL_INFLIGHT 4              /* batches in flight per peer */
+#define REPL_BATCH_MAX 512           /* mutations per batch */
+#define REPL_BATCH_BYTES (512u << 10) /* bytes per batch */
+#define REPL_TICK_MS 100
+#define REPL_LAG_BUCKETS 24          /* 1 ms .. ~8 s, doubling */
+
+struct repl_batch {
+    uint64_t last_seq;
+    uint64_t oldest_ms;
+    uint32_t count;
+};
+
+struct gw_peer {
+    struct gw_repl *repl;
+    char *site;
+    const struct gw_peer_conf *conf;
+    struct wan_grpc_client *client;
+    size_t addr;
+    bool up;
+    bool connecting;
+    unsigned attempt;
+    int64_t retry_at_ms;
+    struct wan_spool_cursor *cursor;
+    uint64_t acked;
+    struct repl_batch batches[REPL_INFLIGHT];
+    uint32_t inflight;
+    /* counters, read by `stats peers` from other threads */
+    uint64_t shipped;
+    uint64_t acked_mutations;
+    uint64_t reconnects;
+    uint64_t lag[REPL_LAG_BUCKETS];
+    uint64_t lag_count;
+    int64_t up_since_ms;
+    char last_error[160];
+};
+
+struct gw_inbound {
+    struct gw_repl *repl;
+    struct wan_grpc_ship_stream *st;
+    char site[64];
+    bool busy;
+    bool ending;
+    bool closed;
+    uint64_t last_seq;
+    uint64_t applied;
+    uint64_t rejected;
+};
+
+struct gw_repl {
+    struct gw_server *srv;
+    struct gw_worker *w; /* the WAN thread */
+    struct wan_spool *spool;
+    enum gw_fsync_mode fsync;
+    struct tls_ctx *tls_srv;
+    struct tls_ctx *tls_cli;
+    struct wan_grpc_server *server;
+    struct gw_peer *peers;
+    size_t npeers;
+    struct event *kick_ev;
+    struct event *tick_ev;
+    int kicked;
+    uint64_t rng;
+    /* inbound totals (WAN thread writes, others read) */
+    uint64_t in_batches;
+    uint64_t in_applied;
+    uint64_t in_rejected;
+    uint64_t spool_errors;
+};
+
+/* ---- logging glue ---- */
+
+static void grpc_log(void *arg, enum wan_grpc_log_level level, const char *line)
+{
+    (void)arg;
+    if (level == WAN_GRPC_LOG_ERROR) {
+        log_error("wan: %s", line);
+    } else if (level == WAN_GRPC_LOG_WARN) {
+        log_warn("wan: %s", line);
+    } else {
+        log_info("wan: %s", line);
+    }
+}
+
+static void spool_log(void *arg, enum wan_spool_log_level level, const char *msg)
+{
+    (void)arg;
+    if (level == WAN_SPOOL_LOG_ERROR) {
+        log_error("spool: %s", msg);
+    } else if (level == WAN_SPOOL_LOG_WARN) {
+        log_warn("spool: %s", msg);
+    } else {
+        log_info("spool: %s", msg);
+    }
+}
+
+static void tls_log(void *arg, const char *line)
+{
+    (void)arg;
+    log_warn("wan: %s", line);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- shipping: worker side ---- */
 
 /* The first rule whose prefix starts the key decides; the loader guarantees a "" rule. */
 static enum gw_repl_mode rule_for(const struct gw_config *cfg, const char *key, uint32_t nkey)
@@ -21,12 +163,738 @@ static enum gw_repl_mode rule_for(const struct gw_config *cfg, const char *key, 
     return GW_REPL_COPY;
 }
 
-void gw_repl_ship(struct gw_worker *w, const struct gw_item *it)
+/* Pack one item as a Mutation and append it.  site_id 0 means "the shipper's own". */
+static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombstone,
+                       bool own)
 {
-    enum gw_repl_mode mode = rule_for(w->srv->cfg, it->key, it->nkey);
+    struct gw_repl *repl = w->srv->repl;
+    Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
+    uint8_t stackbuf[1024];
+    uint8_t *buf = stackbuf;
+    size_t len;
+    int rc;
 
-    if (mode == GW_REPL_NONE || w->srv->cfg->wan.npeers == 0) {
+    m.key.data = (uint8_t *)it->key;
+    m.key.len = it->nkey;
+    if (!tombstone && !it->hdr->tombstone) {
+        m.value.data = (uint8_t *)it->value;
+        m.value.len = it->vlen;
+    } else {
+        m.tombstone = true;
+    }
+    m.hlc = it->hdr->version.hlc;
+    m.flags = it->hdr->client_flags;
+    m.expiry = it->hdr->expiry;
+    if (!own) {
+        m.site_id = it->hdr->version.site_id;
+        m.gateway_id = it->hdr->version.gateway_id;
+    }
+    len = geogate__wan__v1__mutation__get_packed_size(&m);
+    if (len > sizeof(stackbuf)) {
+        buf = malloc(len);
+        if (buf == NULL) {
+            log_error("out of memory spooling key %.*s: not shipped", (int)it->nkey, it->key);
+            return false;
+        }
+    }
+    geogate__wan__v1__mutation__pack(&m, buf);
+    rc = wan_spool_append(repl->spool, it->key, it->nkey, buf, len, NULL);
+    if (buf != stackbuf) {
+        free(buf);
+    }
+    if (rc != 0) {
+        __atomic_add_fetch(&repl->spool_errors, 1, __ATOMIC_RELAXED);
+        log_error("spool append failed (%s): key %.*s not shipped", strerror(-rc),
+                  (int)it->nkey, it->key);
+        return false;
+    }
+    w->repl_appended = true;
+    STAT_INCR(&w->stats, repl_queued);
+    return true;
+}
+
+bool gw_repl_ship(struct gw_worker *w, const struct gw_item *it)
+{
+    struct gw_repl *repl = w->srv->repl;
+    enum gw_repl_mode mode;
+
+    if (repl == NULL || repl->npeers == 0) {
+        return false;
+    }
+    mode = rule_for(w->srv->cfg, it->key, it->nkey);
+    if (mode == GW_REPL_NONE) {
+        return false;
+    }
+    return spool_item(w, it, mode == GW_REPL_INVALIDATE, true);
+}
+
+void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it)
+{
+    struct gw_repl *repl = w->srv->repl;
+
+    if (repl == NULL || repl->npeers == 0 ||
+        rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_NONE) {
         return;
     }
-    STAT_INCR(&w->stats, repl_queued);
+    spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false);
+}
+
+bool gw_repl_hold(struct gw_worker *w, struct gw_req *r)
+{
+    struct gw_repl *repl = w->srv->repl;
+
+    if (repl == NULL || repl->fsync != GW_FSYNC_ALWAYS || !w->repl_appended) {
+        return false;
+    }
+    r->pending = 1; /* a closing client orphans it instead of freeing it */
+    TAILQ_INSERT_TAIL(&w->sync_wait, r, sync_link);
+    return true;
+}
+
+void gw_repl_pass_end(struct gw_worker *w)
+{
+    struct gw_repl *repl = w->srv->repl;
+    struct gw_req *r;
+    int rc = 0;
+
+    if (repl == NULL || !w->repl_appended) {
+        return;
+    }
+    w->repl_appended = false;
+    if (repl->fsync == GW_FSYNC_ALWAYS) {
+        rc = wan_spool_sync(repl->spool);
+        if (rc != 0) {
+            log_error("spool fsync failed (%s): writes are answered with errors", strerror(-rc));
+        }
+    }
+    while ((r = TAILQ_FIRST(&w->sync_wait)) != NULL) {
+        TAILQ_REMOVE(&w->sync_wait, r, sync_link);
+        r->pending = 0;
+        if (rc != 0 && r->reply != NULL) {
+            evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
+            if (!r->noreply) {
+                evbuffer_add_printf(r->reply, "SERVER_ERROR replication log not durable\r\n");
+            }
+        }
+        gw_req_finish(r);
+    }
+    if (!__atomic_exchange_n(&repl->kicked, 1, __ATOMIC_ACQ_REL)) {
+        event_active(repl->kick_ev, EV_READ, 0);
+    }
+}
+
+/* ---- shipping: WAN thread ---- */
+
+static void peer_connect(struct gw_peer *p);
+
+static void lag_sample(struct gw_peer *p, uint64_t ms, uint32_t count)
+{
+    unsigned b = 0;
+
+    while (b + 1 < REPL_LAG_BUCKETS && ms >= (1u << b)) {
+        b++;
+    }
+    __atomic_add_fetch(&p->lag[b], count, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&p->lag_count, count, __ATOMIC_RELAXED);
+}
+
+static void peer_pump(struct gw_peer *p)
+{
+    struct gw_repl *repl = p->repl;
+    Geogate__Wan__V1__Mutation *muts[REPL_BATCH_MAX];
+
+    while (p->up && p->inflight < REPL_INFLIGHT) {
+        Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
+        struct wan_spool_record rec;
+        uint64_t first = 0, last = 0, oldest = 0;
+        size_t n = 0, bytes = 0;
+        int rc;
+
+        while (n < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES) {
+            rc = wan_spool_cursor_next(p->cursor, &rec);
+            if (rc == -EBADMSG) {
+                continue; /* logged and counted by the spool */
+            }
+            if (rc != 0) {
+                break;
+            }
+            muts[n] = geogate__wan__v1__mutation__unpack(NULL, rec.len, rec.data);
+            if (muts[n] == NULL) {
+                log_warn("peer %s: spool record %" PRIu64 " is not a mutation; skipped", p->site,
+                         rec.seq);
+                continue;
+            }
+            if (first == 0) {
+                first = rec.seq;
+                oldest = rec.time_ms;
+            }
+            last = rec.seq;
+            bytes += rec.len;
+            n++;
+        }
+        if (n == 0) {
+            return;
+        }
+        req.origin_site = repl->srv->cfg->site;
+        req.gateway_id = repl->srv->cfg->gateway_id;
+        req.first_seq = first;
+        req.last_seq = last;
+        req.n_mutations = n;
+        req.mutations = muts;
+        rc = wan_grpc_client_ship(p->client, &req);
+        for (size_t i = 0; i < n; i++) {
+            geogate__wan__v1__mutation__free_unpacked(muts[i], NULL);
+        }
+        if (rc != 0) {
+            /* Full (writable will call us back) or gone (down will): read again later. */
+            wan_spool_cursor_seek(p->cursor, first);
+            if (rc != -ENOBUFS && rc != -ENOTCONN) {
+                log_warn("peer %s: cannot ship a batch: %s", p->site, strerror(-rc));
+            }
+            return;
+        }
+        p->batches[p->inflight].last_seq = last;
+        p->batches[p->inflight].oldest_ms = oldest;
+        p->batches[p->inflight].count = (uint32_t)n;
+        p->inflight++;
+        __atomic_add_fetch(&p->shipped, n, __ATOMIC_RELAXED);
+    }
+}
+
+static void peer_up(void *arg, const char *site)
+{
+    struct gw_peer *p = arg;
+
+    p->up = true;
+    p->connecting = false;
+    p->attempt = 0;
+    p->up_since_ms = wall_ms();
+    log_info("peer %s: link up (%s)", site, p->conf->addresses[p->addr].host);
+    wan_spool_peer_acked(p->repl->spool, p->site, &p->acked);
+    wan_spool_cursor_seek(p->cursor, p->acked + 1);
+    p->inflight = 0;
+    peer_pump(p);
+}
+
+static void peer_down(void *arg, int status, const char *reason)
+{
+    struct gw_peer *p = arg;
+    uint32_t wait;
+
+    if (p->up) {
+        log_warn("peer %s: link down: %s", p->site, reason);
+    } else {
+        log_debug("peer %s: cannot connect: %s", p->site, reason);
+    }
+    (void)status;
+    snprintf(p->last_error, sizeof(p->last_error), "%s", reason);
+    p->up = false;
+    p->connecting = false;
+    p->inflight = 0;
+    p->up_since_ms = 0;
+    /* Unacked batches ship again on the next link, from the peer's acked seq. */
+    wait = wan_grpc_backoff_ms(p->attempt++, 100, 5000, &p->repl->rng);
+    p->retry_at_ms = gw_now_ms() + wait;
+    p->addr = (p->addr + 1) % p->conf->naddresses;
+    __atomic_add_fetch(&p->reconnects, 1, __ATOMIC_RELAXED);
+}
+
+static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
+{
+    struct gw_peer *p = arg;
+    uint64_t now = (uint64_t)wall_ms();
+    uint32_t done = 0;
+    int rc;
+
+    if (ack->acked_seq <= p->acked) {
+        return;
+    }
+    rc = wan_spool_ack(p->repl->spool, p->site, ack->acked_seq);
+    if (rc != 0 && rc != -ERANGE) {
+        log_warn("peer %s: recording ack %" PRIu64 ": %s", p->site, ack->acked_seq,
+                 strerror(-rc));
+    }
+    p->acked = ack->acked_seq;
+    while (done < p->inflight && p->batches[done].last_seq <= ack->acked_seq) {
+        struct repl_batch *b = &p->batches[done];
+        lag_sample(p, now > b->oldest_ms ? now - b->oldest_ms : 0, b->count);
+        __atomic_add_fetch(&p->acked_mutations, b->count, __ATOMIC_RELAXED);
+        done++;
+    }
+    if (done > 0) {
+        memmove(p->batches, p->batches + done, (p->inflight - done) * sizeof(p->batches[0]));
+        p->inflight -= done;
+    }
+    peer_pump(p);
+}
+
+static void peer_writable(void *arg)
+{
+    peer_pump(arg);
+}
+
+static void peer_connect(struct gw_peer *p)
+{
+    static const struct wan_grpc_client_callbacks cbs = {
+        .up = peer_up,
+        .down = peer_down,
+        .ship_ack = peer_ack,
+        .writable = peer_writable,
+    };
+    struct wan_grpc_client_config cc;
+    char addr[300];
+    const struct gw_addr *a = &p->conf->addresses[p->addr];
+    int rc;
+
+    if (p->client != NULL) {
+        wan_grpc_client_destroy(p->client);
+        p->client = NULL;
+    }
+    if (strchr(a->host, ':') != NULL) {
+        snprintf(addr, sizeof(addr), "[%s]:%u", a->host, a->port);
+    } else {
+        snprintf(addr, sizeof(addr), "%s:%u", a->host, a->port);
+    }
+    memset(&cc, 0, sizeof(cc));
+    cc.tls = p->repl->tls_cli;
+    cc.peer_site = p->site;
+    cc.address = addr;
+    cc.connect_timeout_ms = 3000;
+    cc.ping_ms = 2000;
+    cc.log = grpc_log;
+    rc = wan_grpc_client_create(&p->client, p->repl->w->base, &cc, &cbs, p);
+    if (rc == 0) {
+        rc = wan_grpc_client_connect(p->client);
+    }
+    if (rc != 0) {
+        peer_down(p, WAN_GRPC_UNAVAILABLE, strerror(-rc));
+        return;
+    }
+    p->connecting = true;
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_repl *repl = arg;
+
+    (void)fd;
+    (void)what;
+    __atomic_store_n(&repl->kicked, 0, __ATOMIC_RELEASE);
+    for (size_t i = 0; i < repl->npeers; i++) {
+        peer_pump(&repl->peers[i]);
+    }
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_repl *repl = arg;
+    int64_t now = gw_now_ms();
+    int rc;
+
+    (void)fd;
+    (void)what;
+    rc = wan_spool_tick(repl->spool);
+    if (rc != 0) {
+        log_error("spool: %s", strerror(-rc));
+    }
+    for (size_t i = 0; i < repl->npeers; i++) {
+        struct gw_peer *p = &repl->peers[i];
+        if (!p->up && !p->connecting && now >= p->retry_at_ms) {
+            peer_connect(p);
+        } else if (p->up) {
+            peer_pump(p);
+        }
+    }
+}
+
+/* ---- receiving ---- */
+
+static int srv_ship_open(void *arg, struct wan_grpc_ship_stream *st, const char *peer_site,
+                         void **stream_arg)
+{
+    struct gw_repl *repl = arg;
+    struct gw_inbound *in;
+
+    if (repl->srv->draining) {
+        return WAN_GRPC_UNAVAILABLE;
+    }
+    in = calloc(1, sizeof(*in));
+    if (in == NULL) {
+        return WAN_GRPC_RESOURCE_EXHAUSTED;
+    }
+    in->repl = repl;
+    in->st = st;
+    snprintf(in->site, sizeof(in->site), "%s", peer_site);
+    *stream_arg = in;
+    log_info("peer %s: shipping to us", peer_site);
+    return 0;
+}
+
+static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected)
+{
+    struct gw_inbound *in = arg;
+    Geogate__Wan__V1__ShipAck ack = GEOGATE__WAN__V1__SHIP_ACK__INIT;
+
+    in->busy = false;
+    if (in->closed) {
+        free(in);
+        return;
+    }
+    in->applied += applied;
+    in->rejected += rejected;
+    __atomic_add_fetch(&in->repl->in_applied, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&in->repl->in_rejected, rejected, __ATOMIC_RELAXED);
+    ack.acked_seq = in->last_seq;
+    ack.applied = in->applied;
+    ack.rejected_older = in->rejected;
+    wan_grpc_server_ship_ack(in->st, &ack);
+    if (in->ending) {
+        wan_grpc_server_ship_finish(in->st, WAN_GRPC_OK, NULL);
+        return;
+    }
+    wan_grpc_server_ship_resume(in->st);
+}
+
+static int srv_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_stream *st,
+                          Geogate__Wan__V1__ShipRequest *req)
+{
+    struct gw_repl *repl = arg;
+    struct gw_inbound *in = stream_arg;
+    uint64_t last;
+
+    (void)st;
+    if (in->busy) {
+        return WAN_GRPC_SHIP_BUSY;
+    }
+    last = req->last_seq != 0 ? req->last_seq : req->first_seq + req->n_mutations - 1;
+    if (req->n_mutations == 0 && req->last_seq == 0) {
+        last = req->first_seq;
+    }
+    in->busy = true;
+    in->last_seq = last > in->last_seq ? last : in->last_seq;
+    __atomic_add_fetch(&repl->in_batches, 1, __ATOMIC_RELAXED);
+    gw_apply_batch(repl->w, req, inbound_applied, in); /* takes req */
+    return WAN_GRPC_SHIP_TAKEN;
+}
+
+static void srv_ship_end(void *arg, void *stream_arg, struct wan_grpc_ship_stream *st)
+{
+    struct gw_inbound *in = stream_arg;
+
+    (void)arg;
+    if (in->busy) {
+        in->ending = true;
+        return;
+    }
+    wan_grpc_server_ship_finish(st, WAN_GRPC_OK, NULL);
+}
+
+static void srv_ship_closed(void *arg, void *stream_arg, struct wan_grpc_ship_stream *st,
+                            int status, const char *why)
+{
+    struct gw_inbound *in = stream_arg;
+
+    (void)arg;
+    (void)st;
+    if (status != WAN_GRPC_OK) {
+        log_info("peer %s: inbound stream closed: %s", in->site, why);
+    }
+    if (in->busy) {
+        in->closed = true; /* freed when its batch is done */
+        return;
+    }
+    free(in);
+}
+
+static void srv_read(void *arg, struct wan_grpc_read_call *call, const char *peer_site,
+                     Geogate__Wan__V1__ReadRequest *req)
+{
+    struct gw_repl *repl = arg;
+
+    (void)peer_site;
+    gw_apply_read(repl->w, req, call);
+}
+
+static int srv_health(void *arg, const char *service)
+{
+    struct gw_repl *repl = arg;
+    struct gw_pool *pool = repl->w->pool;
+
+    if (service != NULL && service[0] != '\0' &&
+        strcmp(service, "geogate.wan.v1.Replication") != 0) {
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    }
+    for (uint32_t i = 0; i < pool->nnodes; i++) {
+        if (gw_node_usable(&pool->nodes[i])) {
+            return repl->srv->draining
+                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        }
+    }
+    return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+/* ---- set-up, on the WAN thread ---- */
+
+static int repl_start(void *arg)
+{
+    static const struct wan_grpc_server_callbacks scb = {
+        .ship_open = srv_ship_open,
+        .ship_batch = srv_ship_batch,
+        .ship_end = srv_ship_end,
+        .ship_closed = srv_ship_closed,
+        .read = srv_read,
+        .health = srv_health,
+    };
+    struct gw_repl *repl = arg;
+    const struct gw_config *cfg = repl->srv->cfg;
+    struct wan_grpc_server_config sc;
+    struct timeval tick = {0, REPL_TICK_MS * 1000};
+    char addr[300];
+    int rc;
+
+    repl->kick_ev = event_new(repl->w->base, -1, EV_PERSIST, kick_cb, repl);
+    repl->tick_ev = event_new(repl->w->base, -1, EV_PERSIST, tick_cb, repl);
+    if (repl->kick_ev == NULL || repl->tick_ev == NULL) {
+        return -ENOMEM;
+    }
+    event_add(repl->tick_ev, &tick);
+    memset(&sc, 0, sizeof(sc));
+    sc.tls = repl->tls_srv;
+    sc.log = grpc_log;
+    rc = wan_grpc_server_create(&repl->server, repl->w->base, &sc, &scb, repl);
+    if (rc != 0) {
+        return rc;
+    }
+    if (strchr(cfg->wan.listen.host, ':') != NULL) {
+        snprintf(addr, sizeof(addr), "[%s]:%u", cfg->wan.listen.host, cfg->wan.listen.port);
+    } else {
+        snprintf(addr, sizeof(addr), "%s:%u", cfg->wan.listen.host, cfg->wan.listen.port);
+    }
+    rc = wan_grpc_server_listen(repl->server, addr, NULL);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < repl->npeers; i++) {
+        peer_connect(&repl->peers[i]);
+    }
+    return 0;
+}
+
+static int repl_stop(void *arg)
+{
+    struct gw_repl *repl = arg;
+
+    for (size_t i = 0; i < repl->npeers; i++) {
+        if (repl->peers[i].client != NULL) {
+            wan_grpc_client_destroy(repl->peers[i].client);
+            repl->peers[i].client = NULL;
+        }
+    }
+    if (repl->server != NULL) {
+        wan_grpc_server_destroy(repl->server);
+        repl->server = NULL;
+    }
+    if (repl->kick_ev) {
+        event_free(repl->kick_ev);
+        repl->kick_ev = NULL;
+    }
+    if (repl->tick_ev) {
+        event_free(repl->tick_ev);
+        repl->tick_ev = NULL;
+    }
+    return 0;
+}
+
+int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
+{
+    const struct gw_config *cfg = srv->cfg;
+    struct gw_repl *repl = calloc(1, sizeof(*repl));
+    struct wan_spool_options so;
+    const char **names = NULL;
+    char err[512];
+    int rc;
+
+    if (repl == NULL) {
+        return -1;
+    }
+    repl->srv = srv;
+    repl->w = wan;
+    repl->fsync = cfg->wan.spool_fsync;
+    repl->rng = (uint64_t)wall_ms() ^ ((uint64_t)cfg->gateway_id << 32);
+    repl->npeers = cfg->wan.npeers;
+    repl->peers = calloc(repl->npeers ? repl->npeers : 1, sizeof(*repl->peers));
+    names = calloc(repl->npeers ? repl->npeers : 1, sizeof(*names));
+    if (repl->peers == NULL || names == NULL) {
+        goto fail;
+    }
+    for (size_t i = 0; i < repl->npeers; i++) {
+        repl->peers[i].repl = repl;
+        repl->peers[i].conf = &cfg->wan.peers[i];
+        repl->peers[i].site = cfg->wan.peers[i].site;
+        names[i] = cfg->wan.peers[i].site;
+    }
+    if (repl->npeers > 0) {
+        repl->tls_srv = tls_ctx_create(cfg->wan.tls_ca, cfg->wan.tls_cert, cfg->wan.tls_key, 1,
+                                       names, repl->npeers, err, sizeof(err));
+        if (repl->tls_srv == NULL) {
+            log_error("wan tls: %s", err);
+            goto fail;
+        }
+        repl->tls_cli = tls_ctx_create(cfg->wan.tls_ca, cfg->wan.tls_cert, cfg->wan.tls_key, 0,
+                                       names, repl->npeers, err, sizeof(err));
+        if (repl->tls_cli == NULL) {
+            log_error("wan tls: %s", err);
+            goto fail;
+        }
+        memset(&so, 0, sizeof(so));
+        so.dir = cfg->wan.spool_dir;
+        so.max_bytes = cfg->wan.spool_max_bytes;
+        so.fsync = cfg->wan.spool_fsync == GW_FSYNC_ALWAYS     ? WAN_SPOOL_FSYNC_ALWAYS
+                   : cfg->wan.spool_fsync == GW_FSYNC_EVERYSEC ? WAN_SPOOL_FSYNC_EVERYSEC
+                                                               : WAN_SPOOL_FSYNC_NO;
+        so.peers = names;
+        so.npeers = repl->npeers;
+        so.log = spool_log;
+        rc = wan_spool_open(&so, &repl->spool);
+        if (rc != 0) {
+            log_error("cannot open the spool in %s: %s", cfg->wan.spool_dir, strerror(-rc));
+            goto fail;
+        }
+        for (size_t i = 0; i < repl->npeers; i++) {
+            wan_spool_peer_acked(repl->spool, names[i], &repl->peers[i].acked);
+            if (wan_spool_cursor_create(repl->spool, repl->peers[i].acked + 1,
+                                        &repl->peers[i].cursor) != 0) {
+                goto fail;
+            }
+        }
+    }
+    free(names);
+    names = NULL;
+    srv->repl = repl;
+    if (repl->npeers > 0) {
+        rc = gw_worker_call(wan, repl_start, repl);
+        if (rc != 0) {
+            log_error("cannot start the WAN listener on %s:%u: %s", cfg->wan.listen.host,
+                      cfg->wan.listen.port, strerror(-rc));
+            srv->repl = NULL;
+            gw_worker_call(wan, repl_stop, repl);
+            goto fail;
+        }
+        log_info("replicating to %zu peer site(s); WAN listener on %s:%u", repl->npeers,
+                 cfg->wan.listen.host, cfg->wan.listen.port);
+    }
+    (void)tls_log;
+    return 0;
+
+fail:
+    free(names);
+    for (size_t i = 0; i < repl->npeers; i++) {
+        if (repl->peers[i].cursor) {
+            wan_spool_cursor_destroy(repl->peers[i].cursor);
+        }
+    }
+    if (repl->spool) {
+        wan_spool_close(repl->spool);
+    }
+    tls_ctx_destroy(repl->tls_srv);
+    tls_ctx_destroy(repl->tls_cli);
+    free(repl->peers);
+    free(repl);
+    return -1;
+}
+
+void gw_repl_destroy(struct gw_server *srv)
+{
+    struct gw_repl *repl = srv->repl;
+
+    if (repl == NULL) {
+        return;
+    }
+    repl_stop(repl); /* the WAN thread has stopped by now */
+    for (size_t i = 0; i < repl->npeers; i++) {
+        if (repl->peers[i].cursor) {
+            wan_spool_cursor_destroy(repl->peers[i].cursor);
+        }
+    }
+    if (repl->spool) {
+        wan_spool_close(repl->spool);
+    }
+    tls_ctx_destroy(repl->tls_srv);
+    tls_ctx_destroy(repl->tls_cli);
+    free(repl->peers);
+    free(repl);
+    srv->repl = NULL;
+}
+
+/* ---- stats ---- */
+
+static uint64_t lag_quantile(const struct gw_peer *p, double q)
+{
+    uint64_t total = __atomic_load_n(&p->lag_count, __ATOMIC_RELAXED);
+    uint64_t want = (uint64_t)(q * (double)total);
+    uint64_t seen = 0;
+
+    if (total == 0) {
+        return 0;
+    }
+    for (unsigned b = 0; b < REPL_LAG_BUCKETS; b++) {
+        seen += __atomic_load_n(&p->lag[b], __ATOMIC_RELAXED);
+        if (seen > want) {
+            return b == 0 ? 1 : (1u << b);
+        }
+    }
+    return 1u << (REPL_LAG_BUCKETS - 1);
+}
+
+void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
+{
+    struct gw_repl *repl = srv->repl;
+    struct wan_spool_stats ss;
+    uint64_t now = (uint64_t)wall_ms();
+
+    if (repl == NULL || repl->spool == NULL) {
+        return;
+    }
+    wan_spool_stats(repl->spool, &ss);
+    evbuffer_add_printf(b, "STAT spool:records %" PRIu64 "\r\n", ss.records);
+    evbuffer_add_printf(b, "STAT spool:bytes %" PRIu64 "\r\n", ss.bytes);
+    evbuffer_add_printf(b, "STAT spool:last_seq %" PRIu64 "\r\n", ss.last_seq);
+    evbuffer_add_printf(b, "STAT spool:dropped %" PRIu64 "\r\n", ss.dropped);
+    evbuffer_add_printf(b, "STAT spool:compacted %" PRIu64 "\r\n", ss.compacted);
+    evbuffer_add_printf(b, "STAT spool:fsyncs %" PRIu64 "\r\n", ss.fsyncs);
+    evbuffer_add_printf(b, "STAT spool:errors %" PRIu64 "\r\n",
+                        __atomic_load_n(&repl->spool_errors, __ATOMIC_RELAXED));
+    evbuffer_add_printf(b, "STAT inbound:batches %" PRIu64 "\r\n",
+                        __atomic_load_n(&repl->in_batches, __ATOMIC_RELAXED));
+    evbuffer_add_printf(b, "STAT inbound:applied %" PRIu64 "\r\n",
+                        __atomic_load_n(&repl->in_applied, __ATOMIC_RELAXED));
+    evbuffer_add_printf(b, "STAT inbound:rejected_older %" PRIu64 "\r\n",
+                        __atomic_load_n(&repl->in_rejected, __ATOMIC_RELAXED));
+    for (size_t i = 0; i < repl->npeers; i++) {
+        struct gw_peer *p = &repl->peers[i];
+        struct wan_spool_peer_stats ps;
+        memset(&ps, 0, sizeof(ps));
+        wan_spool_peer_stats(repl->spool, i, &ps);
+        evbuffer_add_printf(b, "STAT peer:%s:state %s\r\n", p->site,
+                            __atomic_load_n(&p->up, __ATOMIC_RELAXED) ? "up" : "down");
+        evbuffer_add_printf(b, "STAT peer:%s:acked_seq %" PRIu64 "\r\n", p->site, ps.acked_seq);
+        evbuffer_add_printf(b, "STAT peer:%s:spool_records %" PRIu64 "\r\n", p->site, ps.records);
+        evbuffer_add_printf(b, "STAT peer:%s:spool_bytes %" PRIu64 "\r\n", p->site, ps.bytes);
+        evbuffer_add_printf(b, "STAT peer:%s:oldest_unacked_age_ms %" PRIu64 "\r\n", p->site,
+                            ps.oldest_unacked_ms && now > ps.oldest_unacked_ms
+                                ? now - ps.oldest_unacked_ms
+                                : 0);
+        evbuffer_add_printf(b, "STAT peer:%s:shipped %" PRIu64 "\r\n", p->site,
+                            __atomic_load_n(&p->shipped, __ATOMIC_RELAXED));
+        evbuffer_add_printf(b, "STAT peer:%s:acked %" PRIu64 "\r\n", p->site,
+                            __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED));
+        evbuffer_add_printf(b, "STAT peer:%s:dropped %" PRIu64 "\r\n", p->site, ps.dropped);
+        evbuffer_add_printf(b, "STAT peer:%s:reconnects %" PRIu64 "\r\n", p->site,
+                            __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED));
+        evbuffer_add_printf(b, "STAT peer:%s:lag_p50_ms %" PRIu64 "\r\n", p->site,
+                            lag_quantile(p, 0.5));
+        evbuffer_add_printf(b, "STAT peer:%s:lag_p99_ms %" PRIu64 "\r\n", p->site,
+                            lag_quantile(p, 0.99));
+    }
 }

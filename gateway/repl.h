@@ -1,8 +1,17 @@
 /*
- * repl — the gateway's side of replication: turning items written by local clients
- * into WAN mutations (per-prefix rules: copy, invalidate, none), handing them to the
- * spool and the shipper, and applying what peers ship.  Called from worker loops
- * (ship) and the WAN loop (apply).  The WAN protocol itself lives in wan/.
+ * repl — the gateway's side of replication.
+ *
+ *   worker: local write succeeds ──> gw_repl_ship: rule (copy/invalidate/none) ──> Mutation
+ *           ──> spool append ──(end of the loop pass)──> fsync if `always`, then the
+ *           client's reply is released ──> kick the WAN thread
+ *   WAN thread: per peer, a gRPC client link; a cursor over the spool from the peer's
+ *           acked seq; batches in flight; acks trim the spool; reconnect with jittered
+ *           backoff
+ *   WAN thread: the gRPC server; incoming Ship batches are applied newest-wins through
+ *           the WAN thread's own connections to the local pool (apply.c), then acked
+ *
+ * The WAN thread is a worker without clients (srv->workers[nworkers]).  Workers only
+ * append to the spool (which locks) and set an event; nothing else is shared.
  */
 #ifndef GEOGATE_REPL_H
 #define GEOGATE_REPL_H
@@ -13,6 +22,8 @@
 #include "gateway/types.h"
 #include "wan/version.h"
 
+struct gw_repl;
+
 /* An item as it now is in the local cache (borrowed pointers). */
 struct gw_item {
     const char *key;
@@ -22,7 +33,32 @@ struct gw_item {
     size_t vlen;
 };
 
-/* A local write succeeded: ship its result to every peer (per replication.rules). */
-void gw_repl_ship(struct gw_worker *w, const struct gw_item *it);
+/* Set up replication for srv (spool, TLS contexts; the WAN thread's part starts on
+ * that thread).  Returns 0 or -1 (logged). */
+int gw_repl_create(struct gw_server *srv, struct gw_worker *wan_worker);
+
+/* Stop shipping and serving (WAN thread), close the spool.  Called after the workers
+ * have stopped. */
+void gw_repl_destroy(struct gw_server *srv);
+
+/* A local write succeeded: spool its result for every peer (per replication.rules).
+ * Returns true when the item was spooled (the client's reply then waits for the end of
+ * the loop pass, see gw_repl_hold). */
+bool gw_repl_ship(struct gw_worker *w, const struct gw_item *it);
+
+/* Hold r's (already written) reply until the spool is durable: released at the end of
+ * this loop pass.  Returns false when nothing needs holding (fsync is not `always`). */
+bool gw_repl_hold(struct gw_worker *w, struct gw_req *r);
+
+/* End of a worker's loop pass: fsync (when `always`), release held replies, wake the
+ * WAN thread.  Cheap when nothing was spooled. */
+void gw_repl_pass_end(struct gw_worker *w);
+
+/* The WAN thread applied or rejected a remote item: when the local one is newer, it
+ * travels back to every peer.  (apply.c) */
+void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it);
+
+/* `stats peers` lines. */
+void gw_repl_stats(struct gw_server *srv, struct evbuffer *out);
 
 #endif

@@ -24,6 +24,7 @@
 #include "gateway/config.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/repl.h"
 #include "gateway/worker.h"
 
 #define GW_DRAIN_DEADLINE_MS 4500
@@ -98,7 +99,7 @@ static void reload(struct gw_server *srv)
     }
     gw_pool_inherit_health(pool, srv->pool);
     srv->generation++;
-    for (int i = 0; i < srv->nworkers; i++) {
+    for (int i = 0; i < srv->nthreads; i++) {
         struct gw_msg msg = {.type = GW_MSG_RELOAD, .pool = pool};
         gw_pool_get(pool);
         if (gw_worker_send(&srv->workers[i], &msg) != 0) {
@@ -118,7 +119,7 @@ static void reload(struct gw_server *srv)
 static void drain_deadline(struct gw_server *srv)
 {
     log_warn("drain deadline reached; stopping the remaining connections");
-    for (int i = 0; i < srv->nworkers; i++) {
+    for (int i = 0; i < srv->nthreads; i++) {
         struct gw_msg msg = {.type = GW_MSG_STOP};
         if (gw_worker_send(&srv->workers[i], &msg) != 0) {
             event_base_loopbreak(srv->workers[i].base);
@@ -137,7 +138,7 @@ static void start_drain(struct gw_server *srv)
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
     }
-    for (int i = 0; i < srv->nworkers; i++) {
+    for (int i = 0; i < srv->nthreads; i++) {
         struct gw_msg msg = {.type = GW_MSG_DRAIN};
         gw_worker_send(&srv->workers[i], &msg);
     }
@@ -218,15 +219,21 @@ int gw_server_run(struct gw_config *cfg)
     }
     srv.generation = 1;
     srv.nworkers = (int)cfg->threads;
-    srv.workers = calloc((size_t)srv.nworkers, sizeof(*srv.workers));
+    srv.nthreads = srv.nworkers + (cfg->wan.enabled && cfg->wan.npeers > 0 ? 1 : 0);
+    srv.workers = calloc((size_t)srv.nthreads, sizeof(*srv.workers));
     if (srv.workers == NULL) {
         goto fail_workers;
     }
-    for (started = 0; started < srv.nworkers; started++) {
+    for (started = 0; started < srv.nthreads; started++) {
         if (gw_worker_start(&srv.workers[started], &srv, started, srv.pool) != 0) {
             log_error("cannot start worker thread %d", started);
             goto fail_start;
         }
+    }
+    if (srv.versioned && gw_repl_create(&srv, srv.nthreads > srv.nworkers
+                                                  ? &srv.workers[srv.nworkers]
+                                                  : NULL) != 0) {
+        goto fail_start;
     }
     srv.listener = listen_on(&srv, &cfg->listen);
     if (srv.listener == NULL) {
@@ -247,7 +254,7 @@ int gw_server_run(struct gw_config *cfg)
     if (srv.draining) {
         /* Wait for the workers, stopping them at the deadline if they linger. */
         int64_t deadline = gw_now_ms() + GW_DRAIN_DEADLINE_MS;
-        for (int i = 0; i < srv.nworkers; i++) {
+        for (int i = 0; i < srv.nthreads; i++) {
             while (pthread_tryjoin_np(srv.workers[i].thread, NULL) != 0) {
                 if (gw_now_ms() > deadline) {
                     drain_deadline(&srv);
@@ -270,6 +277,7 @@ fail_start:
     for (int i = 0; i < started; i++) {
         gw_worker_join(&srv.workers[i]);
     }
+    gw_repl_destroy(&srv);
     if (srv.listener != NULL) {
         evconnlistener_free(srv.listener);
     }

@@ -19,8 +19,10 @@
 
 struct gw_server {
     struct gw_config *cfg; /* shared, read-only; replaced only on reload */
-    struct gw_worker *workers;
-    int nworkers;
+    struct gw_worker *workers; /* nworkers client workers, then the WAN thread if any */
+    int nworkers;              /* the ones that take clients */
+    int nthreads;              /* all of them */
+    struct gw_repl *repl;      /* NULL unless replicating to peers */
     struct event_base *base;
     struct evconnlistener *listener;
     struct event *sig_term, *sig_int, *sig_hup;

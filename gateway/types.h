@@ -71,6 +71,7 @@ TAILQ_HEAD(gw_frag_queue, gw_frag);
 
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;  /* in the client's queue, in arrival order */
+    TAILQ_ENTRY(gw_req) sync_link; /* in the worker's sync_wait, while held for fsync */
     struct gw_client *client;  /* NULL once the client has gone (orphaned) */
     struct gw_worker *w;
     enum mc_cmd cmd;
@@ -191,6 +192,8 @@ struct gw_worker {
     bool stop;
     int64_t now_ms;
     struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
+    struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */
+    bool repl_appended;            /* this pass spooled something */
 };
 
 #endif

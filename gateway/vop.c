@@ -53,13 +53,7 @@ struct vop {
     uint64_t delta;
     uint8_t *data; /* the client's value (without CRLF) */
     size_t ndata;
-    /* what the last gets found */
-    bool found;     /* a live item (not a tombstone) */
-    uint64_t cur_cas;
-    bool cur_versioned;
-    struct wan_item_header cur;
-    uint8_t *cur_val;
-    size_t cur_len;
+    struct gw_cur cur; /* what the last gets found */
     /* the item being written */
     struct wan_item_header nh;
     uint8_t *new_val;
@@ -70,6 +64,7 @@ struct vop {
     struct evbuffer *cap;
     struct evbuffer *cap2;
     int outstanding;
+    bool shipped;
     const char *answer; /* delete: decided by the gets */
 };
 
@@ -96,7 +91,7 @@ static void vop_free(struct vop *v)
         evbuffer_free(v->cap2);
     }
     free(v->data);
-    free(v->cur_val);
+    gw_cur_release(&v->cur);
     free(v->new_val);
     free(v);
 }
@@ -106,10 +101,18 @@ static void vop_finish(struct vop *v, const char *line)
 {
     struct gw_req *r = v->r;
     struct gw_client *c = r->barrier ? r->client : NULL;
+    struct evbuffer *b;
 
     r->pending = 0;
     r->barrier = false;
-    gw_req_finish_line(r, line); /* may free r */
+    if (!r->noreply && (b = gw_req_reply(r)) != NULL) {
+        evbuffer_add(b, line, strlen(line));
+        evbuffer_add(b, "\r\n", 2);
+    }
+    /* With fsync: always, an acknowledged write is on disk in the spool first. */
+    if (!(v->shipped && gw_repl_hold(v->w, r))) {
+        gw_req_finish(r); /* may free r */
+    }
     vop_free(v);
     if (c != NULL) {
         gw_client_barrier_release(c);
@@ -209,14 +212,16 @@ static void vop_ship(struct vop *v)
         .value = v->new_val,
         .vlen = v->new_len,
     };
-    gw_repl_ship(v->w, &it);
+    v->shipped = gw_repl_ship(v->w, &it);
 }
 
-/*
- * Parse a `gets` reply: END, or one VALUE block then END.  Sets found / cur_* and returns
- * 0, or -1 with the reply line to pass on (an error from the node).
- */
-static int vop_parse_gets(struct vop *v, struct evbuffer *reply, char *err, size_t errlen)
+void gw_cur_release(struct gw_cur *cur)
+{
+    free(cur->val);
+    memset(cur, 0, sizeof(*cur));
+}
+
+int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen)
 {
     size_t len = evbuffer_get_length(reply);
     const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
@@ -225,20 +230,15 @@ static int vop_parse_gets(struct vop *v, struct evbuffer *reply, char *err, size
     const uint8_t *val;
     size_t vlen;
 
-    v->found = false;
-    v->cur_versioned = false;
-    free(v->cur_val);
-    v->cur_val = NULL;
-    v->cur_len = 0;
+    gw_cur_release(cur);
     if (len >= 5 && memcmp(p, "END\r\n", 5) == 0) {
         return 0;
     }
     eol = memchr(p, '\n', len);
-    if (eol == NULL || eol == p || memcmp(p, "VALUE ", 6) != 0) {
+    if (eol == NULL || eol == p || len < 6 || memcmp(p, "VALUE ", 6) != 0) {
         size_t n = eol != NULL && eol > p ? (size_t)(eol - p - 1) : len;
         snprintf(err, errlen, "%.*s", (int)(n < errlen ? n : errlen - 1), p);
-        if (err[0] == '\0' || (strncmp(err, "SERVER_ERROR", 12) != 0 &&
-                               strncmp(err, "CLIENT_ERROR", 12) != 0)) {
+        if (strncmp(err, "SERVER_ERROR", 12) != 0 && strncmp(err, "CLIENT_ERROR", 12) != 0) {
             snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
         }
         return -1;
@@ -249,27 +249,28 @@ static int vop_parse_gets(struct vop *v, struct evbuffer *reply, char *err, size
         snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
         return -1;
     }
-    v->cur_cas = mr.cas;
+    cur->present = true;
+    cur->cas = mr.cas;
     val = (const uint8_t *)eol + 1;
     vlen = mr.bytes;
-    if (wan_item_decode(mr.flags, val, vlen, &v->cur, &val, &vlen) == 0) {
-        v->cur_versioned = true;
-        if (v->cur.tombstone) {
+    if (wan_item_decode(mr.flags, val, vlen, &cur->hdr, &val, &vlen) == 0) {
+        cur->versioned = true;
+        if (cur->hdr.tombstone) {
             return 0; /* a tombstone is an absence */
         }
     } else {
         /* Written before geogate or by another tool: version 0, served as is. */
-        memset(&v->cur, 0, sizeof(v->cur));
-        v->cur.client_flags = mr.flags;
+        memset(&cur->hdr, 0, sizeof(cur->hdr));
+        cur->hdr.client_flags = mr.flags;
     }
-    v->found = true;
-    v->cur_val = malloc(vlen + 1);
-    if (v->cur_val == NULL) {
+    cur->val = malloc(vlen + 1);
+    if (cur->val == NULL) {
         snprintf(err, errlen, "SERVER_ERROR out of memory");
         return -1;
     }
-    memcpy(v->cur_val, val, vlen);
-    v->cur_len = vlen;
+    memcpy(cur->val, val, vlen);
+    cur->len = vlen;
+    cur->found = true;
     return 0;
 }
 
@@ -304,11 +305,11 @@ static int vop_arith(struct vop *v, char *num, size_t numlen)
     char buf[32];
     uint64_t cur;
 
-    if (v->cur_len == 0 || v->cur_len >= sizeof(buf)) {
+    if (v->cur.len == 0 || v->cur.len >= sizeof(buf)) {
         return -1;
     }
-    memcpy(buf, v->cur_val, v->cur_len);
-    buf[v->cur_len] = '\0';
+    memcpy(buf, v->cur.val, v->cur.len);
+    buf[v->cur.len] = '\0';
     if (!mc_strtoull(buf, &cur)) {
         return -1;
     }
@@ -330,18 +331,18 @@ static void vop_after_read(struct vop *v)
 
     switch (v->cmd) {
     case MC_CMD_ADD:
-        if (v->found) {
+        if (v->cur.found) {
             vop_finish(v, "NOT_STORED");
             return;
         }
         break;
     case MC_CMD_CAS:
-        vop_finish(v, v->found ? "EXISTS" : "NOT_FOUND");
+        vop_finish(v, v->cur.found ? "EXISTS" : "NOT_FOUND");
         return;
     case MC_CMD_REPLACE:
     case MC_CMD_APPEND:
     case MC_CMD_PREPEND:
-        if (!v->found) {
+        if (!v->cur.found) {
             vop_finish(v, "NOT_STORED");
             return;
         }
@@ -349,7 +350,7 @@ static void vop_after_read(struct vop *v)
     case MC_CMD_INCR:
     case MC_CMD_DECR:
     case MC_CMD_TOUCH:
-        if (!v->found) {
+        if (!v->cur.found) {
             vop_finish(v, "NOT_FOUND");
             return;
         }
@@ -373,20 +374,20 @@ static void vop_after_read(struct vop *v)
     case MC_CMD_APPEND:
     case MC_CMD_PREPEND:
         /* memcached keeps the old item's flags and expiry on append/prepend */
-        vop_stamp(v, v->cur.expiry, false);
-        v->nh.client_flags = v->cur.client_flags;
-        v->new_len = v->cur_len + v->ndata;
+        vop_stamp(v, v->cur.hdr.expiry, false);
+        v->nh.client_flags = v->cur.hdr.client_flags;
+        v->new_len = v->cur.len + v->ndata;
         v->new_val = malloc(v->new_len + 1);
         if (v->new_val == NULL) {
             vop_finish(v, "SERVER_ERROR out of memory");
             return;
         }
         if (v->cmd == MC_CMD_APPEND) {
-            memcpy(v->new_val, v->cur_val, v->cur_len);
-            memcpy(v->new_val + v->cur_len, v->data, v->ndata);
+            memcpy(v->new_val, v->cur.val, v->cur.len);
+            memcpy(v->new_val + v->cur.len, v->data, v->ndata);
         } else {
             memcpy(v->new_val, v->data, v->ndata);
-            memcpy(v->new_val + v->ndata, v->cur_val, v->cur_len);
+            memcpy(v->new_val + v->ndata, v->cur.val, v->cur.len);
         }
         break;
     case MC_CMD_INCR:
@@ -395,12 +396,12 @@ static void vop_after_read(struct vop *v)
             vop_finish(v, "CLIENT_ERROR cannot increment or decrement non-numeric value");
             return;
         }
-        vop_stamp(v, v->cur.expiry, false);
-        v->nh.client_flags = v->cur.client_flags;
+        vop_stamp(v, v->cur.hdr.expiry, false);
+        v->nh.client_flags = v->cur.hdr.client_flags;
         n = strlen(num);
         /* memcached writes a number that fits over the old one in place, padded with
          * spaces to the old length ("100" decr 100 reads back as "0  "); so do we. */
-        v->new_len = n <= v->cur_len ? v->cur_len : n;
+        v->new_len = n <= v->cur.len ? v->cur.len : n;
         v->new_val = malloc(v->new_len + 1);
         if (v->new_val == NULL) {
             vop_finish(v, "SERVER_ERROR out of memory");
@@ -412,11 +413,11 @@ static void vop_after_read(struct vop *v)
         break;
     case MC_CMD_TOUCH:
         vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
-        v->nh.client_flags = v->cur.client_flags;
-        v->new_val = v->cur_val;
-        v->new_len = v->cur_len;
-        v->cur_val = NULL;
-        v->cur_len = 0;
+        v->nh.client_flags = v->cur.hdr.client_flags;
+        v->new_val = v->cur.val;
+        v->new_len = v->cur.len;
+        v->cur.val = NULL;
+        v->cur.len = 0;
         break;
     default:
         vop_finish(v, "SERVER_ERROR unexpected operation");
@@ -425,8 +426,8 @@ static void vop_after_read(struct vop *v)
     v->step = VOP_WRITE;
     /* Over a tombstone or an unversioned item of the same key, cas keeps us from
      * overwriting a write that landed since our read. */
-    if (v->cur_versioned || v->found) {
-        vop_write(v, &v->frag, v->cap, "cas", v->cur_cas);
+    if (v->cur.present) {
+        vop_write(v, &v->frag, v->cap, "cas", v->cur.cas);
     } else {
         vop_write(v, &v->frag, v->cap, "add", 0);
     }
@@ -484,10 +485,10 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
     if (v->cmd == MC_CMD_DELETE) {
         if (frag == &v->frag) {
             /* the gets: was there a live item? */
-            if (vop_parse_gets(v, reply, text, sizeof(text)) != 0) {
+            if (gw_cur_parse(reply, &v->cur, text, sizeof(text)) != 0) {
                 v->answer = "SERVER_ERROR unexpected reply from node";
             } else if (v->answer == NULL) {
-                v->answer = v->found ? "DELETED" : "NOT_FOUND";
+                v->answer = v->cur.found ? "DELETED" : "NOT_FOUND";
             }
         } else if (!line_is(reply, "STORED")) {
             v->answer = "SERVER_ERROR could not store the tombstone";
@@ -512,7 +513,7 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
         }
         return;
     case VOP_READ:
-        if (vop_parse_gets(v, reply, text, sizeof(text)) != 0) {
+        if (gw_cur_parse(reply, &v->cur, text, sizeof(text)) != 0) {
             vop_finish(v, text);
             return;
         }

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,9 +22,17 @@
 #include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/repl.h"
 #include "gateway/server.h"
 
 #define GW_TICK_MS 50
+
+struct gw_call {
+    int (*fn)(void *arg);
+    void *arg;
+    int rc;
+    sem_t done;
+};
 
 /* The connections a worker needs for pool: the ones in old to a node that stays are
  * reused (taken out of old), the rest are created.  On failure old is untouched and
@@ -150,6 +159,10 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
         case GW_MSG_STOP:
             event_base_loopbreak(w->base);
             break;
+        case GW_MSG_CALL:
+            msgs[i].call->rc = msgs[i].call->fn(msgs[i].call->arg);
+            sem_post(&msgs[i].call->done);
+            break;
         default:
             break;
         }
@@ -222,13 +235,36 @@ static void *worker_main(void *arg)
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0) {
             break;
         }
+        gw_repl_pass_end(w);
         gw_conn_flush_all(w);
         if (event_base_got_exit(w->base) || event_base_got_break(w->base)) {
             break;
         }
     }
+    gw_repl_pass_end(w);
     gw_conn_flush_all(w);
     return NULL;
+}
+
+int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg)
+{
+    struct gw_call call;
+    struct gw_msg msg = {.type = GW_MSG_CALL, .call = &call};
+    int rc;
+
+    call.fn = fn;
+    call.arg = arg;
+    call.rc = -EIO;
+    sem_init(&call.done, 0, 0);
+    if (gw_worker_send(w, &msg) != 0) {
+        sem_destroy(&call.done);
+        return -EIO;
+    }
+    while (sem_wait(&call.done) == -1 && errno == EINTR) {
+    }
+    rc = call.rc;
+    sem_destroy(&call.done);
+    return rc;
 }
 
 int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct gw_pool *pool)
@@ -241,6 +277,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     TAILQ_INIT(&w->dead);
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
+    TAILQ_INIT(&w->sync_wait);
     w->base = event_base_new();
     if (w->base == NULL) {
         goto fail_base;

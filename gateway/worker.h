@@ -8,13 +8,27 @@
 
 #include "gateway/types.h"
 
-enum gw_msg_type { GW_MSG_CONN = 0, GW_MSG_RELOAD, GW_MSG_DRAIN, GW_MSG_STOP, GW_MSG_TYPE_MAX };
+enum gw_msg_type {
+    GW_MSG_CONN = 0,
+    GW_MSG_RELOAD,
+    GW_MSG_DRAIN,
+    GW_MSG_STOP,
+    GW_MSG_CALL, /* run fn(arg) on the worker's thread */
+    GW_MSG_TYPE_MAX
+};
+
+struct gw_call;
 
 struct gw_msg {
     int type;
     int fd;               /* GW_MSG_CONN: takes ownership */
     struct gw_pool *pool; /* GW_MSG_RELOAD: takes one reference */
+    struct gw_call *call; /* GW_MSG_CALL */
 };
+
+/* Run fn(arg) on w's thread and wait for it; returns what fn returned, or -EIO when the
+ * message could not be sent.  Never from w's own thread. */
+int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg);
 
 /* Set up w (event base, pipe, backends for pool; takes a pool reference) and start
  * its thread.  Returns 0 or -1. */

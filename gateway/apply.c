@@ -1,0 +1,460 @@
+/*
+ * apply — see apply.h.
+ */
+#include "gateway/apply.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "gateway/backend.h"
+#include "gateway/config.h"
+#include "gateway/log.h"
+#include "gateway/pool.h"
+#include "gateway/repl.h"
+#include "gateway/server.h"
+#include "gateway/vop.h"
+#include "gateway/worker.h"
+#include "wan/grpc_server.h"
+#include "wan/version.h"
+
+#define APPLY_MAX_TRIES 32
+
+struct apply_batch {
+    struct gw_worker *w;
+    Geogate__Wan__V1__ShipRequest *req;
+    uint32_t pending;
+    uint64_t applied;
+    uint64_t rejected;
+    gw_apply_done_fn done;
+    void *arg;
+};
+
+struct apply_op {
+    struct apply_batch *b;
+    const Geogate__Wan__V1__Mutation *m;
+    struct wan_item_header nh; /* the incoming item's header */
+    uint32_t node;
+    int tries;
+    bool writing;
+    struct gw_frag frag;
+    struct evbuffer *cap;
+    struct gw_cur cur;
+};
+
+static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error);
+
+static void batch_op_done(struct apply_batch *b)
+{
+    if (--b->pending > 0) {
+        return;
+    }
+    b->done(b->arg, b->applied, b->rejected);
+    geogate__wan__v1__ship_request__free_unpacked(b->req, NULL);
+    free(b);
+}
+
+static void op_free(struct apply_op *op)
+{
+    struct apply_batch *b = op->b;
+
+    gw_cur_release(&op->cur);
+    if (op->cap != NULL) {
+        evbuffer_free(op->cap);
+    }
+    free(op);
+    batch_op_done(b);
+}
+
+static void op_send(struct apply_op *op, const char *line, size_t len, struct evbuffer *data,
+                    bool values)
+{
+    memset(&op->frag, 0, sizeof(op->frag));
+    op->frag.cb = op_cb;
+    op->frag.cb_arg = op;
+    op->frag.capture = op->cap;
+    op->frag.cb_values = values;
+    evbuffer_drain(op->cap, evbuffer_get_length(op->cap));
+    gw_backend_send(gw_worker_backend(op->b->w, op->node), &op->frag, line, len, data,
+                    data != NULL ? evbuffer_get_length(data) : 0);
+}
+
+static void op_gets(struct apply_op *op)
+{
+    char line[MC_KEY_MAX_LENGTH + 16];
+    int n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)op->m->key.len,
+                     (const char *)op->m->key.data);
+
+    op->writing = false;
+    op_send(op, line, (size_t)n, NULL, true);
+}
+
+/* Write the incoming item over whatever the gets found (cas), or into nothing (add). */
+static void op_write(struct apply_op *op)
+{
+    struct gw_server *srv = op->b->w->srv;
+    const Geogate__Wan__V1__Mutation *m = op->m;
+    uint8_t hdr[WAN_ITEM_HEADER_SIZE];
+    char line[MC_KEY_MAX_LENGTH + 96];
+    struct evbuffer *data = evbuffer_new();
+    size_t vlen = op->nh.tombstone ? 0 : m->value.len;
+    long exptime = op->nh.tombstone ? (long)srv->tombstone_ttl_s : (long)op->nh.expiry;
+    int n;
+
+    if (data == NULL) {
+        op->b->rejected++;
+        op_free(op);
+        return;
+    }
+    wan_item_header_encode(&op->nh, hdr);
+    if (op->cur.present) {
+        n = snprintf(line, sizeof(line), "cas %.*s %u %ld %zu %" PRIu64 "\r\n",
+                     (int)m->key.len, (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER, exptime,
+                     WAN_ITEM_HEADER_SIZE + vlen, op->cur.cas);
+    } else {
+        n = snprintf(line, sizeof(line), "add %.*s %u %ld %zu\r\n", (int)m->key.len,
+                     (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER, exptime,
+                     WAN_ITEM_HEADER_SIZE + vlen);
+    }
+    evbuffer_add(data, hdr, sizeof(hdr));
+    if (vlen > 0) {
+        evbuffer_add(data, m->value.data, vlen);
+    }
+    evbuffer_add(data, "\r\n", 2);
+    op->writing = true;
+    op_send(op, line, (size_t)n, data, false);
+    evbuffer_free(data);
+}
+
+static bool reply_is(struct evbuffer *reply, const char *word)
+{
+    size_t n = strlen(word);
+    char buf[32];
+
+    if (evbuffer_get_length(reply) != n + 2 || n + 2 > sizeof(buf)) {
+        return false;
+    }
+    evbuffer_copyout(reply, buf, n + 2);
+    return memcmp(buf, word, n) == 0;
+}
+
+/* The gets is in: newest wins. */
+static void op_decide(struct apply_op *op)
+{
+    struct gw_worker *w = op->b->w;
+    struct wan_version local = {0, 0, 0};
+    int cmp;
+
+    if (op->cur.present && op->cur.versioned) {
+        local = op->cur.hdr.version;
+    }
+    cmp = op->cur.present ? wan_version_cmp(&op->nh.version, &local) : 1;
+    if (cmp > 0) {
+        op_write(op);
+        return;
+    }
+    op->b->rejected++;
+    if (cmp < 0 && op->cur.versioned) {
+        /* We hold something newer than what the peer sent: it travels back, so the
+         * peer (and everyone) converges on it even if our clock misled a writer. */
+        struct gw_item it = {
+            .key = (const char *)op->m->key.data,
+            .nkey = (uint32_t)op->m->key.len,
+            .hdr = &op->cur.hdr,
+            .value = op->cur.val,
+            .vlen = op->cur.len,
+        };
+        gw_repl_ship_local(w, &it);
+    }
+    op_free(op);
+}
+
+static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct apply_op *op = frag->cb_arg;
+    char err[256];
+
+    if (error != NULL) {
+        /* The node failed: the batch is not acked as applied for this one; the peer
+         * will ship it again after a reconnect only if we fail the stream, so count it
+         * and log it.  (A down node means the site is failing over anyway.) */
+        log_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
+                 (const char *)op->m->key.data, error);
+        op->b->rejected++;
+        op_free(op);
+        return;
+    }
+    if (!op->writing) {
+        if (gw_cur_parse(reply, &op->cur, err, sizeof(err)) != 0) {
+            log_warn("apply of key %.*s: %s", (int)op->m->key.len,
+                     (const char *)op->m->key.data, err);
+            op->b->rejected++;
+            op_free(op);
+            return;
+        }
+        op_decide(op);
+        return;
+    }
+    if (reply_is(reply, "STORED")) {
+        op->b->applied++;
+        op_free(op);
+        return;
+    }
+    if ((reply_is(reply, "EXISTS") || reply_is(reply, "NOT_FOUND") ||
+         reply_is(reply, "NOT_STORED")) &&
+        ++op->tries < APPLY_MAX_TRIES) {
+        op_gets(op); /* a local write landed between our gets and our write */
+        return;
+    }
+    {
+        size_t n = evbuffer_get_length(reply);
+        char text[128];
+        n = n < sizeof(text) - 1 ? n : sizeof(text) - 1;
+        evbuffer_copyout(reply, text, n);
+        text[n] = '\0';
+        text[strcspn(text, "\r\n")] = '\0';
+        log_warn("apply of key %.*s refused by the node: %s", (int)op->m->key.len,
+                 (const char *)op->m->key.data, text);
+    }
+    op->b->rejected++;
+    op_free(op);
+}
+
+/* Keep only the newest mutation of each key (sort by key, then version). */
+static int cmp_mut(const void *a, const void *b)
+{
+    const Geogate__Wan__V1__Mutation *x = *(Geogate__Wan__V1__Mutation *const *)a;
+    const Geogate__Wan__V1__Mutation *y = *(Geogate__Wan__V1__Mutation *const *)b;
+    size_t n = x->key.len < y->key.len ? x->key.len : y->key.len;
+    int c = memcmp(x->key.data, y->key.data, n);
+
+    if (c != 0) {
+        return c;
+    }
+    if (x->key.len != y->key.len) {
+        return x->key.len < y->key.len ? -1 : 1;
+    }
+    if (x->hlc != y->hlc) {
+        return x->hlc > y->hlc ? -1 : 1; /* newest first */
+    }
+    if (x->site_id != y->site_id) {
+        return x->site_id > y->site_id ? -1 : 1;
+    }
+    return x->gateway_id > y->gateway_id ? -1 : (x->gateway_id < y->gateway_id ? 1 : 0);
+}
+
+void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
+                    gw_apply_done_fn done, void *arg)
+{
+    struct gw_server *srv = w->srv;
+    struct apply_batch *b = calloc(1, sizeof(*b));
+    uint32_t origin = wan_site_id(req->origin_site);
+    uint32_t now = (uint32_t)time(NULL);
+    Geogate__Wan__V1__Mutation **ms = NULL;
+    size_t n = req->n_mutations;
+
+    if (b == NULL) {
+        done(arg, 0, n);
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        return;
+    }
+    b->w = w;
+    b->req = req;
+    b->done = done;
+    b->arg = arg;
+    b->pending = 1; /* held until every op is started */
+    if (n > 0) {
+        ms = malloc(n * sizeof(*ms));
+        if (ms == NULL) {
+            b->rejected = n;
+            batch_op_done(b);
+            return;
+        }
+        memcpy(ms, req->mutations, n * sizeof(*ms));
+        qsort(ms, n, sizeof(*ms), cmp_mut);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Geogate__Wan__V1__Mutation *m = ms[i];
+        struct apply_op *op;
+        uint64_t seen;
+
+        if (i > 0 && ms[i - 1]->key.len == m->key.len &&
+            memcmp(ms[i - 1]->key.data, m->key.data, m->key.len) == 0) {
+            b->rejected++; /* an older version of a key this batch also carries */
+            continue;
+        }
+        if (m->flush) {
+            b->rejected++; /* flush_all replication is not supported yet */
+            continue;
+        }
+        if (m->key.len == 0 || m->key.len > MC_KEY_MAX_LENGTH ||
+            memchr(m->key.data, ' ', m->key.len) != NULL ||
+            memchr(m->key.data, '\n', m->key.len) != NULL ||
+            memchr(m->key.data, '\r', m->key.len) != NULL ||
+            memchr(m->key.data, '\0', m->key.len) != NULL) {
+            log_warn("peer %s shipped an invalid key; ignored", req->origin_site);
+            b->rejected++;
+            continue;
+        }
+        op = calloc(1, sizeof(*op));
+        if (op == NULL || (op->cap = evbuffer_new()) == NULL) {
+            free(op);
+            b->rejected++;
+            continue;
+        }
+        op->b = b;
+        op->m = m;
+        op->nh.version.hlc = m->hlc;
+        op->nh.version.site_id = m->site_id != 0 ? m->site_id : origin;
+        op->nh.version.gateway_id =
+            (uint16_t)(m->site_id != 0 ? m->gateway_id : req->gateway_id);
+        op->nh.client_flags = m->flags;
+        op->nh.expiry = m->expiry;
+        op->nh.tombstone = m->tombstone;
+        if (!m->tombstone && m->expiry != 0 && m->expiry <= now) {
+            /* Expired at its origin: absent there, so absent here too. */
+            op->nh.tombstone = true;
+        }
+        wan_hlc_observe(&srv->hlc, m->hlc, &seen);
+        op->node = gw_pool_route(w->pool, (const char *)m->key.data, (uint32_t)m->key.len);
+        b->pending++;
+        op_gets(op);
+    }
+    free(ms);
+    batch_op_done(b);
+}
+
+/* ---- remote reads ---- */
+
+struct read_job {
+    struct wan_grpc_read_call *call;
+    Geogate__Wan__V1__ReadRequest *req;
+    Geogate__Wan__V1__ReadResponse resp;
+    Geogate__Wan__V1__ReadItem *items;
+    Geogate__Wan__V1__ReadItem **itemp;
+    Geogate__Wan__V1__Mutation *muts;
+    struct gw_cur *curs;
+    struct gw_frag *frags;
+    struct evbuffer **caps;
+    uint32_t pending;
+};
+
+static void read_job_done(struct read_job *j)
+{
+    if (--j->pending > 0) {
+        return;
+    }
+    wan_grpc_server_read_reply(j->call, &j->resp);
+    for (size_t i = 0; i < j->req->n_keys; i++) {
+        gw_cur_release(&j->curs[i]);
+        if (j->caps[i] != NULL) {
+            evbuffer_free(j->caps[i]);
+        }
+    }
+    geogate__wan__v1__read_request__free_unpacked(j->req, NULL);
+    free(j->items);
+    free(j->itemp);
+    free(j->muts);
+    free(j->curs);
+    free(j->frags);
+    free(j->caps);
+    free(j);
+}
+
+static void read_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct read_job *j = frag->cb_arg;
+    size_t i = (size_t)(frag - j->frags);
+    char err[128];
+
+    if (error == NULL && gw_cur_parse(reply, &j->curs[i], err, sizeof(err)) == 0 &&
+        j->curs[i].present) {
+        struct gw_cur *c = &j->curs[i];
+        Geogate__Wan__V1__Mutation *m = &j->muts[i];
+        j->items[i].found = c->found;
+        m->value.data = c->val;
+        m->value.len = c->found ? c->len : 0;
+        m->hlc = c->hdr.version.hlc;
+        m->site_id = c->hdr.version.site_id;
+        m->gateway_id = c->hdr.version.gateway_id;
+        m->flags = c->hdr.client_flags;
+        m->expiry = c->hdr.expiry;
+        m->tombstone = c->hdr.tombstone;
+        j->items[i].item = m;
+    }
+    read_job_done(j);
+}
+
+void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,
+                   struct wan_grpc_read_call *call)
+{
+    struct read_job *j = calloc(1, sizeof(*j));
+    size_t n = req->n_keys;
+
+    if (j == NULL) {
+        goto oom;
+    }
+    j->call = call;
+    j->req = req;
+    j->items = calloc(n ? n : 1, sizeof(*j->items));
+    j->itemp = calloc(n ? n : 1, sizeof(*j->itemp));
+    j->muts = calloc(n ? n : 1, sizeof(*j->muts));
+    j->curs = calloc(n ? n : 1, sizeof(*j->curs));
+    j->frags = calloc(n ? n : 1, sizeof(*j->frags));
+    j->caps = calloc(n ? n : 1, sizeof(*j->caps));
+    if (j->items == NULL || j->itemp == NULL || j->muts == NULL || j->curs == NULL ||
+        j->frags == NULL || j->caps == NULL) {
+        goto oom_job;
+    }
+    geogate__wan__v1__read_response__init(&j->resp);
+    j->resp.n_items = n;
+    j->resp.items = j->itemp;
+    j->pending = 1;
+    for (size_t i = 0; i < n; i++) {
+        char line[MC_KEY_MAX_LENGTH + 16];
+        int len;
+        geogate__wan__v1__read_item__init(&j->items[i]);
+        geogate__wan__v1__mutation__init(&j->muts[i]);
+        j->muts[i].key = req->keys[i];
+        j->itemp[i] = &j->items[i];
+        if (req->keys[i].len == 0 || req->keys[i].len > MC_KEY_MAX_LENGTH ||
+            memchr(req->keys[i].data, ' ', req->keys[i].len) != NULL ||
+            memchr(req->keys[i].data, '\n', req->keys[i].len) != NULL) {
+            continue; /* not a key memcached could hold: not found */
+        }
+        j->caps[i] = evbuffer_new();
+        if (j->caps[i] == NULL) {
+            continue;
+        }
+        j->frags[i].cb = read_cb;
+        j->frags[i].cb_arg = j;
+        j->frags[i].capture = j->caps[i];
+        j->frags[i].cb_values = true;
+        len = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)req->keys[i].len,
+                       (const char *)req->keys[i].data);
+        j->pending++;
+        gw_backend_send(gw_worker_backend(w, gw_pool_route(w->pool,
+                                                           (const char *)req->keys[i].data,
+                                                           (uint32_t)req->keys[i].len)),
+                        &j->frags[i], line, (size_t)len, NULL, 0);
+    }
+    read_job_done(j);
+    return;
+
+oom_job:
+    free(j->items);
+    free(j->itemp);
+    free(j->muts);
+    free(j->curs);
+    free(j->frags);
+    free(j->caps);
+    free(j);
+oom:
+    wan_grpc_server_read_fail(call, 8 /* RESOURCE_EXHAUSTED */, "out of memory");
+    geogate__wan__v1__read_request__free_unpacked(req, NULL);
+}
