@@ -419,6 +419,87 @@ static size_t build_retrieval(struct gw_worker *w, const struct mc_request *m,
 static void forward_retrieval_multi(struct gw_client *c, const struct mc_request *m,
                                     uint32_t *nodes);
 
+/*
+ * gat/gats on a replicating gateway: the new expiry must reach the version header and
+ * ship, so each hit is touched (read-modify-write, in vop.c) and then all keys are read
+ * with get/gets.  Later commands of the client wait (barrier) so replies stay in order.
+ */
+struct gat_job {
+    struct gw_client *c;
+    enum mc_cmd read_cmd;
+    uint32_t pending;
+    uint32_t nkeys;
+    struct mc_token *keys;
+    char *keybuf;
+};
+
+static void forward_retrieval(struct gw_client *c, const struct mc_request *m);
+
+static void gat_touched(void *arg)
+{
+    struct gat_job *j = arg;
+    struct gw_client *c = j->c;
+    struct mc_request m;
+
+    if (--j->pending > 0) {
+        return;
+    }
+    if (!c->closing) {
+        memset(&m, 0, sizeof(m));
+        m.cmd = j->read_cmd;
+        m.action = MC_ACT_FORWARD;
+        m.keys = j->keys;
+        m.nkeys = j->nkeys;
+        forward_retrieval(c, &m);
+    }
+    free(j->keys);
+    free(j->keybuf);
+    free(j);
+    gw_client_barrier_release(c);
+}
+
+static void versioned_gat(struct gw_client *c, const struct mc_request *m)
+{
+    struct gat_job *j = calloc(1, sizeof(*j));
+    size_t bytes = 0;
+    char *p;
+
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        bytes += m->keys[i].len;
+    }
+    if (j == NULL || (j->keys = calloc(m->nkeys, sizeof(*j->keys))) == NULL ||
+        (j->keybuf = malloc(bytes + 1)) == NULL) {
+        if (j != NULL) {
+            free(j->keys);
+        }
+        free(j);
+        reply_line(c, "SERVER_ERROR out of memory");
+        return;
+    }
+    j->c = c;
+    j->read_cmd = m->cmd == MC_CMD_GATS ? MC_CMD_GETS : MC_CMD_GET;
+    j->nkeys = m->nkeys;
+    p = j->keybuf;
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        memcpy(p, m->keys[i].p, m->keys[i].len);
+        j->keys[i].p = p;
+        j->keys[i].len = m->keys[i].len;
+        p += m->keys[i].len;
+    }
+    gw_client_barrier_hold(c);
+    j->pending = m->nkeys + 1;
+    STAT_ADD(&c->w->stats, cmd_touch, m->nkeys);
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        struct gw_route rt = gw_route_key(c->w, j->keys[i].p, j->keys[i].len);
+        if (rt.kind != GW_ROUTE_LOCAL) {
+            j->pending--; /* the read reports the down node */
+            continue;
+        }
+        gw_vop_touch(c->w, rt.node, j->keys[i].p, j->keys[i].len, m->exptime, gat_touched, j);
+    }
+    gat_touched(j);
+}
+
 static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_worker *w = c->w;
@@ -431,6 +512,10 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
 
     if (m->nkeys == 0) {
         reply_line(c, "END"); /* "gat 10" with no keys: memcached says END */
+        return;
+    }
+    if (w->srv->versioned && (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS)) {
+        versioned_gat(c, m);
         return;
     }
     if (m->nkeys > 64) {

@@ -65,6 +65,8 @@ struct vop {
     struct evbuffer *cap2;
     int outstanding;
     bool shipped;
+    void (*on_done)(void *arg); /* internal operation (gat's touch): no client reply */
+    void *on_done_arg;
     const char *answer; /* delete: decided by the gets */
 };
 
@@ -100,6 +102,14 @@ static void vop_free(struct vop *v)
 static void vop_finish(struct vop *v, const char *line)
 {
     struct gw_req *r = v->r;
+
+    if (r == NULL) {
+        void (*done)(void *) = v->on_done;
+        void *arg = v->on_done_arg;
+        vop_free(v);
+        done(arg);
+        return;
+    }
     struct gw_client *c = r->barrier ? r->client : NULL;
     struct evbuffer *b;
 
@@ -557,6 +567,9 @@ static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cm
     v->node = node;
     memcpy(v->key, key, nkey);
     v->nkey = nkey;
+    if (r == NULL) {
+        return v;
+    }
     r->pending = 1;
     /* Anything but a plain set or delete may take several round trips; the client's
      * next commands wait, so a pipelined "append k; get k" reads what memcached would. */
@@ -623,6 +636,21 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
         vop_gets(v);
         return;
     }
+}
+
+void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t nkey,
+                  int32_t exptime, void (*done)(void *arg), void *arg)
+{
+    struct vop *v = vop_new(w, NULL, MC_CMD_TOUCH, node, key, nkey);
+
+    if (v == NULL) {
+        done(arg);
+        return;
+    }
+    v->exptime = exptime;
+    v->on_done = done;
+    v->on_done_arg = arg;
+    vop_gets(v);
 }
 
 void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m)

@@ -38,6 +38,11 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
 /* delete / incr / decr / touch on a versioned gateway. */
 void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m);
 
+/* Touch one key as part of a gat/gats: new expiry, new version, shipped; done(arg)
+ * runs when it is over, whatever happened (the gat's read follows). */
+void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t nkey,
+                  int32_t exptime, void (*done)(void *arg), void *arg);
+
 /* Absolute expiry (unix seconds, 0 = never) for a client's exptime, memcached's rules:
  * 0 never, up to 30 days relative, beyond that an absolute time; negative = already
  * expired (returns 1). */
