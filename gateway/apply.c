@@ -225,6 +225,61 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
     op_free(op);
 }
 
+/* A peer's flush_all (replication.flush: true): flush every local node, as memcached
+ * does — everything goes, whatever its version. */
+struct flush_op {
+    struct apply_batch *b;
+    struct gw_frag frag;
+    struct evbuffer *cap;
+};
+
+static void flush_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct flush_op *f = frag->cb_arg;
+
+    if (error == NULL && reply_is(reply, "OK")) {
+        f->b->applied++;
+    } else {
+        f->b->rejected++;
+        log_warn("a peer's flush_all failed on a local node: %s", error ? error : "not OK");
+    }
+    evbuffer_free(f->cap);
+    batch_op_done(f->b);
+    free(f);
+}
+
+static void apply_flush(struct apply_batch *b, const Geogate__Wan__V1__Mutation *m, uint32_t now)
+{
+    struct gw_worker *w = b->w;
+    char line[48];
+    int n;
+
+    if (!w->srv->cfg->replication.flush) {
+        b->rejected++; /* this site does not take flushes from others */
+        return;
+    }
+    if (m->expiry > now) {
+        n = snprintf(line, sizeof(line), "flush_all %u\r\n", m->expiry - now);
+    } else {
+        n = snprintf(line, sizeof(line), "flush_all\r\n");
+    }
+    log_info("peer %s flushed its cache: flushing ours", b->req->origin_site);
+    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
+        struct flush_op *f = calloc(1, sizeof(*f));
+        if (f == NULL || (f->cap = evbuffer_new()) == NULL) {
+            free(f);
+            b->rejected++;
+            continue;
+        }
+        f->b = b;
+        f->frag.cb = flush_cb;
+        f->frag.cb_arg = f;
+        f->frag.capture = f->cap;
+        b->pending++;
+        gw_backend_send(gw_worker_backend(w, i), &f->frag, line, (size_t)n, NULL, 0);
+    }
+}
+
 /* Keep only the newest mutation of each key (sort by key, then version). */
 static int cmp_mut(const void *a, const void *b)
 {
@@ -289,7 +344,7 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
             continue;
         }
         if (m->flush) {
-            b->rejected++; /* flush_all replication is not supported yet */
+            apply_flush(b, m, now);
             continue;
         }
         if (m->key.len == 0 || m->key.len > MC_KEY_MAX_LENGTH ||

@@ -810,6 +810,7 @@ static void forward_flush(struct gw_client *c, const struct mc_request *m)
     }
     r->nfrags = nn;
     r->pending = nn;
+    r->flush_delay = m->has_delay ? m->exptime : 0;
     for (uint32_t i = 0; i < nn; i++) {
         r->frags[i].req = r;
         gw_backend_send(gw_worker_backend(w, i), &r->frags[i], line, len, NULL, 0);

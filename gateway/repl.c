@@ -32,6 +32,7 @@
 #include "gateway/pool.h"
 #include "gateway/req.h"
 #include "gateway/server.h"
+#include "gateway/vop.h"
 #include "gateway/worker.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "proto/health.pb-c.h"
@@ -237,6 +238,32 @@ void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it)
         return;
     }
     spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false);
+}
+
+void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
+{
+    struct gw_repl *repl = w->srv->repl;
+    Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
+    uint8_t buf[64];
+    size_t len;
+    int rc;
+
+    if (repl == NULL || repl->npeers == 0 || !w->srv->cfg->replication.flush) {
+        return;
+    }
+    m.flush = true;
+    m.hlc = wan_hlc_now(&w->srv->hlc);
+    /* The delay travels as an absolute time, so a late delivery does not stretch it. */
+    m.expiry = delay > 0 ? gw_vop_expiry(delay, (uint32_t)time(NULL)) : 0;
+    len = geogate__wan__v1__mutation__get_packed_size(&m);
+    geogate__wan__v1__mutation__pack(&m, buf);
+    rc = wan_spool_append(repl->spool, NULL, 0, buf, len, NULL); /* never compacted away */
+    if (rc != 0) {
+        log_error("spool append of a flush_all failed: %s", strerror(-rc));
+        return;
+    }
+    w->repl_appended = true;
+    STAT_INCR(&w->stats, repl_queued);
 }
 
 bool gw_repl_hold(struct gw_worker *w, struct gw_req *r)

@@ -46,6 +46,10 @@ void gw_repl_destroy(struct gw_server *srv);
  * the loop pass, see gw_repl_hold). */
 bool gw_repl_ship(struct gw_worker *w, const struct gw_item *it);
 
+/* A flush_all succeeded locally: ship it when replication.flush is on.  delay is the
+ * client's argument (0: now). */
+void gw_repl_ship_flush(struct gw_worker *w, int32_t delay);
+
 /* Hold r's (already written) reply until the spool is durable: released at the end of
  * this loop pass.  Returns false when nothing needs holding (fsync is not `always`). */
 bool gw_repl_hold(struct gw_worker *w, struct gw_req *r);

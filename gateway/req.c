@@ -14,6 +14,8 @@
 #include "gateway/client.h"
 #include "gateway/conn.h"
 #include "gateway/log.h"
+#include "gateway/repl.h"
+#include "gateway/server.h"
 
 struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd)
 {
@@ -194,6 +196,9 @@ static void req_complete(struct gw_req *r)
         return;
     }
     if (r->cmd == MC_CMD_FLUSH_ALL) {
+        if (r->w->srv->versioned) {
+            gw_repl_ship_flush(r->w, r->flush_delay);
+        }
         gw_req_finish_line(r, "OK");
         return;
     }

@@ -84,6 +84,7 @@ struct gw_req {
     uint32_t pending; /* frags not yet answered */
     uint32_t nkeys;   /* retrievals: keys asked */
     uint32_t hits;    /* retrievals: VALUE replies seen */
+    int32_t flush_delay; /* flush_all: its delay argument (0 = none) */
     const char *error; /* first failure's reply line (no CRLF), when failed */
     bool error_owned;  /* error was allocated for this request */
     struct evbuffer *reply;
