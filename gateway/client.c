@@ -421,37 +421,70 @@ static void forward_retrieval_multi(struct gw_client *c, const struct mc_request
 
 /*
  * gat/gats on a replicating gateway: the new expiry must reach the version header and
- * ship, so each hit is touched (read-modify-write, in vop.c) and then all keys are read
- * with get/gets.  Later commands of the client wait (barrier) so replies stay in order.
+ * ship, so each key is touched by read-modify-write (vop.c), which also hands back the
+ * item as it was read; the reply is built from those, in the client's key order.  Later
+ * commands of the client wait (barrier), as for every multi-step command.
  */
 struct gat_job {
     struct gw_client *c;
-    enum mc_cmd read_cmd;
+    struct gw_req *r;
+    bool with_cas;
     uint32_t pending;
     uint32_t nkeys;
     struct mc_token *keys;
     char *keybuf;
+    struct gw_touch_result *res;
 };
-
-static void forward_retrieval(struct gw_client *c, const struct mc_request *m);
 
 static void gat_touched(void *arg)
 {
     struct gat_job *j = arg;
     struct gw_client *c = j->c;
-    struct mc_request m;
+    struct gw_req *r = j->r;
+    struct evbuffer *b;
+    const char *error = NULL;
 
     if (--j->pending > 0) {
         return;
     }
-    if (!c->closing) {
-        memset(&m, 0, sizeof(m));
-        m.cmd = j->read_cmd;
-        m.action = MC_ACT_FORWARD;
-        m.keys = j->keys;
-        m.nkeys = j->nkeys;
-        forward_retrieval(c, &m);
+    for (uint32_t i = 0; i < j->nkeys; i++) {
+        if (j->res[i].failed) {
+            error = j->res[i].error;
+            break;
+        }
     }
+    r->pending = 0;
+    r->nkeys = j->nkeys;
+    if (error != NULL) {
+        STAT_INCR(&c->w->stats, server_errors);
+        gw_req_finish_line(r, error);
+    } else if ((b = gw_req_reply(r)) != NULL) {
+        for (uint32_t i = 0; i < j->nkeys; i++) {
+            struct gw_touch_result *t = &j->res[i];
+            if (!t->found) {
+                continue;
+            }
+            r->hits++;
+            evbuffer_add_printf(b, "VALUE %.*s %u %zu", (int)j->keys[i].len, j->keys[i].p,
+                                t->flags, t->len);
+            if (j->with_cas) {
+                evbuffer_add_printf(b, " %" PRIu64, t->cas);
+            }
+            evbuffer_add(b, "\r\n", 2);
+            evbuffer_add(b, t->val, t->len);
+            evbuffer_add(b, "\r\n", 2);
+        }
+        evbuffer_add(b, "END\r\n", 5);
+        STAT_ADD(&c->w->stats, touch_hits, r->hits);
+        STAT_ADD(&c->w->stats, touch_misses, j->nkeys - r->hits);
+        gw_req_finish(r);
+    } else {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+    }
+    for (uint32_t i = 0; i < j->nkeys; i++) {
+        free(j->res[i].val);
+    }
+    free(j->res);
     free(j->keys);
     free(j->keybuf);
     free(j);
@@ -468,16 +501,27 @@ static void versioned_gat(struct gw_client *c, const struct mc_request *m)
         bytes += m->keys[i].len;
     }
     if (j == NULL || (j->keys = calloc(m->nkeys, sizeof(*j->keys))) == NULL ||
+        (j->res = calloc(m->nkeys, sizeof(*j->res))) == NULL ||
         (j->keybuf = malloc(bytes + 1)) == NULL) {
         if (j != NULL) {
             free(j->keys);
+            free(j->res);
         }
         free(j);
         reply_line(c, "SERVER_ERROR out of memory");
         return;
     }
+    j->r = client_req(c, m->cmd, false);
+    if (j->r == NULL) {
+        free(j->keys);
+        free(j->res);
+        free(j->keybuf);
+        free(j);
+        return;
+    }
+    j->r->pending = 1;
     j->c = c;
-    j->read_cmd = m->cmd == MC_CMD_GATS ? MC_CMD_GETS : MC_CMD_GET;
+    j->with_cas = m->cmd == MC_CMD_GATS;
     j->nkeys = m->nkeys;
     p = j->keybuf;
     for (uint32_t i = 0; i < m->nkeys; i++) {
@@ -492,10 +536,14 @@ static void versioned_gat(struct gw_client *c, const struct mc_request *m)
     for (uint32_t i = 0; i < m->nkeys; i++) {
         struct gw_route rt = gw_route_key(c->w, j->keys[i].p, j->keys[i].len);
         if (rt.kind != GW_ROUTE_LOCAL) {
-            j->pending--; /* the read reports the down node */
+            j->res[i].failed = true;
+            snprintf(j->res[i].error, sizeof(j->res[i].error), "%s",
+                     c->w->pool->nodes[rt.node].err_down);
+            j->pending--;
             continue;
         }
-        gw_vop_touch(c->w, rt.node, j->keys[i].p, j->keys[i].len, m->exptime, gat_touched, j);
+        gw_vop_touch(c->w, rt.node, j->keys[i].p, j->keys[i].len, m->exptime, j->with_cas,
+                     &j->res[i], gat_touched, j);
     }
     gat_touched(j);
 }

@@ -67,6 +67,8 @@ struct vop {
     bool shipped;
     void (*on_done)(void *arg); /* internal operation (gat's touch): no client reply */
     void *on_done_arg;
+    struct gw_touch_result *touch; /* gat: where the answer goes */
+    bool want_cas;
     const char *answer; /* delete: decided by the gets */
 };
 
@@ -106,6 +108,11 @@ static void vop_finish(struct vop *v, const char *line)
     if (r == NULL) {
         void (*done)(void *) = v->on_done;
         void *arg = v->on_done_arg;
+        struct gw_touch_result *t = v->touch;
+        if (strncmp(line, "SERVER_ERROR", 12) == 0 && !t->found) {
+            t->failed = true;
+            snprintf(t->error, sizeof(t->error), "%s", line);
+        }
         vop_free(v);
         done(arg);
         return;
@@ -529,8 +536,36 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
         }
         vop_after_read(v);
         return;
+    case VOP_CHECK: {
+        /* gats: the cas of the item after our touch, unless it is already gone */
+        struct gw_cur after;
+        memset(&after, 0, sizeof(after));
+        if (gw_cur_parse(reply, &after, text, sizeof(text)) == 0 && after.found) {
+            v->touch->cas = after.cas;
+        }
+        gw_cur_release(&after);
+        vop_finish(v, "TOUCHED");
+        return;
+    }
     case VOP_WRITE:
-        if (line_is(reply, "STORED")) {
+        if (line_is(reply, "STORED") && v->touch != NULL) {
+            /* gat: hand back the item as it was read, then maybe its new cas */
+            vop_ship(v);
+            v->touch->found = true;
+            v->touch->flags = v->nh.client_flags;
+            v->touch->len = v->new_len;
+            v->touch->val = v->new_val;
+            v->touch->cas = v->cur.cas;
+            v->new_val = NULL;
+            if (v->want_cas) {
+                char line[MC_KEY_MAX_LENGTH + 16];
+                int n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
+                v->step = VOP_CHECK;
+                vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
+                return;
+            }
+            vop_finish(v, "TOUCHED");
+        } else if (line_is(reply, "STORED")) {
             vop_ship(v);
             vop_finish(v, vop_success_line(v, text, sizeof(text)));
         } else if (line_is(reply, "EXISTS") || line_is(reply, "NOT_FOUND") ||
@@ -639,14 +674,19 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
 }
 
 void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t nkey,
-                  int32_t exptime, void (*done)(void *arg), void *arg)
+                  int32_t exptime, bool want_cas, struct gw_touch_result *res,
+                  void (*done)(void *arg), void *arg)
 {
     struct vop *v = vop_new(w, NULL, MC_CMD_TOUCH, node, key, nkey);
 
     if (v == NULL) {
+        res->failed = true;
+        snprintf(res->error, sizeof(res->error), "SERVER_ERROR out of memory");
         done(arg);
         return;
     }
+    v->touch = res;
+    v->want_cas = want_cas;
     v->exptime = exptime;
     v->on_done = done;
     v->on_done_arg = arg;

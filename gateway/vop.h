@@ -38,10 +38,24 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
 /* delete / incr / decr / touch on a versioned gateway. */
 void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m);
 
-/* Touch one key as part of a gat/gats: new expiry, new version, shipped; done(arg)
- * runs when it is over, whatever happened (the gat's read follows). */
+/* What a gat/gats returns for one key: the item as it was when touched (memcached's
+ * gat returns the item and then applies the new expiry), with the cas it has after the
+ * touch when want_cas. */
+struct gw_touch_result {
+    bool found;
+    uint32_t flags;
+    uint8_t *val; /* owned by the result: free() it */
+    size_t len;
+    uint64_t cas;
+    bool failed;      /* the node failed: the whole gat answers error */
+    char error[160];
+};
+
+/* Touch one key as part of a gat/gats: new expiry, new version, shipped; then done(arg)
+ * with res filled in. */
 void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t nkey,
-                  int32_t exptime, void (*done)(void *arg), void *arg);
+                  int32_t exptime, bool want_cas, struct gw_touch_result *res,
+                  void (*done)(void *arg), void *arg);
 
 /* Absolute expiry (unix seconds, 0 = never) for a client's exptime, memcached's rules:
  * 0 never, up to 30 days relative, beyond that an absolute time; negative = already
