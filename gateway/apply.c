@@ -399,6 +399,17 @@ struct read_job {
     uint32_t pending;
 };
 
+static void read_job_free(struct read_job *j)
+{
+    free(j->items);
+    free(j->itemp);
+    free(j->muts);
+    free(j->curs);
+    free(j->frags);
+    free(j->caps);
+    free(j);
+}
+
 static void read_job_done(struct read_job *j)
 {
     if (--j->pending > 0) {
@@ -412,13 +423,7 @@ static void read_job_done(struct read_job *j)
         }
     }
     geogate__wan__v1__read_request__free_unpacked(j->req, NULL);
-    free(j->items);
-    free(j->itemp);
-    free(j->muts);
-    free(j->curs);
-    free(j->frags);
-    free(j->caps);
-    free(j);
+    read_job_free(j);
 }
 
 static void read_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
@@ -502,13 +507,7 @@ void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,
     return;
 
 oom_job:
-    free(j->items);
-    free(j->itemp);
-    free(j->muts);
-    free(j->curs);
-    free(j->frags);
-    free(j->caps);
-    free(j);
+    read_job_free(j);
 oom:
     wan_grpc_server_read_fail(call, 8 /* RESOURCE_EXHAUSTED */, "out of memory");
     geogate__wan__v1__read_request__free_unpacked(req, NULL);

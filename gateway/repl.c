@@ -733,6 +733,23 @@ static int repl_stop(void *arg)
     return 0;
 }
 
+/* Free what gw_repl_create built (the WAN thread's part is gone already). */
+static void repl_free(struct gw_repl *repl)
+{
+    for (size_t i = 0; i < repl->npeers; i++) {
+        if (repl->peers[i].cursor) {
+            wan_spool_cursor_destroy(repl->peers[i].cursor);
+        }
+    }
+    if (repl->spool) {
+        wan_spool_close(repl->spool);
+    }
+    tls_ctx_destroy(repl->tls_srv);
+    tls_ctx_destroy(repl->tls_cli);
+    free(repl->peers);
+    free(repl);
+}
+
 int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
 {
     const struct gw_config *cfg = srv->cfg;
@@ -816,41 +833,17 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
 
 fail:
     free(names);
-    for (size_t i = 0; i < repl->npeers; i++) {
-        if (repl->peers[i].cursor) {
-            wan_spool_cursor_destroy(repl->peers[i].cursor);
-        }
-    }
-    if (repl->spool) {
-        wan_spool_close(repl->spool);
-    }
-    tls_ctx_destroy(repl->tls_srv);
-    tls_ctx_destroy(repl->tls_cli);
-    free(repl->peers);
-    free(repl);
+    repl_free(repl);
     return -1;
 }
 
 void gw_repl_destroy(struct gw_server *srv)
 {
-    struct gw_repl *repl = srv->repl;
-
-    if (repl == NULL) {
+    if (srv->repl == NULL) {
         return;
     }
-    repl_stop(repl); /* the WAN thread has stopped by now */
-    for (size_t i = 0; i < repl->npeers; i++) {
-        if (repl->peers[i].cursor) {
-            wan_spool_cursor_destroy(repl->peers[i].cursor);
-        }
-    }
-    if (repl->spool) {
-        wan_spool_close(repl->spool);
-    }
-    tls_ctx_destroy(repl->tls_srv);
-    tls_ctx_destroy(repl->tls_cli);
-    free(repl->peers);
-    free(repl);
+    repl_stop(srv->repl); /* the WAN thread has stopped by now */
+    repl_free(srv->repl);
     srv->repl = NULL;
 }
 
