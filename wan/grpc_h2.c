@@ -35,6 +35,13 @@ void wan_grpc_logv(wan_grpc_log_fn log, void *arg, enum wan_grpc_log_level level
         return;
     }
     vsnprintf(line, sizeof(line), fmt, ap);
+    /* Lines quote what peers sent (origin_site, nghttp2's header complaints): keep them
+     * one printable line each. */
+    for (char *p = line; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f) {
+            *p = '?';
+        }
+    }
     log(arg, level, line);
 }
 
