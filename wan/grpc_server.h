@@ -145,7 +145,9 @@ void wan_grpc_server_destroy(struct wan_grpc_server *srv);
 size_t wan_grpc_server_connections(const struct wan_grpc_server *srv);
 
 /* Queue one ShipAck on a Ship stream (after acks queued before it).  Borrows ack.
- * Returns 0, -EPIPE (the stream is finishing: the ack is dropped) or -ENOMEM. */
+ * Returns 0, -EPIPE (the stream is finishing: the ack is dropped), -EMSGSIZE (it packs
+ * to more than max_message, e.g. too many `newer` items: not sent; send fewer) or
+ * -ENOMEM. */
 int wan_grpc_server_ship_ack(struct wan_grpc_ship_stream *st, const Geogate__Wan__V1__ShipAck *ack);
 
 /* After ship_batch answered BUSY: offer the held batch again and go on reading.  May

@@ -734,6 +734,11 @@ int wan_grpc_server_ship_ack(struct wan_grpc_ship_stream *st, const Geogate__Wan
     if (st->finishing || st->trailers_submitted) {
         return -EPIPE;
     }
+    /* The peer would refuse it (and drop the link): an ack carrying items travelling
+     * back must stay within the limit; the caller splits or sends fewer. */
+    if (protobuf_c_message_get_packed_size(&ack->base) > st->conn->srv->cfg.max_message) {
+        return -EMSGSIZE;
+    }
     if (stream_queue_message(st, &ack->base) != 0) {
         return -ENOMEM;
     }

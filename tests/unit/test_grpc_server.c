@@ -42,6 +42,8 @@ struct app {
     int busy;     /* ship_batch answers BUSY while set */
     int offers;   /* ship_batch calls, BUSY ones included */
     int auto_ack; /* ack each batch at once */
+    int big_ack;  /* ...with every field at its largest */
+    int ack_rc;
     int ends;
     int closes;
     int close_status;
@@ -102,7 +104,11 @@ static int on_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_strea
 
         ack.acked_seq = req->first_seq + req->n_mutations - 1;
         ack.applied = (uint64_t)app.batches;
-        assert_int_equal(wan_grpc_server_ship_ack(st, &ack), 0);
+        if (app.big_ack) {
+            ack.acked_seq = ack.applied = ack.rejected_older = UINT64_MAX;
+        }
+        app.ack_rc = wan_grpc_server_ship_ack(st, &ack);
+        assert_true(app.ack_rc == 0 || app.big_ack);
     }
     geogate__wan__v1__ship_request__free_unpacked(req, NULL);
     return WAN_GRPC_SHIP_TAKEN;
@@ -824,6 +830,25 @@ static void test_flow_control_busy(void **state)
     tc_free(&tc);
 }
 
+/* An ack the peer would refuse as too large is not sent. */
+static void test_ack_too_large(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+
+    (void)state;
+    tc_init(&tc, 30);
+    t = tc_open(&tc, WAN_GRPC_PATH_SHIP);
+    send_batch(&tc, t, "eu-west", 1, 0, 0); /* 13 bytes: fits */
+    app.big_ack = 1;                        /* 33 bytes: does not */
+    tc_pump(&tc);
+    assert_int_equal(app.batches, 1);
+    assert_int_equal(app.ack_rc, -EMSGSIZE);
+    assert_int_equal(t->nmsgs, 0);
+    assert_false(t->closed);
+    tc_free(&tc);
+}
+
 static void test_ship_refused_by_app(void **state)
 {
     struct tc tc;
@@ -942,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_read_async),
         cmocka_unit_test(test_read_fail_and_gone),
         cmocka_unit_test(test_flow_control_busy),
+        cmocka_unit_test(test_ack_too_large),
         cmocka_unit_test(test_ship_refused_by_app),
         cmocka_unit_test(test_app_finishes_with_error),
         cmocka_unit_test(test_peer_reset_and_close),
