@@ -8,7 +8,8 @@ deploy/lab-ca.sh in a temporary directory.
   another CA, an expired certificate, a valid certificate of a site that is not a peer;
 * bad input gets the right gRPC status and a log line, and the server lives on: malformed
   protobuf, an oversized message, a batch claiming another origin_site than its
-  certificate, an unknown method, a compressed request;
+  certificate, an unknown method, a compressed request; unknown fields are skipped
+  (proto3 forward compatibility), not refused;
 * flow control: a server application that answers BUSY still gets every batch, in order.
 
 wan_testd is taken from $GEOGATE_BIN when the Makefile built it there, else built here
@@ -208,6 +209,17 @@ class GrpcWireTest(unittest.TestCase):
         req.last_seq = 150  # the spool's sequence numbers have holes
         acks = list(stub.Ship(iter([req]), timeout=10))
         self.assertEqual([a.acked_seq for a in acks], [150])
+
+    def test_unknown_fields_are_tolerated(self):
+        # Forward compatibility (proto3): a newer peer's extra fields (here field 99, and
+        # an unknown field inside a Mutation) are skipped, the batch is applied and acked.
+        raw_ship = self.channel().stream_stream("/geogate.wan.v1.Replication/Ship",
+                                                response_deserializer=pb.ShipAck.FromString)
+        mutation = pb.Mutation(key=b"k", value=b"v").SerializeToString() + b"\xa0\x06\x07"
+        req = (pb.ShipRequest(origin_site=PEER, first_seq=500).SerializeToString() +
+               b"\x22" + bytes([len(mutation)]) + mutation + b"\x98\x06\x01")
+        acks = list(raw_ship(iter([req]), timeout=5))
+        self.assertEqual([a.acked_seq for a in acks], [500])
 
     def test_read(self):
         stub = pbg.ReplicationStub(self.channel())
