@@ -24,6 +24,7 @@
 #include "wan/version.h"
 
 #define APPLY_MAX_TRIES 32
+#define APPLY_NEWER_MAX 1024 /* newer items carried back in one ack; the rest are spooled */
 
 struct apply_batch {
     struct gw_worker *w;
@@ -31,6 +32,10 @@ struct apply_batch {
     uint32_t pending;
     uint64_t applied;
     uint64_t rejected;
+    bool failed;
+    bool collect_newer;
+    Geogate__Wan__V1__Mutation **newer;
+    size_t n_newer;
     gw_apply_done_fn done;
     void *arg;
 };
@@ -54,7 +59,11 @@ static void batch_op_done(struct apply_batch *b)
     if (--b->pending > 0) {
         return;
     }
-    b->done(b->arg, b->applied, b->rejected);
+    b->done(b->arg, b->applied, b->rejected, b->failed, b->newer, b->n_newer);
+    for (size_t i = 0; i < b->n_newer; i++) {
+        free(b->newer[i]);
+    }
+    free(b->newer);
     geogate__wan__v1__ship_request__free_unpacked(b->req, NULL);
     free(b);
 }
@@ -143,6 +152,46 @@ static bool reply_is(struct evbuffer *reply, const char *word)
     return memcmp(buf, word, n) == 0;
 }
 
+/* Add it to the batch's newer items (one allocation holds the Mutation and its bytes).
+ * Returns false when the batch does not collect them or is full. */
+static bool carry_back(struct apply_batch *b, const struct gw_item *it)
+{
+    Geogate__Wan__V1__Mutation *m;
+    uint8_t *p;
+
+    if (!b->collect_newer || b->n_newer >= APPLY_NEWER_MAX) {
+        return false;
+    }
+    if (b->newer == NULL) {
+        b->newer = calloc(APPLY_NEWER_MAX, sizeof(*b->newer));
+        if (b->newer == NULL) {
+            return false;
+        }
+    }
+    m = malloc(sizeof(*m) + it->nkey + it->vlen + 1);
+    if (m == NULL) {
+        return false;
+    }
+    geogate__wan__v1__mutation__init(m);
+    p = (uint8_t *)(m + 1);
+    memcpy(p, it->key, it->nkey);
+    m->key.data = p;
+    m->key.len = it->nkey;
+    if (!it->hdr->tombstone && it->vlen > 0) {
+        memcpy(p + it->nkey, it->value, it->vlen);
+        m->value.data = p + it->nkey;
+        m->value.len = it->vlen;
+    }
+    m->hlc = it->hdr->version.hlc;
+    m->site_id = it->hdr->version.site_id;
+    m->gateway_id = it->hdr->version.gateway_id;
+    m->flags = it->hdr->client_flags;
+    m->expiry = it->hdr->expiry;
+    m->tombstone = it->hdr->tombstone;
+    b->newer[b->n_newer++] = m;
+    return true;
+}
+
 /* The gets is in: newest wins. */
 static void op_decide(struct apply_op *op)
 {
@@ -161,7 +210,8 @@ static void op_decide(struct apply_op *op)
     op->b->rejected++;
     if (cmp < 0 && op->cur.versioned) {
         /* We hold something newer than what the peer sent: it travels back, so the
-         * peer (and everyone) converges on it even if our clock misled a writer. */
+         * peer converges on it even if a blind write there overwrote it.  In the ack,
+         * to the sender only, when the batch came on a stream; else via the spool. */
         struct gw_item it = {
             .key = (const char *)op->m->key.data,
             .nkey = (uint32_t)op->m->key.len,
@@ -169,7 +219,9 @@ static void op_decide(struct apply_op *op)
             .value = op->cur.val,
             .vlen = op->cur.len,
         };
-        gw_repl_ship_local(w, &it);
+        if (!carry_back(op->b, &it)) {
+            gw_repl_ship_local(w, &it);
+        }
     }
     op_free(op);
 }
@@ -185,7 +237,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
          * and log it.  (A down node means the site is failing over anyway.) */
         log_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
                  (const char *)op->m->key.data, error);
-        op->b->rejected++;
+        op->b->failed = true; /* not acked: the peer ships it again */
         op_free(op);
         return;
     }
@@ -240,7 +292,7 @@ static void flush_cb(struct gw_frag *frag, struct evbuffer *reply, const char *e
     if (error == NULL && reply_is(reply, "OK")) {
         f->b->applied++;
     } else {
-        f->b->rejected++;
+        f->b->failed = true;
         log_warn("a peer's flush_all failed on a local node: %s", error ? error : "not OK");
     }
     evbuffer_free(f->cap);
@@ -304,7 +356,7 @@ static int cmp_mut(const void *a, const void *b)
 }
 
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
-                    gw_apply_done_fn done, void *arg)
+                    bool collect_newer, gw_apply_done_fn done, void *arg)
 {
     struct gw_server *srv = w->srv;
     struct apply_batch *b = calloc(1, sizeof(*b));
@@ -314,10 +366,11 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     size_t n = req->n_mutations;
 
     if (b == NULL) {
-        done(arg, 0, n);
+        done(arg, 0, n, true, NULL, 0);
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
         return;
     }
+    b->collect_newer = collect_newer;
     b->w = w;
     b->req = req;
     b->done = done;

@@ -13,6 +13,8 @@
 #ifndef GEOGATE_APPLY_H
 #define GEOGATE_APPLY_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "gateway/types.h"
@@ -20,11 +22,19 @@
 
 struct wan_grpc_read_call;
 
-typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected);
+/*
+ * A batch is done.  failed: some mutation could not be applied (a local node failed), so
+ * the batch must not be acked.  newer/n_newer: items held here in a strictly newer
+ * version than ones the batch carried, for the sender (borrowed during the call).
+ */
+typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                                 Geogate__Wan__V1__Mutation **newer, size_t n_newer);
 
-/* Apply req (takes ownership; freed when done) on worker w; done runs once, later. */
+/* Apply req (takes ownership; freed when done) on worker w; done runs once, later.
+ * With collect_newer, newer local items go back through done (to the sender);
+ * without, they are spooled for every peer. */
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
-                    gw_apply_done_fn done, void *arg);
+                    bool collect_newer, gw_apply_done_fn done, void *arg);
 
 /* Answer a remote Read (takes ownership of req) with the items as held locally. */
 void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,

@@ -71,6 +71,7 @@ struct gw_peer {
     uint64_t shipped;
     uint64_t acked_mutations;
     uint64_t reconnects;
+    uint64_t newer_received; /* items the peer sent back because it held newer ones */
     uint64_t lag[REPL_LAG_BUCKETS];
     uint64_t lag_count;
     int64_t up_since_ms;
@@ -426,12 +427,57 @@ static void peer_down(void *arg, int status, const char *reason)
     __atomic_add_fetch(&p->reconnects, 1, __ATOMIC_RELAXED);
 }
 
+static void newer_applied(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                          Geogate__Wan__V1__Mutation **newer, size_t n_newer)
+{
+    struct gw_peer *p = arg;
+
+    (void)newer;
+    (void)n_newer;
+    __atomic_add_fetch(&p->repl->in_applied, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&p->repl->in_rejected, rejected, __ATOMIC_RELAXED);
+    if (failed) {
+        log_warn("peer %s: newer items it sent back could not all be applied", p->site);
+    }
+}
+
+/* The peer holds newer versions of keys we shipped: apply them here (newest wins).  The
+ * ack is borrowed, so they are copied by packing and unpacking one request. */
+static void apply_newer(struct gw_peer *p, const Geogate__Wan__V1__ShipAck *ack)
+{
+    Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
+    Geogate__Wan__V1__ShipRequest *copy;
+    uint8_t *buf;
+    size_t len;
+
+    req.origin_site = p->site;
+    req.n_mutations = ack->n_newer;
+    req.mutations = ack->newer;
+    len = geogate__wan__v1__ship_request__get_packed_size(&req);
+    buf = malloc(len ? len : 1);
+    if (buf == NULL) {
+        return;
+    }
+    geogate__wan__v1__ship_request__pack(&req, buf);
+    copy = geogate__wan__v1__ship_request__unpack(NULL, len, buf);
+    free(buf);
+    if (copy == NULL) {
+        return;
+    }
+    __atomic_add_fetch(&p->newer_received, ack->n_newer, __ATOMIC_RELAXED);
+    gw_apply_batch(p->repl->w, copy, false, newer_applied, p);
+}
+
 static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
 {
     struct gw_peer *p = arg;
     uint64_t now = (uint64_t)wall_ms();
     uint32_t done = 0;
     int rc;
+
+    if (ack->n_newer > 0) {
+        apply_newer(p, ack);
+    }
 
     if (ack->acked_seq <= p->acked) {
         return;
@@ -557,7 +603,8 @@ static int srv_ship_open(void *arg, struct wan_grpc_ship_stream *st, const char 
     return 0;
 }
 
-static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected)
+static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                            Geogate__Wan__V1__Mutation **newer, size_t n_newer)
 {
     struct gw_inbound *in = arg;
     Geogate__Wan__V1__ShipAck ack = GEOGATE__WAN__V1__SHIP_ACK__INIT;
@@ -567,6 +614,16 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected)
         free(in);
         return;
     }
+    if (failed) {
+        /* Not all of it reached the local pool: no ack, so the peer ships it again
+         * after it reconnects, from what we acked before. */
+        log_warn("peer %s: a batch could not be applied (local node failing); asking for it "
+                 "again", in->site);
+        wan_grpc_server_ship_finish(in->st, WAN_GRPC_UNAVAILABLE, "local cache node failing");
+        return;
+    }
+    ack.n_newer = n_newer;
+    ack.newer = newer;
     in->applied += applied;
     in->rejected += rejected;
     __atomic_add_fetch(&in->repl->in_applied, applied, __ATOMIC_RELAXED);
@@ -600,7 +657,7 @@ static int srv_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_stre
     in->busy = true;
     in->last_seq = last > in->last_seq ? last : in->last_seq;
     __atomic_add_fetch(&repl->in_batches, 1, __ATOMIC_RELAXED);
-    gw_apply_batch(repl->w, req, inbound_applied, in); /* takes req */
+    gw_apply_batch(repl->w, req, true, inbound_applied, in); /* takes req */
     return WAN_GRPC_SHIP_TAKEN;
 }
 
@@ -912,6 +969,8 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
         evbuffer_add_printf(b, "STAT peer:%s:dropped %" PRIu64 "\r\n", p->site, ps.dropped);
         evbuffer_add_printf(b, "STAT peer:%s:reconnects %" PRIu64 "\r\n", p->site,
                             __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED));
+        evbuffer_add_printf(b, "STAT peer:%s:newer_received %" PRIu64 "\r\n", p->site,
+                            __atomic_load_n(&p->newer_received, __ATOMIC_RELAXED));
         evbuffer_add_printf(b, "STAT peer:%s:lag_p50_ms %" PRIu64 "\r\n", p->site,
                             lag_quantile(p, 0.5));
         evbuffer_add_printf(b, "STAT peer:%s:lag_p99_ms %" PRIu64 "\r\n", p->site,
