@@ -9,7 +9,8 @@
  * or peers, and never includes gateway/ headers.
  *
  * Threads: everything runs on the event_base given to wan_grpc_client_create() (the
- * WAN thread); callbacks come on that thread; nothing locks.
+ * WAN thread); callbacks come on that thread; nothing locks.  The process must ignore SIGPIPE
+ * (OpenSSL writes with write(2)); the gateway does.
  *
  * Back-pressure: wan_grpc_client_ship() packs a batch into the Ship stream's queue,
  * which HTTP/2 drains only as the peer's flow-control windows allow (the server gives

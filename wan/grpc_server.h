@@ -18,7 +18,8 @@
  *
  * Threads: everything runs on the one event_base given to wan_grpc_server_create()
  * (the gateway's WAN thread).  Every callback and every function here is called on
- * that thread; nothing locks.
+ * that thread; nothing locks.  The process must ignore SIGPIPE (OpenSSL writes
+ * with write(2)); the gateway does.
  *
  * Flow control is the back-pressure: a Ship stream's HTTP/2 window is given back to
  * the peer only as the application takes batches.  A stream window holds one whole
