@@ -250,7 +250,7 @@ def start_servers(tmp, taken, children, binary):
                 "  listen: 127.0.0.1:%d\n"
                 "  hash: md5\n"
                 "  distribution: ketama\n"
-                "  timeout: 2000\n"
+                "  timeout: 250\n"
                 "  preconnect: true\n"
                 "  auto_eject_hosts: false\n"
                 "  servers:\n"
@@ -389,7 +389,7 @@ def summary(runs):
         "errors": sum(r["errors"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
         "hit_pct": 100.0 * sum(r["hits"] for r in runs) / max(1, sum(r["gets"] for r in runs)),
-        "rounds": [r["ops_per_sec"] for r in runs],
+        "rounds": [(r["ops_per_sec"], r["proxy_cpu_per_100k"]) for r in runs],
         "error_kinds": {k: sum(r["error_kinds"][k] for r in runs)
                         for k in runs[0]["error_kinds"]},
     }
@@ -476,8 +476,8 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     w("")
     cmd = " ".join(["/usr/bin/python3", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                    + sys.argv[1:])
-    w("Made by%s:" % (" `make bench`, which runs" if sys.argv[1:] == ["--out", "docs/BENCHMARKS.md"]
-                      else ""))
+    is_make = sys.argv[1:] == ["--out", "docs/BENCHMARKS.md"]
+    w("Made by%s:" % (" `make bench`, which runs" if is_make else ""))
     w("")
     w("    %s" % cmd)
     w("")
@@ -487,6 +487,10 @@ def render(args, info, configs, targets, memory, soak, elapsed):
       "(C + libevent, one process, one thread). The load generator, the servers and the "
       "proxies share the machine's cores, so absolute numbers are lower than on separate "
       "hosts; the ratios are what matter.")
+    w("")
+    w("Both proxies wait at most 250 ms for a memcached reply (geogate's default "
+      "`pool.timeout`; nutcracker's `timeout: 250`), so a starved machine shows up as "
+      "`SERVER_ERROR`s in both the same way.")
     w("")
     w("| machine | |")
     w("|---|---|")
@@ -529,7 +533,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
             bench_common(args) + cextra + ["--duration", "%g" % args.duration, "--json"]))
         w("")
         w("| target | ops/s | p50 µs | p99 µs | p99.9 µs | proxy CPU s / 100k req | "
-          "memcached CPU s / 100k req | get hits | errors | ops/s per round |")
+          "memcached CPU s / 100k req | get hits | errors | each round: ops/s (proxy CPU) |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for t in targets:
             s = summary(t.runs.get(cname, []))
@@ -543,7 +547,8 @@ def render(args, info, configs, targets, memory, soak, elapsed):
             w("| %s | %s | %s | %s | %s | %s | %s | %.1f%% | %s | %s |" % (
                 t.label, fmt(s["ops"]), fmt(s["p50"], "%.0f"), fmt(s["p99"], "%.0f"),
                 fmt(s["p999"], "%.0f"), fmt(s["cpu"], "%.3f"), fmt(s["mc_cpu"], "%.3f"),
-                s["hit_pct"], errs, ", ".join("%.0f" % x for x in s["rounds"])))
+                s["hit_pct"], errs, ", ".join("%.0f%s" % (ops, fmt(cpu, " (%.3f)", ""))
+                                              for ops, cpu in s["rounds"])))
         sg, sn = summary(gg.runs.get(cname, [])), summary(nc.runs.get(cname, []))
         if sg and sn:
             w("")
@@ -589,8 +594,10 @@ def render(args, info, configs, targets, memory, soak, elapsed):
           "max(1 MiB, 2%%) over that span." % soak["seconds"])
         w("")
         if r:
-            w("Load during the soak: %.0f ops/s, %d requests, %d errors, p99 %.0f µs." % (
-                r["ops_per_sec"], r["requests"], r["errors"], r["latency_us"]["p99"]))
+            kinds = ", ".join("%s %d" % (k, v) for k, v in r["error_kinds"].items() if v)
+            w("Load during the soak: %.0f ops/s, %d requests, %d errors%s, p99 %.0f µs." % (
+                r["ops_per_sec"], r["requests"], r["errors"], " (%s)" % kinds if kinds else "",
+                r["latency_us"]["p99"]))
         else:
             w("The load generator did not report a result (geogate %s)." % (
                 "alive" if soak["alive"] else "died"))
