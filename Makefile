@@ -49,7 +49,7 @@ UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 WANEM_SRC := $(wildcard tests/tools/wanem/*.c)
 PROGRAMS := $(BIN)/geogate $(if $(BENCH_SRC),$(BIN)/geogate-bench) \
-	$(if $(WANEM_SRC),$(BIN)/geogate-wanem)
+	$(if $(WANEM_SRC),$(BIN)/geogate-wanem) $(BIN)/wan_testd
 
 DEPS_STAMP := build/.deps-installed
 
@@ -103,6 +103,11 @@ $(BIN)/geogate-bench: $(BENCH_SRC:%.c=$(BUILD)/%.o)
 
 # The WAN emulator the multi-site tests put between sites (netem is not available).
 $(BIN)/geogate-wanem: $(WANEM_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# A bare WAN server for the wire tests (a grpcio client talks to it).
+$(BIN)/wan_testd: $(BUILD)/tests/tools/wan_testd.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

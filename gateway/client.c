@@ -29,6 +29,8 @@
 #include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/failover.h"
+#include "gateway/remote.h"
 #include "gateway/repl.h"
 #include "gateway/req.h"
 #include "gateway/route.h"
@@ -562,6 +564,20 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         reply_line(c, "END"); /* "gat 10" with no keys: memcached says END */
         return;
     }
+    if (w->srv->repl != NULL) {
+        /* The routing step for reads of a replicating site: failed over, warming up,
+         * or (below) a key whose node is down falls back to the best serving peer. */
+        int mode = __atomic_load_n(&w->srv->fo.mode, __ATOMIC_ACQUIRE);
+        int peer = __atomic_load_n(&w->srv->fo.peer, __ATOMIC_ACQUIRE);
+        if (mode == GW_MODE_FAILED_OVER && peer >= 0) {
+            gw_remote_retrieval(c, m, peer);
+            return;
+        }
+        if (mode == GW_MODE_WARMUP && peer >= 0) {
+            gw_remote_warm_retrieval(c, m, peer);
+            return;
+        }
+    }
     if (w->srv->versioned && (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS)) {
         versioned_gat(c, m);
         return;
@@ -576,7 +592,14 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
     for (uint32_t i = 0; i < m->nkeys; i++) {
         rt = gw_route_key(w, m->keys[i].p, m->keys[i].len);
         if (rt.kind == GW_ROUTE_DOWN) {
-            fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
+            int fallback = w->srv->repl != NULL
+                               ? __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE)
+                               : -1;
+            if (fallback >= 0) {
+                gw_remote_retrieval(c, m, fallback); /* per-key fallback */
+            } else {
+                fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
+            }
             goto out;
         }
         nodes[i] = rt.node;
@@ -1110,6 +1133,16 @@ static void client_close(struct gw_client *c)
     TAILQ_REMOVE(&w->clients, c, link);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
+}
+
+struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd)
+{
+    return client_req(c, cmd, false);
+}
+
+void gw_client_reply_error(struct gw_client *c, const char *line)
+{
+    reply_line(c, line);
 }
 
 void gw_client_barrier_hold(struct gw_client *c)

@@ -22,6 +22,11 @@ void gw_client_abort(struct gw_client *c);
 void gw_client_barrier_hold(struct gw_client *c);
 void gw_client_barrier_release(struct gw_client *c);
 
+/* For modules that answer requests asynchronously (remote.c): queue a new request on
+ * c, in order (NULL and c closed when out of memory), or answer one error line now. */
+struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
+void gw_client_reply_error(struct gw_client *c, const char *line);
+
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 

@@ -28,6 +28,7 @@
 
 #include "gateway/apply.h"
 #include "gateway/config.h"
+#include "gateway/failover.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/req.h"
@@ -76,6 +77,12 @@ struct gw_peer {
     uint64_t lag_count;
     int64_t up_since_ms;
     char last_error[160];
+    /* health, from Health/Check every second while the link is up */
+    bool serving;
+    bool health_inflight;
+    uint32_t rtt_ms;
+    int64_t health_sent_ms;
+    int64_t health_due_ms;
 };
 
 struct gw_inbound {
@@ -313,6 +320,8 @@ void gw_repl_pass_end(struct gw_worker *w)
 
 /* ---- shipping: WAN thread ---- */
 
+static uint64_t lag_quantile(const struct gw_peer *p, double q);
+
 static void peer_connect(struct gw_peer *p);
 
 static void lag_sample(struct gw_peer *p, uint64_t ms, uint32_t count)
@@ -416,7 +425,9 @@ static void peer_down(void *arg, int status, const char *reason)
     }
     (void)status;
     snprintf(p->last_error, sizeof(p->last_error), "%s", reason);
-    p->up = false;
+    __atomic_store_n(&p->up, false, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->serving, false, __ATOMIC_RELEASE);
+    p->health_inflight = false;
     p->connecting = false;
     p->inflight = 0;
     p->up_since_ms = 0;
@@ -558,6 +569,71 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void health_done(void *arg, int status, const char *message, int serving)
+{
+    struct gw_peer *p = arg;
+    int64_t rtt = gw_now_ms() - p->health_sent_ms;
+
+    (void)message;
+    p->health_inflight = false;
+    __atomic_store_n(&p->rtt_ms, (uint32_t)(rtt > 0 ? rtt : 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&p->serving,
+                     status == WAN_GRPC_OK &&
+                         serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
+                     __ATOMIC_RELEASE);
+}
+
+static void peer_health(struct gw_peer *p, int64_t now)
+{
+    if (!p->up || p->health_inflight || now < p->health_due_ms) {
+        return;
+    }
+    p->health_due_ms = now + 1000;
+    p->health_sent_ms = now;
+    if (wan_grpc_client_health(p->client, "", 1500, health_done, p) == 0) {
+        p->health_inflight = true;
+    }
+}
+
+size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size_t max)
+{
+    struct gw_repl *repl = srv->repl;
+    size_t n = 0;
+    uint64_t now = (uint64_t)wall_ms();
+
+    if (repl == NULL) {
+        return 0;
+    }
+    for (size_t i = 0; i < repl->npeers && n < max; i++, n++) {
+        struct gw_peer *p = &repl->peers[i];
+        struct gw_peer_status *s = &out[n];
+        struct wan_spool_peer_stats ps;
+
+        memset(s, 0, sizeof(*s));
+        memset(&ps, 0, sizeof(ps));
+        snprintf(s->site, sizeof(s->site), "%s", p->site);
+        s->link_up = __atomic_load_n(&p->up, __ATOMIC_ACQUIRE);
+        s->serving = s->link_up && __atomic_load_n(&p->serving, __ATOMIC_ACQUIRE);
+        s->priority = p->conf->priority;
+        s->rtt_ms = __atomic_load_n(&p->rtt_ms, __ATOMIC_RELAXED);
+        if (repl->spool != NULL) {
+            wan_spool_peer_stats(repl->spool, i, &ps);
+        }
+        s->acked_seq = ps.acked_seq;
+        s->spool_records = ps.records;
+        s->spool_bytes = ps.bytes;
+        s->oldest_unacked_age_ms =
+            ps.oldest_unacked_ms && now > ps.oldest_unacked_ms ? now - ps.oldest_unacked_ms : 0;
+        s->lag_p50_ms = lag_quantile(p, 0.5);
+        s->lag_p99_ms = lag_quantile(p, 0.99);
+        s->shipped = __atomic_load_n(&p->shipped, __ATOMIC_RELAXED);
+        s->acked = __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED);
+        s->dropped = ps.dropped;
+        s->reconnects = __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED);
+    }
+    return n;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_repl *repl = arg;
@@ -576,8 +652,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             peer_connect(p);
         } else if (p->up) {
             peer_pump(p);
+            peer_health(p, now);
         }
     }
+    gw_failover_tick(repl->srv);
 }
 
 /* ---- receiving ---- */
@@ -892,6 +970,11 @@ fail:
     free(names);
     repl_free(repl);
     return -1;
+}
+
+struct tls_ctx *gw_repl_client_tls(struct gw_server *srv)
+{
+    return srv->repl != NULL ? srv->repl->tls_cli : NULL;
 }
 
 void gw_repl_destroy(struct gw_server *srv)

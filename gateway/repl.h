@@ -62,6 +62,9 @@ void gw_repl_pass_end(struct gw_worker *w);
  * travels back to every peer.  (apply.c) */
 void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it);
 
+/* The client-side TLS context for links to peers (NULL without peers). */
+struct tls_ctx *gw_repl_client_tls(struct gw_server *srv);
+
 /* `stats peers` lines. */
 void gw_repl_stats(struct gw_server *srv, struct evbuffer *out);
 

@@ -22,8 +22,10 @@
 #include <event2/thread.h>
 
 #include "gateway/config.h"
+#include "gateway/failover.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/remote.h"
 #include "gateway/repl.h"
 #include "gateway/worker.h"
 
@@ -204,6 +206,9 @@ int gw_server_run(struct gw_config *cfg)
     srv.site_id = wan_site_id(cfg->site);
     srv.tombstone_ttl_s = cfg->replication.tombstone_ttl_s;
     wan_hlc_init(&srv.hlc, NULL, NULL, 0);
+    srv.fo.peer = -1;
+    srv.fo.best_peer = -1;
+    srv.fo.mode = GW_MODE_LOCAL;
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0) {
         log_error("libevent without pthreads support");
@@ -234,6 +239,11 @@ int gw_server_run(struct gw_config *cfg)
                                                   ? &srv.workers[srv.nworkers]
                                                   : NULL) != 0) {
         goto fail_start;
+    }
+    for (int i = 0; i < srv.nworkers && srv.repl != NULL; i++) {
+        if (gw_worker_call(&srv.workers[i], gw_remote_start, &srv.workers[i]) != 0) {
+            log_error("worker %d: cannot set up links to peer sites", i);
+        }
     }
     srv.listener = listen_on(&srv, &cfg->listen);
     if (srv.listener == NULL) {

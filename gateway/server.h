@@ -12,6 +12,24 @@
 #include "gateway/types.h"
 #include "wan/version.h"
 
+/* Failover state (gateway/failover.c); fields marked atomic are read on the request
+ * path by every worker. */
+struct gw_failover_state {
+    int mode; /* atomic: enum gw_site_mode */
+    int peer; /* atomic: index into cfg->wan.peers, -1 none */
+    bool forced;
+    int64_t since_ms;
+    int64_t healthy_since_ms;
+    int64_t warmup_started_ms;
+    int64_t win_start_ms;
+    uint64_t win_hits, win_misses;
+    double last_ratio;
+    uint64_t switches;
+    uint64_t warm_hits, warm_misses, warm_filled; /* atomic */
+    uint64_t peer_reads, peer_read_errors;        /* atomic */
+    int best_peer; /* atomic: the best serving peer now (per-key fallback), -1 none */
+};
+
 #define GW_VERSION "0.1.0"
 /* What `version` answers: the memcached protocol level we speak, and who we are.
  * Clients that parse the number (libmemcached) read 1.6.18. */
@@ -41,6 +59,8 @@ struct gw_server {
     struct wan_hlc hlc; /* shared by every thread */
     uint32_t site_id;
     uint32_t tombstone_ttl_s;
+    struct gw_failover_state fo;
+    int lb_draining; /* atomic: admin drain, /health says 503 */
 };
 
 /* Run the gateway until drained.  Returns the process exit code. */

@@ -194,6 +194,7 @@ struct gw_worker {
     int64_t now_ms;
     struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
     struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */
+    struct gw_remote *remote;      /* links to peer sites for failover reads (remote.c) */
     bool repl_appended;            /* this pass spooled something */
 };
 

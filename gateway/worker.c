@@ -22,6 +22,7 @@
 #include "gateway/conn.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/remote.h"
 #include "gateway/repl.h"
 #include "gateway/server.h"
 
@@ -191,6 +192,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             gw_pool_put(old);
         }
     }
+    gw_remote_tick(w, now);
     /* Whichever worker claims a down node first probes it. */
     for (uint32_t i = 0; i < w->pool->nnodes; i++) {
         if (gw_node_claim_probe(&w->pool->nodes[i], now)) {
@@ -371,6 +373,7 @@ void gw_worker_join(struct gw_worker *w)
         gw_pool_put(old);
     }
     gw_client_reap(w); /* requests orphaned by the failures above */
+    gw_remote_stop(w);
     free(w->backends);
     gw_pool_put(w->pool);
     event_free(w->notify_ev);

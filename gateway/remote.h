@@ -1,0 +1,31 @@
+/*
+ * remote — reads served by a peer site: whole-site failover (every read from the peer),
+ * per-key fallback (a key whose local node is down), and warm-up (a local miss is read
+ * from the peer, answered, and added locally with its original expiry and version).
+ * Each worker keeps its own gRPC link to every peer for these reads (WAN traffic for
+ * replication stays on the WAN thread).  Worker loop only.
+ *
+ *   client get ──route──> remote_read: Read RPC (all keys) ──> VALUE lines, END
+ *   client get ──warm-up──> local gets (per node) ──> misses ──Read RPC──> answer,
+ *                           and fill: newest-wins add of what the peer had (apply.c)
+ */
+#ifndef GEOGATE_REMOTE_H
+#define GEOGATE_REMOTE_H
+
+#include "gateway/types.h"
+
+/* Open this worker's links to every peer (on the worker's thread; via gw_worker_call). */
+int gw_remote_start(void *worker);
+void gw_remote_stop(struct gw_worker *w);
+
+/* Redial links that are down (worker tick). */
+void gw_remote_tick(struct gw_worker *w, int64_t now_ms);
+
+/* Answer retrieval m (get/gets/gat/gats: gat/gats do not touch at a peer) from peer
+ * `peer` (index into cfg->wan.peers).  Queues the reply on c in order. */
+void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
+
+/* Warm-up read: local first, misses from `peer`, filled locally. */
+void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
+
+#endif
