@@ -19,7 +19,8 @@ DEB_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev \
 	python3-grpcio python3-grpc-tools haproxy prometheus clang libclang-rt-14-dev \
 	openssl iproute2 procps
 
-PKGS      := libevent libevent_pthreads libevent_openssl openssl libnghttp2 libprotobuf-c yaml-0.1
+PKGS      := libevent libevent_pthreads libevent_openssl openssl libnghttp2 libprotobuf-c \
+	yaml-0.1 libsystemd
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -20,6 +20,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <systemd/sd-daemon.h>
 
 #include "gateway/config.h"
 #include "gateway/failover.h"
@@ -155,9 +156,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     (void)what;
     if (sig == SIGHUP) {
         log_info("SIGHUP: reloading %s", srv->cfg->path);
+        sd_notify(0, "RELOADING=1");
         reload(srv);
+        sd_notify(0, "READY=1");
         return;
     }
+    sd_notify(0, "STOPPING=1");
     start_drain(srv);
 }
 
@@ -259,6 +263,8 @@ int gw_server_run(struct gw_config *cfg)
              cfg->site, cfg->listen.host, cfg->listen.port, srv.nworkers, srv.pool->nnodes,
              ring_hash_name(cfg->pool.hash));
 
+    /* systemd Type=notify: ready once we listen (a no-op outside systemd). */
+    sd_notify(0, "READY=1");
     event_base_dispatch(srv.base);
     rc = 0;
     if (srv.draining) {
