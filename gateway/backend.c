@@ -185,6 +185,17 @@ void gw_backend_tick(struct gw_backend *be, int64_t now_ms)
         be_fail(be, "connect timed out", true);
         return;
     }
+    if (be->npending > 0 && now_ms - be->last_progress_ms > (int64_t)pool->timeout_ms &&
+        be->open) {
+        /* Before blaming the node, drain the socket: if this thread was starved of CPU
+         * the replies may be waiting there (a read updates last_progress_ms). */
+        uint64_t gen = be->conn_gen;
+        gw_conn_poll_read(&be->conn);
+        if (be->conn_gen != gen || be->npending == 0 ||
+            now_ms - be->last_progress_ms <= (int64_t)pool->timeout_ms) {
+            return;
+        }
+    }
     if (be->npending > 0 && now_ms - be->last_progress_ms > (int64_t)pool->timeout_ms) {
         STAT_INCR(&be->w->stats, backend_timeouts);
         be_fail(be, "request timed out", true);

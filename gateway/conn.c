@@ -234,6 +234,13 @@ void gw_conn_flush_all(struct gw_worker *w)
     }
 }
 
+void gw_conn_poll_read(struct gw_conn *conn)
+{
+    if (conn->fd >= 0 && !conn->failed && !conn->connecting) {
+        conn_read_cb(conn->fd, EV_READ, conn);
+    }
+}
+
 void gw_conn_pause_read(struct gw_conn *conn)
 {
     if (conn->reading) {

@@ -78,6 +78,11 @@ void gw_conn_resume_read(struct gw_conn *conn);
 /* Ask for on_drain once the output is at or below `below` bytes. */
 void gw_conn_notify_drain(struct gw_conn *conn, size_t below);
 
+/* Read whatever the socket holds right now, as if its read event had fired (on_read /
+ * on_error run as usual).  For a caller about to declare a timeout: when this thread
+ * was itself starved of CPU, the reply may be sitting in the socket already. */
+void gw_conn_poll_read(struct gw_conn *conn);
+
 /* Close the socket and free the buffers; the struct itself belongs to the owner. */
 void gw_conn_close(struct gw_conn *conn);
 
