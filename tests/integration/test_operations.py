@@ -244,14 +244,15 @@ class SignalTest(unittest.TestCase):
                 s.close()
 
     def test_sighup_adds_a_node_without_dropping_clients(self):
-        with harness.Site(nodes=2) as site:
+        with harness.Site(nodes=2, extra="  timeout: 2000\n") as site:
             old = connect(site.port)
             self.assertEqual(ask(old, b"set before 0 0 1\r\nx\r\n", lambda o: o.endswith(b"\r\n")),
                              b"STORED\r\n")
             third = harness.start_memcached()
             site.memcached.append(third)  # stopped with the site
             servers = site.servers + ["127.0.0.1:%d:1" % third.port]
-            harness.write_gateway_config(site.dir, servers, port=site.port)
+            harness.write_gateway_config(site.dir, servers, port=site.port,
+                                         extra="  timeout: 2000\n")
             site.gateway.signal(signal.SIGHUP)
 
             # new keys reach the third node once the reload is in (bounded wait)
