@@ -528,7 +528,13 @@ class Lab:
                 if st is not None and st[0] == 200:
                     try:
                         doc = json.loads(st[1])
-                        out.append("    /status: mode %s" % doc.get("mode", doc.get("site_mode", "?")))
+                        mode = doc.get("mode", "?")
+                        if doc.get("peer"):
+                            mode += " via %s" % doc["peer"]
+                        if doc.get("forced"):
+                            mode += " (forced)"
+                        out.append("    /status: mode %s, switches %s"
+                                   % (mode, doc.get("switches", "?")))
                     except ValueError:
                         pass
             try:
@@ -625,7 +631,9 @@ class Lab:
             % (HOST, first.listen),
             "",
             "Rehearse a DR drill (docs/RUNBOOK.md):",
-            "  %s --admin %s:%d drill" % (ctl, HOST, first.admin),
+            "  %s --admin %s:%d drill --report %s"
+            % (ctl, HOST, first.admin, os.path.join(rel, "drill-%s.json" % first.name)),
+            "  %s --admin %s:%d status" % (ctl, HOST, first.admin),
         ]
         if not os.access(GEOGATECTL, os.X_OK):
             out.append("  (%s is not built yet)" % ctl)
