@@ -16,10 +16,18 @@ address for site B is the link "A--B", which relays to B's wan.listen.  A link c
 TCP connections A opens to B, so its fwd direction carries A's batches and rev B's acks;
 B's own batches to A travel on "B--A".
 
+Optional, for the failover tests (defaults leave the configs exactly as before):
+admin=True gives every site an admin listener (lab.admin(), lab.site_status());
+pool_timeout / pool_extra={"failure_limit": 3, ...} set pool keys; extra_yaml="failover: ..."
+(or {site: yaml}) appends top-level YAML to every (or one) site's config;
+kill_node()/start_node() stop a site's memcached node and start it again EMPTY on the same
+port; mode_changes() reads the gateway's "site mode X -> Y" log lines.
+
 Loopback only, every wait bounded, and everything started here is stopped on exit (the
 context manager), including after a failed test.
 """
 import bisect
+import calendar
 import hashlib
 import json
 import os
@@ -31,6 +39,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import harness
 
@@ -194,6 +204,7 @@ class SiteRun:
         self.gateway = None       # harness.Proc, or None while stopped
         self.logs = []            # one stderr file per start
         self.starts = 0
+        self.admin_port = None    # admin listener (Lab(admin=True) only)
 
 
 class Lab:
@@ -202,7 +213,8 @@ class Lab:
 
     def __init__(self, sites, nodes=1, wanem=False, fsync="everysec", threads=2, rules=None,
                  tombstone_ttl=None, spool_max_bytes=None, log_level="info", mem_mb=64,
-                 wanem_seed=None, start=True, wait_up=15.0):
+                 wanem_seed=None, start=True, wait_up=15.0, admin=False, pool_timeout=1000,
+                 pool_extra=None, extra_yaml=None):
         if len(set(sites)) != len(sites) or len(sites) < 2:
             raise ValueError("need at least two distinct site names")
         self.names = list(sites)
@@ -215,6 +227,10 @@ class Lab:
         self.spool_max_bytes = spool_max_bytes
         self.log_level = log_level
         self.mem_mb = mem_mb
+        self.use_admin = admin
+        self.pool_timeout = pool_timeout
+        self.pool_extra = dict(pool_extra or {})
+        self.extra_yaml = extra_yaml
         self.wanem = None
         self._clients = []
         self._lock = threading.Lock()
@@ -227,6 +243,8 @@ class Lab:
             for s in self.sites.values():
                 s.port = harness.free_port()
                 s.wan_port = harness.free_port()
+                if admin:
+                    s.admin_port = harness.free_port()
                 s.spool_dir = os.path.join(self.dir, s.name, "spool")
                 os.makedirs(s.spool_dir)
                 s.memcached = [harness.start_memcached(mem_mb=mem_mb) for _ in range(nodes)]
@@ -274,12 +292,19 @@ class Lab:
             "site: %s" % s.name,
             "gateway_id: %d" % (s.index + 1),
             "listen: 127.0.0.1:%d" % s.port,
+        ]
+        if s.admin_port:
+            lines.append("admin: 127.0.0.1:%d" % s.admin_port)
+        lines += [
             "threads: %d" % self.threads,
             "log_level: %s" % self.log_level,
             "pool:",
             "  distribution: ketama",
             "  hash: md5",
-            "  timeout: 1000",
+            "  timeout: %d" % self.pool_timeout,
+        ]
+        lines += ["  %s: %s" % (k, v) for k, v in self.pool_extra.items()]
+        lines += [
             "  servers:",
         ]
         lines += ["    - 127.0.0.1:%d:1" % m.port for m in s.memcached]
@@ -307,6 +332,11 @@ class Lab:
                     lines.append("    - { prefix: %s, mode: %s }" % (q(prefix), mode))
             if self.tombstone_ttl:
                 lines.append("  tombstone_ttl: %d" % self.tombstone_ttl)
+        extra = self.extra_yaml
+        if isinstance(extra, dict):
+            extra = extra.get(s.name)
+        if extra:
+            lines += extra.rstrip("\n").split("\n")
         s.config = os.path.join(self.dir, s.name, "geogate.yml")
         with open(s.config, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -580,6 +610,80 @@ class Lab:
 
     def divergent(self, keys):
         return self.compare(keys, expiry=False)["divergent"]
+
+    # ---- a site's memcached nodes (failover tests) ----
+
+    def kill_node(self, name, i):
+        """SIGKILL the site's memcached node i; its port stays reserved for start_node()."""
+        m = self.sites[name].memcached[i]
+        m.kill()
+        m.stop()
+
+    def start_node(self, name, i):
+        """Start the site's memcached node i again, EMPTY, on the same port."""
+        s = self.sites[name]
+        old = s.memcached[i]
+        if old.alive():
+            raise RuntimeError("%s node %d (port %d) is running" % (name, i, old.port))
+        s.memcached[i] = harness.start_memcached(port=old.port, mem_mb=self.mem_mb)
+        return s.memcached[i]
+
+    def mode_changes(self, name):
+        """The gateway's "site mode X -> Y[ via PEER]: why" log lines, oldest first, as dicts:
+        t (unix seconds, from the log's UTC timestamp), from, to, peer, why."""
+        out = []
+        for line in self.log(name).splitlines():
+            i = line.find("site mode ")
+            if i < 0 or " -> " not in line[i:]:
+                continue
+            try:
+                ts = line.split(" ", 1)[0]
+                sec, ms = ts.rstrip("Z").split(".")
+                t = calendar.timegm(time.strptime(sec, "%Y-%m-%dT%H:%M:%S")) + int(ms) / 1000.0
+            except ValueError:
+                continue
+            rest = line[i + len("site mode "):]
+            head, _, why = rest.partition(": ")
+            frm, _, to = head.partition(" -> ")
+            to, _, peer = to.partition(" via ")
+            out.append({"t": t, "from": frm.strip(), "to": to.strip(), "peer": peer.strip(),
+                        "why": why})
+        return out
+
+    # ---- admin listener (Lab(admin=True)) ----
+
+    def admin(self, name, method, path, timeout=5.0):
+        """(status, body text) of an HTTP request to the site's admin listener.  Raises
+        OSError when nothing listens there (the gateway may not serve admin yet)."""
+        port = self.sites[name].admin_port
+        if not port:
+            raise RuntimeError("this lab has no admin listeners (Lab(admin=True))")
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method=method,
+                                     data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode("utf-8", "replace")
+        except urllib.error.URLError as e:
+            raise OSError(str(e.reason))
+
+    def has_admin(self, name):
+        """True when the site's admin listener answers GET /status."""
+        if not self.sites[name].admin_port:
+            return False
+        try:
+            return self.admin(name, "GET", "/status", timeout=2.0)[0] == 200
+        except OSError:
+            return False
+
+    def site_status(self, name):
+        """GET /status as a dict, or None when the admin listener does not answer."""
+        try:
+            code, body = self.admin(name, "GET", "/status", timeout=2.0)
+        except OSError:
+            return None
+        return json.loads(body) if code == 200 else None
 
     # ---- tear-down ----
 
