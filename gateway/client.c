@@ -367,6 +367,16 @@ static const char *wire_name(enum mc_cmd cmd)
     return mc_cmd_name(cmd);
 }
 
+/* The peer site a key whose local node is down falls back to, or -1 (no replication,
+ * or no peer serving). */
+static int fallback_peer(struct gw_worker *w)
+{
+    if (w->srv->repl == NULL) {
+        return -1;
+    }
+    return __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE);
+}
+
 /* Fail a request at once because its node is down. */
 static void fail_now(struct gw_client *c, enum mc_cmd cmd, bool noreply, const char *error)
 {
@@ -723,7 +733,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     const char *name = wire_name(m->cmd);
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN) {
+    if (rt.kind == GW_ROUTE_DOWN && fallback_peer(c->w) < 0) {
         /* The value still has to be read past before the next command. */
         fail_now(c, m->cmd, m->noreply, c->w->pool->nodes[rt.node].err_down);
         c->in_state = GW_IN_SWALLOW;
@@ -740,6 +750,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->cmd = m->cmd;
     st->noreply = m->noreply;
     st->node = rt.node;
+    st->remote = rt.kind == GW_ROUTE_DOWN ? fallback_peer(c->w) : -1;
     st->vlen = (uint32_t)m->vlen + 2;
     st->flags = m->flags;
     st->exptime = m->exptime;
@@ -785,7 +796,11 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
         return;
     }
     STAT_INCR(&c->w->stats, cmd_set);
-    if (!gw_node_usable(&c->w->pool->nodes[st->node])) {
+    if (st->remote < 0 && gw_node_usable(&c->w->pool->nodes[st->node]) == false &&
+        fallback_peer(c->w) >= 0) {
+        st->remote = fallback_peer(c->w); /* went down while the value was arriving */
+    }
+    if (st->remote < 0 && !gw_node_usable(&c->w->pool->nodes[st->node])) {
         evbuffer_drain(in, st->vlen);
         fail_now(c, st->cmd, st->noreply, c->w->pool->nodes[st->node].err_down);
         return;
@@ -795,7 +810,8 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
         return;
     }
     if (c->w->srv->versioned) {
-        gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in);
+        gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in,
+                     st->remote);
         return;
     }
     r->pending = 1;
@@ -812,14 +828,14 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
     struct gw_req *r;
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN) {
+    if (rt.kind == GW_ROUTE_DOWN && fallback_peer(w) < 0) {
         fail_now(c, m->cmd, m->noreply, w->pool->nodes[rt.node].err_down);
         return;
     }
     if (w->srv->versioned) {
         r = client_req(c, m->cmd, m->noreply);
         if (r != NULL) {
-            gw_vop_keyed(w, r, rt.node, m);
+            gw_vop_keyed(w, r, rt.node, m, rt.kind == GW_ROUTE_DOWN ? fallback_peer(w) : -1);
         }
         return;
     }

@@ -85,6 +85,9 @@ struct remote_job {
     uint32_t nmiss;
     const char *error;
     Geogate__Wan__V1__ReadResponse *resp;
+    /* gw_remote_read_key: no client request, a callback */
+    void (*key_done)(void *arg, const char *error, const Geogate__Wan__V1__ReadItem *item);
+    void *key_arg;
 };
 
 static void link_connect(struct remote_link *l);
@@ -244,6 +247,16 @@ static void job_finish(struct remote_job *j)
     struct gw_worker *w = j->w;
     struct evbuffer *b;
     uint32_t hits = 0;
+
+    if (j->key_done != NULL) {
+        const Geogate__Wan__V1__ReadItem *item = NULL;
+        if (j->error == NULL && j->resp != NULL && j->resp->n_items > 0) {
+            item = j->resp->items[0];
+        }
+        j->key_done(j->key_arg, j->error, item);
+        job_free(j);
+        return;
+    }
 
     r->pending = 0;
     if (j->error != NULL) {
@@ -536,6 +549,34 @@ void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int pe
         return;
     }
     j->r->pending = 1; /* a closing client orphans it */
+    job_start_read(j);
+}
+
+void gw_remote_read_key(struct gw_worker *w, int peer, const char *key, uint32_t nkey,
+                        void (*done)(void *arg, const char *error,
+                                     const Geogate__Wan__V1__ReadItem *item),
+                        void *arg)
+{
+    struct remote_job *j = calloc(1, sizeof(*j));
+
+    if (j == NULL || (j->keys = calloc(1, sizeof(*j->keys))) == NULL ||
+        (j->keybuf = malloc(nkey + 1)) == NULL) {
+        if (j != NULL) {
+            free(j->keys);
+        }
+        free(j);
+        done(arg, "SERVER_ERROR out of memory", NULL);
+        return;
+    }
+    memcpy(j->keybuf, key, nkey);
+    j->keys[0].p = j->keybuf;
+    j->keys[0].len = nkey;
+    j->nkeys = 1;
+    j->w = w;
+    j->peer = peer;
+    j->cmd = MC_CMD_GETS;
+    j->key_done = done;
+    j->key_arg = arg;
     job_start_read(j);
 }
 

@@ -13,6 +13,7 @@
 #define GEOGATE_REMOTE_H
 
 #include "gateway/types.h"
+#include "proto/geogate_wan.pb-c.h"
 
 /* Open this worker's links to every peer (on the worker's thread; via gw_worker_call). */
 int gw_remote_start(void *worker);
@@ -24,6 +25,13 @@ void gw_remote_tick(struct gw_worker *w, int64_t now_ms);
 /* Answer retrieval m (get/gets/gat/gats: gat/gats do not touch at a peer) from peer
  * `peer` (index into cfg->wan.peers).  Queues the reply on c in order. */
 void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
+
+/* Read one key from `peer` for a read-modify-write that falls back to it (vop.c):
+ * done runs once with the peer's item (NULL: absent) or an error line. */
+void gw_remote_read_key(struct gw_worker *w, int peer, const char *key, uint32_t nkey,
+                        void (*done)(void *arg, const char *error,
+                                     const Geogate__Wan__V1__ReadItem *item),
+                        void *arg);
 
 /* Warm-up read: local first, misses from `peer`, filled locally. */
 void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer);

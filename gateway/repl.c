@@ -174,7 +174,7 @@ static enum gw_repl_mode rule_for(const struct gw_config *cfg, const char *key, 
 
 /* Pack one item as a Mutation and append it.  site_id 0 means "the shipper's own". */
 static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombstone,
-                       bool own)
+                       bool own, uint64_t *seq)
 {
     struct gw_repl *repl = w->srv->repl;
     Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
@@ -207,7 +207,7 @@ static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombs
         }
     }
     geogate__wan__v1__mutation__pack(&m, buf);
-    rc = wan_spool_append(repl->spool, it->key, it->nkey, buf, len, NULL);
+    rc = wan_spool_append(repl->spool, it->key, it->nkey, buf, len, seq);
     if (buf != stackbuf) {
         free(buf);
     }
@@ -234,7 +234,94 @@ bool gw_repl_ship(struct gw_worker *w, const struct gw_item *it)
     if (mode == GW_REPL_NONE) {
         return false;
     }
-    return spool_item(w, it, mode == GW_REPL_INVALIDATE, true);
+    return spool_item(w, it, mode == GW_REPL_INVALIDATE, true, NULL);
+}
+
+uint64_t gw_repl_ship_seq(struct gw_worker *w, const struct gw_item *it)
+{
+    struct gw_repl *repl = w->srv->repl;
+    enum gw_repl_mode mode;
+    uint64_t seq = 0;
+
+    if (repl == NULL || repl->npeers == 0) {
+        return 0;
+    }
+    mode = rule_for(w->srv->cfg, it->key, it->nkey);
+    if (mode == GW_REPL_NONE || !spool_item(w, it, mode == GW_REPL_INVALIDATE, true, &seq)) {
+        return 0;
+    }
+    return seq;
+}
+
+/* Waiters for a peer's ack, per worker (only that worker touches its list). */
+struct gw_ack_wait {
+    TAILQ_ENTRY(gw_ack_wait) link;
+    int peer;
+    uint64_t seq;
+    int64_t deadline_ms;
+    void (*done)(void *arg, bool ok);
+    void *arg;
+};
+
+TAILQ_HEAD(gw_ack_list, gw_ack_wait);
+
+void gw_repl_wait_ack(struct gw_worker *w, int peer, uint64_t seq, uint32_t timeout_ms,
+                      void (*done)(void *arg, bool ok), void *arg)
+{
+    struct gw_ack_wait *a = calloc(1, sizeof(*a));
+
+    if (a != NULL && w->ack_waits == NULL) {
+        w->ack_waits = malloc(sizeof(*w->ack_waits));
+        if (w->ack_waits != NULL) {
+            TAILQ_INIT(w->ack_waits);
+        }
+    }
+    if (a == NULL || w->ack_waits == NULL) {
+        free(a);
+        done(arg, false);
+        return;
+    }
+    a->peer = peer;
+    a->seq = seq;
+    a->deadline_ms = gw_now_ms() + timeout_ms;
+    a->done = done;
+    a->arg = arg;
+    TAILQ_INSERT_TAIL(w->ack_waits, a, link);
+}
+
+void gw_repl_worker_stop(struct gw_worker *w)
+{
+    struct gw_ack_wait *a;
+
+    if (w->ack_waits == NULL) {
+        return;
+    }
+    while ((a = TAILQ_FIRST(w->ack_waits)) != NULL) {
+        TAILQ_REMOVE(w->ack_waits, a, link);
+        a->done(a->arg, false);
+        free(a);
+    }
+    free(w->ack_waits);
+    w->ack_waits = NULL;
+}
+
+void gw_repl_worker_tick(struct gw_worker *w, int64_t now)
+{
+    struct gw_repl *repl = w->srv->repl;
+    struct gw_ack_wait *a, *next;
+
+    if (repl == NULL || w->ack_waits == NULL) {
+        return;
+    }
+    for (a = TAILQ_FIRST(w->ack_waits); a != NULL; a = next) {
+        uint64_t acked = __atomic_load_n(&repl->peers[a->peer].acked, __ATOMIC_ACQUIRE);
+        next = TAILQ_NEXT(a, link);
+        if (acked >= a->seq || now >= a->deadline_ms) {
+            TAILQ_REMOVE(w->ack_waits, a, link);
+            a->done(a->arg, acked >= a->seq);
+            free(a);
+        }
+    }
 }
 
 void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it)
@@ -245,7 +332,8 @@ void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it)
         rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_NONE) {
         return;
     }
-    spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false);
+    spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false,
+               NULL);
 }
 
 void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
@@ -498,7 +586,7 @@ static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
         log_warn("peer %s: recording ack %" PRIu64 ": %s", p->site, ack->acked_seq,
                  strerror(-rc));
     }
-    p->acked = ack->acked_seq;
+    __atomic_store_n(&p->acked, ack->acked_seq, __ATOMIC_RELEASE);
     while (done < p->inflight && p->batches[done].last_seq <= ack->acked_seq) {
         struct repl_batch *b = &p->batches[done];
         lag_sample(p, now > b->oldest_ms ? now - b->oldest_ms : 0, b->count);

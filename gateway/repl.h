@@ -50,6 +50,18 @@ bool gw_repl_ship(struct gw_worker *w, const struct gw_item *it);
  * client's argument (0: now). */
 void gw_repl_ship_flush(struct gw_worker *w, int32_t delay);
 
+/* Spool an item and tell its sequence number (0 when not spooled: a `none` rule, no
+ * peers, or a spool error). */
+uint64_t gw_repl_ship_seq(struct gw_worker *w, const struct gw_item *it);
+
+/* Call done(arg, true) on w's thread once peer (index into cfg->wan.peers) has acked
+ * seq, or done(arg, false) after timeout_ms.  Checked on every worker tick. */
+void gw_repl_wait_ack(struct gw_worker *w, int peer, uint64_t seq, uint32_t timeout_ms,
+                      void (*done)(void *arg, bool ok), void *arg);
+void gw_repl_worker_tick(struct gw_worker *w, int64_t now_ms);
+/* Worker shutdown: every waiter gets done(arg, false). */
+void gw_repl_worker_stop(struct gw_worker *w);
+
 /* Hold r's (already written) reply until the spool is durable: released at the end of
  * this loop pass.  Returns false when nothing needs holding (fsync is not `always`). */
 bool gw_repl_hold(struct gw_worker *w, struct gw_req *r);

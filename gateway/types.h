@@ -141,6 +141,7 @@ struct gw_store_pending {
     uint64_t cas_unique;
     uint16_t nkey;
     char key[MC_KEY_MAX_LENGTH + 1];
+    int remote; /* the key's node is down: peer site to carry the write out at, or -1 */
 };
 
 struct gw_client {
@@ -195,6 +196,7 @@ struct gw_worker {
     struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
     struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */
     struct gw_remote *remote;      /* links to peer sites for failover reads (remote.c) */
+    struct gw_ack_list *ack_waits; /* writes waiting for a peer's ack (repl.c) */
     bool repl_appended;            /* this pass spooled something */
 };
 

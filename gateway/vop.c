@@ -27,6 +27,7 @@
 #include "gateway/client.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/remote.h"
 #include "gateway/repl.h"
 #include "gateway/req.h"
 #include "gateway/server.h"
@@ -69,6 +70,7 @@ struct vop {
     void *on_done_arg;
     struct gw_touch_result *touch; /* gat: where the answer goes */
     bool want_cas;
+    int remote; /* peer site the key falls back to (its local node is down), or -1 */
     const char *answer; /* delete: decided by the gets */
 };
 
@@ -156,14 +158,24 @@ static void vop_send(struct vop *v, struct gw_frag *frag, struct evbuffer *cap, 
     gw_backend_send(vop_backend(v), frag, line, len, data, ndata);
 }
 
+static void vop_remote_read_done(void *arg, const char *error,
+                                 const Geogate__Wan__V1__ReadItem *item);
+
 static void vop_gets(struct vop *v)
 {
     char line[MC_KEY_MAX_LENGTH + 16];
     int n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
 
     v->step = VOP_READ;
+    if (v->remote >= 0) {
+        v->outstanding++;
+        gw_remote_read_key(v->w, v->remote, v->key, v->nkey, vop_remote_read_done, v);
+        return;
+    }
     vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
 }
+
+static void vop_remote_write(struct vop *v);
 
 /*
  * Write v->nh + v->new_val with `cmd` ("set", "add", "cas").  Memcached's exptime is the
@@ -176,10 +188,15 @@ static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap,
     struct gw_server *srv = v->w->srv;
     uint8_t hdr[WAN_ITEM_HEADER_SIZE];
     char line[MC_KEY_MAX_LENGTH + 96];
-    struct evbuffer *data = evbuffer_new();
+    struct evbuffer *data;
     long exptime;
     int n;
 
+    if (v->remote >= 0) {
+        vop_remote_write(v);
+        return;
+    }
+    data = evbuffer_new();
     if (data == NULL) {
         vop_finish(v, "SERVER_ERROR out of memory");
         return;
@@ -354,8 +371,13 @@ static void vop_after_read(struct vop *v)
         }
         break;
     case MC_CMD_CAS:
-        vop_finish(v, v->cur.found ? "EXISTS" : "NOT_FOUND");
-        return;
+        /* Locally we get here only after memcached said EXISTS; at a peer the token is
+         * checked here against the peer item's version clock. */
+        if (v->remote < 0 || !v->cur.found || v->cur.cas != v->cas_unique) {
+            vop_finish(v, v->cur.found ? "EXISTS" : "NOT_FOUND");
+            return;
+        }
+        break;
     case MC_CMD_REPLACE:
     case MC_CMD_APPEND:
     case MC_CMD_PREPEND:
@@ -380,6 +402,7 @@ static void vop_after_read(struct vop *v)
     v->new_len = 0;
     switch (v->cmd) {
     case MC_CMD_ADD:
+    case MC_CMD_CAS:
     case MC_CMD_REPLACE:
         vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
         v->nh.client_flags = v->flags;
@@ -462,6 +485,88 @@ static const char *vop_success_line(struct vop *v, char *buf, size_t buflen)
     default:
         return "STORED";
     }
+}
+
+/* ---- falling back to a peer site (the key's local node is down) ---- */
+
+static void vop_remote_read_done(void *arg, const char *error,
+                                 const Geogate__Wan__V1__ReadItem *item)
+{
+    struct vop *v = arg;
+    const Geogate__Wan__V1__Mutation *m = item != NULL ? item->item : NULL;
+
+    v->outstanding--;
+    if (error != NULL) {
+        vop_finish(v, error);
+        return;
+    }
+    gw_cur_release(&v->cur);
+    if (m != NULL) {
+        v->cur.present = true;
+        v->cur.versioned = true;
+        v->cur.found = item->found && !m->tombstone;
+        v->cur.cas = m->hlc; /* the token a peer-served gets reports */
+        v->cur.hdr.version.hlc = m->hlc;
+        v->cur.hdr.version.site_id = m->site_id;
+        v->cur.hdr.version.gateway_id = (uint16_t)m->gateway_id;
+        v->cur.hdr.client_flags = m->flags;
+        v->cur.hdr.expiry = m->expiry;
+        v->cur.hdr.tombstone = m->tombstone;
+        if (v->cur.found) {
+            v->cur.val = malloc(m->value.len + 1);
+            if (v->cur.val == NULL) {
+                vop_finish(v, "SERVER_ERROR out of memory");
+                return;
+            }
+            memcpy(v->cur.val, m->value.data, m->value.len);
+            v->cur.len = m->value.len;
+        }
+    }
+    if (v->cmd == MC_CMD_DELETE) {
+        v->answer = v->cur.found ? "DELETED" : "NOT_FOUND";
+        vop_stamp(v, (uint32_t)time(NULL) + v->w->srv->tombstone_ttl_s, true);
+        vop_remote_write(v);
+        return;
+    }
+    vop_after_read(v);
+}
+
+static void vop_remote_acked(void *arg, bool ok)
+{
+    struct vop *v = arg;
+    char text[64];
+
+    v->outstanding--;
+    if (!ok) {
+        vop_finish(v, "SERVER_ERROR the peer site did not confirm the write in time");
+        return;
+    }
+    if (v->cmd == MC_CMD_DELETE) {
+        vop_finish(v, v->answer);
+        return;
+    }
+    vop_finish(v, vop_success_line(v, text, sizeof(text)));
+}
+
+/* The local node is down: ship the new item (spool, like any write) and answer once the
+ * peer we read from has applied it. */
+static void vop_remote_write(struct vop *v)
+{
+    struct gw_item it = {
+        .key = v->key,
+        .nkey = v->nkey,
+        .hdr = &v->nh,
+        .value = v->new_val,
+        .vlen = v->new_len,
+    };
+    uint64_t seq = gw_repl_ship_seq(v->w, &it);
+
+    if (seq == 0) {
+        vop_finish(v, v->w->pool->nodes[v->node].err_down);
+        return;
+    }
+    v->outstanding++;
+    gw_repl_wait_ack(v->w, v->remote, seq, 3000, vop_remote_acked, v);
 }
 
 static void vop_retry(struct vop *v)
@@ -600,6 +705,7 @@ static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cm
     v->r = r;
     v->cmd = cmd;
     v->node = node;
+    v->remote = -1;
     memcpy(v->key, key, nkey);
     v->nkey = nkey;
     if (r == NULL) {
@@ -617,7 +723,7 @@ static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cm
 
 void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_pending *st,
                   const char *key, uint32_t nkey, uint32_t flags, int32_t exptime,
-                  uint64_t cas_unique, struct evbuffer *in)
+                  uint64_t cas_unique, struct evbuffer *in, int remote_peer)
 {
     struct vop *v = vop_new(w, r, st->cmd, st->node, key, nkey);
     uint32_t now = (uint32_t)time(NULL);
@@ -639,6 +745,15 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
     }
     evbuffer_remove(in, v->data, v->ndata);
     evbuffer_drain(in, 2);
+    v->remote = remote_peer;
+    if (remote_peer >= 0 && !r->barrier && r->client != NULL) {
+        r->barrier = true; /* the reply waits for the peer: so do later commands */
+        gw_client_barrier_hold(r->client);
+    }
+    if (remote_peer >= 0 && st->cmd != MC_CMD_SET) {
+        vop_gets(v); /* add/cas/replace/append/prepend decide on the peer's item */
+        return;
+    }
     switch (st->cmd) {
     case MC_CMD_SET:
     case MC_CMD_ADD:
@@ -693,7 +808,8 @@ void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t 
     vop_gets(v);
 }
 
-void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m)
+void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m,
+                  int remote_peer)
 {
     struct vop *v = vop_new(w, r, m->cmd, node, m->key, m->nkey);
     char line[MC_KEY_MAX_LENGTH + 16];
@@ -705,7 +821,12 @@ void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const st
     }
     v->delta = m->delta;
     v->exptime = m->exptime;
-    if (m->cmd != MC_CMD_DELETE) {
+    v->remote = remote_peer;
+    if (remote_peer >= 0 && !r->barrier && r->client != NULL) {
+        r->barrier = true;
+        gw_client_barrier_hold(r->client);
+    }
+    if (m->cmd != MC_CMD_DELETE || remote_peer >= 0) {
         vop_gets(v);
         return;
     }

@@ -33,10 +33,17 @@ void gw_cur_release(struct gw_cur *cur);
  * the front of in.  Consumes it.  The reply goes into r (already queued on c). */
 void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_pending *st,
                   const char *key, uint32_t nkey, uint32_t flags, int32_t exptime,
-                  uint64_t cas_unique, struct evbuffer *in);
+                  uint64_t cas_unique, struct evbuffer *in, int remote_peer);
 
-/* delete / incr / decr / touch on a versioned gateway. */
-void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m);
+/* delete / incr / decr / touch on a versioned gateway.
+ *
+ * remote_peer >= 0 (the key's local node is down): the command is carried out against
+ * that peer site instead: read there (Read RPC), decided here, and the new item spooled
+ * and shipped as usual; the client's reply waits until that peer has acked it, so the
+ * client reads its own write back from the peer.  A cas token is then the peer item's
+ * version clock, as `gets` served by a peer reports it. */
+void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m,
+                  int remote_peer);
 
 /* What a gat/gats returns for one key: the item as it was when touched (memcached's
  * gat returns the item and then applies the new expiry), with the cas it has after the

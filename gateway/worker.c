@@ -193,6 +193,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     gw_remote_tick(w, now);
+    gw_repl_worker_tick(w, now);
     /* Whichever worker claims a down node first probes it. */
     for (uint32_t i = 0; i < w->pool->nnodes; i++) {
         if (gw_node_claim_probe(&w->pool->nodes[i], now)) {
@@ -351,6 +352,7 @@ void gw_worker_join(struct gw_worker *w)
         pthread_join(w->thread, NULL);
         w->joined = true;
     }
+    gw_repl_worker_stop(w);
     /* Anything still open after the drain deadline is closed now. */
     while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
         gw_client_drain(c);
