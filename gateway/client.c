@@ -503,11 +503,23 @@ static void gat_touched(void *arg)
     gw_client_barrier_release(c);
 }
 
+static int fallback_peer(struct gw_worker *w);
+
 static void versioned_gat(struct gw_client *c, const struct mc_request *m)
 {
-    struct gat_job *j = calloc(1, sizeof(*j));
+    struct gat_job *j;
     size_t bytes = 0;
     char *p;
+
+    for (uint32_t i = 0; i < m->nkeys; i++) {
+        if (gw_route_key(c->w, m->keys[i].p, m->keys[i].len).kind == GW_ROUTE_DOWN &&
+            fallback_peer(c->w) >= 0) {
+            /* a key's node is down: the peer serves the whole request, as a get */
+            gw_remote_retrieval(c, m, fallback_peer(c->w));
+            return;
+        }
+    }
+    j = calloc(1, sizeof(*j));
 
     for (uint32_t i = 0; i < m->nkeys; i++) {
         bytes += m->keys[i].len;
