@@ -269,7 +269,7 @@ def loadavg():
         return "?"
 
 
-def machine_info():
+def machine_info(check_dirty=True):
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -288,7 +288,7 @@ def machine_info():
                                 capture_output=True, timeout=5).stdout.decode().strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "gateway", "wan",
                                 "ring", "tls", "Makefile"], capture_output=True, timeout=5).stdout
-        if dirty.strip():
+        if check_dirty and dirty.strip():
             commit += " plus uncommitted changes in gateway/, wan/, ring/, tls/ or Makefile"
     except (OSError, subprocess.TimeoutExpired):
         commit = "?"
@@ -305,8 +305,8 @@ def render(args, info, runs, hang, took, window_s):
     w("")
     w("Made by:")
     w("")
-    w("    /usr/bin/python3 tests/bench/run_failover_bench.py%s --out %s" % (
-        " --quick" if args.quick else "", args.out or "FILE"))
+    w("    /usr/bin/python3 tests/bench/run_failover_bench.py%s%s --out %s" % (
+        " --quick" if args.quick else "", " --bin DIR" if args.bin else "", args.out or "FILE"))
     w("")
     w("| machine | |")
     w("|---|---|")
@@ -316,6 +316,8 @@ def render(args, info, runs, hang, took, window_s):
     w("| date | %s |" % info["date"])
     w("| memcached | %s |" % info["memcached"])
     w("| geogate commit | %s |" % info["commit"])
+    w("| binaries | %s |" % (("--bin %s%s" % (args.bin, ": " + args.bin_note if args.bin_note else ""))
+                             if args.bin else "bin/ (`make`)"))
     w("| load average (1, 5, 15 min) before / after | %s / %s |" % (info["load"], loadavg()))
     w("| whole run took | %.0f s |" % took)
     w("")
@@ -423,13 +425,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="30 s after failback instead of 60")
     ap.add_argument("--bin", help="directory of geogate and geogate-wanem (default: "
                     "$GEOGATE_BIN or bin/)")
+    ap.add_argument("--bin-note", help="what the --bin binaries are, for the report")
     ap.add_argument("--no-hang", action="store_true", help="skip the SIGSTOP scenario")
     args = ap.parse_args()
     setup_imports(args.bin)
     window_s = 30 if args.quick else 60
     args.failed_s = 5.0 if args.quick else 8.0
     before_s = 5.0 if args.quick else 10.0
-    info = machine_info()
+    info = machine_info(check_dirty=not args.bin)
     t0 = time.time()
 
     def on_signal(signum, frame):
