@@ -44,9 +44,9 @@
 #include "gateway/stats.h"
 
 #define ADMIN_MAX_PEERS 32
-#define ADMIN_TIMEOUT_S 5       /* a slow admin client is closed after this */
-#define ADMIN_MAX_HEADERS 8192  /* bytes */
-#define ADMIN_MAX_BODY 4096     /* actions take no body; anything larger is refused */
+#define ADMIN_TIMEOUT_S 5      /* a slow admin client is closed after this */
+#define ADMIN_MAX_HEADERS 8192 /* bytes */
+#define ADMIN_MAX_BODY 4096    /* actions take no body; anything larger is refused */
 
 struct gw_admin {
     struct gw_server *srv;
@@ -101,7 +101,7 @@ static const struct gw_peer_status *admin_find_peer(const struct admin_snapshot 
  * peer that is serving.  Per-key fallback alone does not count: with every local node
  * down and no failover, the site is not in a state a load balancer should send reads to.
  */
-static void admin_judge_health(struct gw_server *srv, struct admin_snapshot *s)
+static void admin_judge_health(struct admin_snapshot *s)
 {
     const struct gw_failover_status *fo = &s->fo;
     const struct gw_peer_status *serving = NULL;
@@ -144,7 +144,6 @@ static void admin_judge_health(struct gw_server *srv, struct admin_snapshot *s)
                  "no healthy source: %" PRIu32 "/%" PRIu32 " local nodes up, no serving peer",
                  fo->nodes_up, fo->nodes);
     }
-    (void)srv;
 }
 
 /* Returns 0, or -ENOMEM (counters left at zero). */
@@ -158,7 +157,7 @@ static int admin_snapshot_take(struct gw_server *srv, struct admin_snapshot *s)
     s->npeers = gw_failover_peers(srv, s->peers, ADMIN_MAX_PEERS);
     s->draining = admin_draining(srv) || s->fo.draining;
     s->curr_connections = __atomic_load_n(&srv->curr_connections, __ATOMIC_RELAXED);
-    admin_judge_health(srv, s);
+    admin_judge_health(s);
     each = calloc((size_t)(srv->nthreads > 0 ? srv->nthreads : 1), sizeof(*each));
     if (each == NULL) {
         return -ENOMEM;
@@ -304,10 +303,9 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
     json_str(b, gw_site_mode_name(fo->mode));
     evbuffer_add_printf(b, ",\n  \"peer\": ");
     json_str(b, fo->peer);
-    evbuffer_add_printf(b,
-                        ",\n  \"forced\": %s,\n  \"since_ms\": %" PRId64
-                        ",\n  \"switches\": %" PRIu64 ",\n",
-                        json_bool(fo->forced), since, fo->switches);
+    evbuffer_add_printf(
+        b, ",\n  \"forced\": %s,\n  \"since_ms\": %" PRId64 ",\n  \"switches\": %" PRIu64 ",\n",
+        json_bool(fo->forced), since, fo->switches);
     evbuffer_add_printf(b,
                         "  \"local\": {\"nodes\": %" PRIu32 ", \"nodes_up\": %" PRIu32
                         ", \"healthy_fraction\": %.4f, \"threshold\": %.4f},\n",
@@ -322,12 +320,10 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
         json_str(b, n->label);
         evbuffer_add_printf(b, ", \"state\": ");
         json_str(b, gw_node_state_name(st));
-        evbuffer_add_printf(b,
-                            ", \"up\": %s, \"failures\": %" PRIu32 ", \"down_events\": %" PRIu64
-                            "}",
-                            json_bool(st == GW_NODE_UP),
-                            __atomic_load_n(&n->failures, __ATOMIC_RELAXED),
-                            __atomic_load_n(&n->down_events, __ATOMIC_RELAXED));
+        evbuffer_add_printf(
+            b, ", \"up\": %s, \"failures\": %" PRIu32 ", \"down_events\": %" PRIu64 "}",
+            json_bool(st == GW_NODE_UP), __atomic_load_n(&n->failures, __ATOMIC_RELAXED),
+            __atomic_load_n(&n->down_events, __ATOMIC_RELAXED));
     }
     evbuffer_add_printf(b, "%s],\n  \"peers\": [", pool != NULL && pool->nnodes ? "\n  " : "");
     for (size_t i = 0; i < s->npeers; i++) {
@@ -348,8 +344,7 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
     evbuffer_add_printf(b, "%s],\n", s->npeers ? "\n  " : "");
     evbuffer_add_printf(b,
                         "  \"warmup\": {\"local_hits\": %" PRIu64 ", \"local_misses\": %" PRIu64
-                        ", \"filled\": %" PRIu64
-                        ", \"hit_ratio\": %.4f, \"target_hit_ratio\": %.4f"
+                        ", \"filled\": %" PRIu64 ", \"hit_ratio\": %.4f, \"target_hit_ratio\": %.4f"
                         ", \"max_time_ms\": %" PRIu32 "},\n",
                         fo->warmup_local_hits, fo->warmup_local_misses, fo->warmup_filled,
                         fo->warmup_hit_ratio, cfg->failover.warmup_hit_ratio,
@@ -358,8 +353,7 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
                         "  \"failover_reads\": {\"peer_reads\": %" PRIu64
                         ", \"peer_read_errors\": %" PRIu64 "},\n",
                         fo->peer_reads, fo->peer_read_errors);
-    evbuffer_add_printf(b, "  \"counters\": {\"curr_connections\": %" PRId64,
-                        s->curr_connections);
+    evbuffer_add_printf(b, "  \"counters\": {\"curr_connections\": %" PRId64, s->curr_connections);
 #define ADMIN_JSON_COUNTER(name) evbuffer_add_printf(b, ", \"" #name "\": %" PRIu64, s->stats.name);
     GW_STATS_COUNTERS(ADMIN_JSON_COUNTER)
 #undef ADMIN_JSON_COUNTER
@@ -399,9 +393,8 @@ static void prom_labelled(struct evbuffer *b, const char *name, const char *labe
 /* One family with one series per peer; field picks the value (as a double). */
 typedef double (*prom_peer_value_fn)(const struct gw_peer_status *p);
 
-static void prom_peer_family(struct evbuffer *b, const struct admin_snapshot *s,
-                             const char *name, const char *type, const char *help,
-                             prom_peer_value_fn value)
+static void prom_peer_family(struct evbuffer *b, const struct admin_snapshot *s, const char *name,
+                             const char *type, const char *help, prom_peer_value_fn value)
 {
     if (s->npeers == 0) {
         return;
@@ -506,15 +499,15 @@ static void admin_metrics_site(struct gw_server *srv, const struct admin_snapsho
                   "1 for the peer site reads are failed over to or warmed up from, else 0.");
         for (size_t i = 0; i < cfg->wan.npeers; i++) {
             prom_labelled(b, "geogate_site_read_peer", "peer", cfg->wan.peers[i].site);
-            evbuffer_add_printf(b, "%d\n", fo->mode != GW_MODE_LOCAL &&
-                                               strcmp(fo->peer, cfg->wan.peers[i].site) == 0);
+            evbuffer_add_printf(b, "%d\n",
+                                fo->mode != GW_MODE_LOCAL &&
+                                    strcmp(fo->peer, cfg->wan.peers[i].site) == 0);
         }
     }
     prom_gauge(b, "geogate_site_failover_forced",
                "1 when the current failover was forced by an operator or a drill.", fo->forced);
     prom_gauge(b, "geogate_site_mode_since_seconds", "Unix time the current mode was entered.",
-               (double)(fo->since_ms != 0 ? fo->since_ms : (int64_t)srv->started * 1000) /
-                   1000.0);
+               (double)(fo->since_ms != 0 ? fo->since_ms : (int64_t)srv->started * 1000) / 1000.0);
     prom_counter(b, "geogate_site_mode_switches_total", "Site mode changes since start.",
                  fo->switches);
     prom_gauge(b, "geogate_local_healthy_fraction", "Usable local nodes / local nodes.",
@@ -532,10 +525,9 @@ static void admin_metrics_site(struct gw_server *srv, const struct admin_snapsho
     prom_counter(b, "geogate_warmup_filled_total",
                  "Items read from the peer during warm-up and added locally.", fo->warmup_filled);
     prom_counter(b, "geogate_failover_peer_reads_total",
-                 "Reads served by a peer site (failed over or per-key fallback).",
-                 fo->peer_reads);
-    prom_counter(b, "geogate_failover_peer_read_errors_total",
-                 "Reads a peer site failed to serve.", fo->peer_read_errors);
+                 "Reads served by a peer site (failed over or per-key fallback).", fo->peer_reads);
+    prom_counter(b, "geogate_failover_peer_read_errors_total", "Reads a peer site failed to serve.",
+                 fo->peer_read_errors);
 }
 
 static void admin_metrics_nodes(struct gw_server *srv, struct evbuffer *b)
@@ -549,8 +541,7 @@ static void admin_metrics_nodes(struct gw_server *srv, struct evbuffer *b)
     for (uint32_t i = 0; i < pool->nnodes; i++) {
         prom_labelled(b, "geogate_node_up", "node", pool->nodes[i].label);
         evbuffer_add_printf(b, "%d\n",
-                            __atomic_load_n(&pool->nodes[i].state, __ATOMIC_RELAXED) ==
-                                GW_NODE_UP);
+                            __atomic_load_n(&pool->nodes[i].state, __ATOMIC_RELAXED) == GW_NODE_UP);
     }
     prom_head(b, "geogate_node_consecutive_failures", "gauge",
               "Consecutive failed requests to the node (failure_limit marks it down).");
@@ -600,8 +591,7 @@ static void admin_metrics_peers(struct gw_server *srv, const struct admin_snapsh
     prom_peer_family(b, s, "geogate_peer_acked_total", "counter",
                      "Mutations the peer acknowledged.", pv_acked);
     prom_peer_family(b, s, "geogate_spool_dropped_total", "counter",
-                     "Records dropped before the peer acknowledged them (spool full).",
-                     pv_dropped);
+                     "Records dropped before the peer acknowledged them (spool full).", pv_dropped);
     prom_peer_family(b, s, "geogate_peer_reconnects_total", "counter",
                      "Reconnections of the replication link to the peer.", pv_reconnects);
     if (s->npeers == 0) {
@@ -772,8 +762,9 @@ static void admin_failover(struct gw_admin *a, struct evhttp_request *req, struc
         }
     }
     if (to != NULL && to[0] == '\0') {
-        admin_text(req, 400, "to= is empty: name a peer site, or leave `to` out for the best "
-                             "serving peer");
+        admin_text(req, 400,
+                   "to= is empty: name a peer site, or leave `to` out for the best "
+                   "serving peer");
         return;
     }
     if (to != NULL && strcmp(to, cfg->site) == 0) {

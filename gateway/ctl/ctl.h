@@ -43,8 +43,8 @@ int ctl_fd_wait(int fd, short events, int64_t deadline);
 /* ---- HTTP (ctl_http.c) ---- */
 
 struct ctl_http_reply {
-    int status;  /* 200, 404, ... */
-    char *body;  /* NUL-terminated; owned, free with ctl_http_reply_free */
+    int status; /* 200, 404, ... */
+    char *body; /* NUL-terminated; owned, free with ctl_http_reply_free */
     size_t len;
 };
 
@@ -82,8 +82,7 @@ struct ctl_json {
 
 /* Parse text (len bytes).  Returns 0 and *out (free with ctl_json_free), or -EINVAL with
  * the position in err, or -ENOMEM. */
-int ctl_json_parse(const char *text, size_t len, struct ctl_json **out, char *err,
-                   size_t errlen);
+int ctl_json_parse(const char *text, size_t len, struct ctl_json **out, char *err, size_t errlen);
 void ctl_json_free(struct ctl_json *j);
 
 /* Lookups on an object; a missing member or a wrong type gives the default. */

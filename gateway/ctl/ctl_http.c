@@ -46,8 +46,7 @@ int ctl_fd_wait(int fd, short events, int64_t deadline)
 /* Connect to one address before the deadline.  Returns the fd or a negative errno. */
 static int ctl_http_connect_one(const struct addrinfo *ai, int64_t deadline)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    ai->ai_protocol);
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
     int rc;
@@ -246,8 +245,7 @@ int ctl_http(const char *host, const char *port, const char *method, const char 
         return rc == -ENOMEM ? rc : -EIO;
     }
     if (ctl_http_parse(raw, rawlen, out) != 0) {
-        snprintf(err, errlen, "%s:%s did not answer in HTTP (is that the admin port?)", host,
-                 port);
+        snprintf(err, errlen, "%s:%s did not answer in HTTP (is that the admin port?)", host, port);
         free(raw);
         return -EPROTO;
     }

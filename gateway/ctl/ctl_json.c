@@ -311,8 +311,7 @@ static int ctl_json_value(struct ctl_json_parser *ps, struct ctl_json **out)
     return 0;
 }
 
-int ctl_json_parse(const char *text, size_t len, struct ctl_json **out, char *err,
-                   size_t errlen)
+int ctl_json_parse(const char *text, size_t len, struct ctl_json **out, char *err, size_t errlen)
 {
     struct ctl_json_parser ps = {.p = text, .end = text + len, .start = text};
     struct ctl_json *j = NULL;
@@ -328,7 +327,9 @@ int ctl_json_parse(const char *text, size_t len, struct ctl_json **out, char *er
     }
     if (rc != 0) {
         snprintf(err, errlen, "%s at byte %zu",
-                 rc == -ENOMEM ? "out of memory" : ps.error ? ps.error : "bad JSON",
+                 rc == -ENOMEM ? "out of memory"
+                 : ps.error    ? ps.error
+                               : "bad JSON",
                  (size_t)(ps.p - ps.start));
         return rc;
     }

@@ -53,7 +53,8 @@ static int ctl_mc_connect(struct ctl_mc *mc, int64_t deadline)
     fd = ctl_tcp_connect(mc->host, mc->port, deadline);
     if (fd < 0) {
         char what[160];
-        snprintf(what, sizeof(what), "connect %.64s:%.8s: %.60s", mc->host, mc->port, strerror(-fd));
+        snprintf(what, sizeof(what), "connect %.64s:%.8s: %.60s", mc->host, mc->port,
+                 strerror(-fd));
         return ctl_mc_fail(mc, fd, what);
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

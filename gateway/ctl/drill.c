@@ -12,8 +12,9 @@
  * listener and the gateway's client port, so it runs against a real deployment.  An
  * interrupt (SIGINT/SIGTERM) after the failover still fails back before reporting.
  *
- * Threads: the main thread drives the steps and polls /status; one load thread runs the
- * reads.  They share only struct drill_load's counters, under its mutex.
+ * Threads: the main thread drives the steps and polls /status; --connections load threads
+ * (one connection each) run the reads.  They share only struct drill_load's counters, under
+ * its mutex.
  */
 #include "gateway/ctl/ctl.h"
 
@@ -29,6 +30,7 @@
 #include <unistd.h>
 
 #define DRILL_MAX_PEERS 32
+#define DRILL_MAX_CONNS 64
 #define DRILL_MAX_PROBLEMS 8
 #define DRILL_MAX_ERRORS 100000 /* error start times kept for classifying */
 #define DRILL_POLL_FAST_MS 50
@@ -47,32 +49,42 @@ struct drill_opts {
     const char *memcached; /* NULL: /status "listen" */
     const char *report;    /* JSON report file, or NULL */
     const char *prefix;
-    int duration_s;        /* longest wait for local after failback */
+    int duration_s; /* longest wait for local after failback */
     int keys;
-    int hold_s;            /* time failed over */
+    int hold_s; /* time failed over */
     int baseline_s;
-    int tail_s;            /* reads after local, to show the steady state */
+    int tail_s; /* reads after local, to show the steady state */
     int switch_timeout_s;
     int sync_timeout_s;
-    int peer_wait_s;       /* how long to wait for a serving peer before refusing */
+    int peer_wait_s; /* how long to wait for a serving peer before refusing */
     int ttl_s;
-    double rate;           /* reads per second */
+    double rate;     /* reads per second, all connections together */
+    int connections; /* load connections (threads) */
     int mc_timeout_ms;
 };
 
 /* One second of the read load (by request start time). */
 struct drill_second {
     uint32_t hits, misses, errors;
-    char mode[16]; /* last mode /status showed in this second ("" if not polled) */
+    uint64_t latency_us; /* summed over the reads that started in this second */
+    char mode[16];       /* last mode /status showed in this second ("" if not polled) */
+};
+
+/* One load connection and its thread. */
+struct drill_conn {
+    struct drill_load *l;
+    pthread_t thread;
+    bool started;
+    uint32_t seed;
+    struct ctl_mc mc;
 };
 
 struct drill_load {
-    pthread_t thread;
-    bool started;
+    struct drill_conn conns[DRILL_MAX_CONNS];
+    int nconns;
     pthread_mutex_t lock;
     int stop; /* atomic */
     const struct drill_opts *o;
-    struct ctl_mc mc;
     int64_t t0; /* mono ms: the drill's start, second 0 */
     /* under lock */
     struct drill_second *secs;
@@ -102,8 +114,8 @@ struct drill_status {
 struct drill {
     const struct ctl_target *admin;
     struct drill_opts o;
-    int64_t t0;        /* mono ms */
-    int64_t wall0;     /* unix ms at t0 */
+    int64_t t0;    /* mono ms */
+    int64_t wall0; /* unix ms at t0 */
     char site[64];
     char mc_host[256], mc_port[16], mc_addr[300];
     char expected_peer[64];
@@ -195,11 +207,12 @@ static struct drill_second *drill_sec(struct drill_load *l, int64_t ms_since_t0)
 
 static void *drill_load_main(void *arg)
 {
-    struct drill_load *l = arg;
+    struct drill_conn *dc = arg;
+    struct drill_load *l = dc->l;
     const struct drill_opts *o = l->o;
-    double interval_ms = 1000.0 / o->rate;
+    double interval_ms = 1000.0 * o->connections / o->rate;
     double next = (double)ctl_mono_ms();
-    uint32_t x = 2463534242u; /* xorshift: which key next */
+    uint32_t x = dc->seed; /* xorshift: which key next */
 
     while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
         char key[256];
@@ -218,9 +231,11 @@ static void *drill_load_main(void *arg)
         x ^= x << 5;
         snprintf(key, sizeof(key), "%s%u", o->prefix, x % (uint32_t)o->keys);
         start = ctl_mono_ms();
-        rc = ctl_mc_get(&l->mc, key);
+        rc = ctl_mc_get(&dc->mc, key);
+        int64_t took_us = (ctl_mono_ms() - start) * 1000;
         pthread_mutex_lock(&l->lock);
         struct drill_second *s = drill_sec(l, start - l->t0);
+        s->latency_us += (uint64_t)took_us;
         if (rc == 1) {
             s->hits++;
             l->hits++;
@@ -234,7 +249,7 @@ static void *drill_load_main(void *arg)
                 l->err_at[l->nerr++] = start - l->t0;
             }
             if (l->first_error[0] == '\0') {
-                snprintf(l->first_error, sizeof(l->first_error), "%s", l->mc.last_error);
+                snprintf(l->first_error, sizeof(l->first_error), "%s", dc->mc.last_error);
             }
         }
         pthread_mutex_unlock(&l->lock);
@@ -242,18 +257,27 @@ static void *drill_load_main(void *arg)
             usleep(20000); /* connection trouble: do not spin on reconnects */
         }
     }
-    ctl_mc_close(&l->mc);
+    ctl_mc_close(&dc->mc);
     return NULL;
 }
 
+/* Start one thread per load connection.  Returns 0 or -EAGAIN (the ones started run on
+ * and are stopped by drill_load_stop). */
 static int drill_load_start(struct drill *d)
 {
     struct drill_load *l = &d->load;
 
-    if (pthread_create(&l->thread, NULL, drill_load_main, l) != 0) {
-        return -EAGAIN;
+    l->nconns = d->o.connections;
+    for (int i = 0; i < l->nconns; i++) {
+        struct drill_conn *dc = &l->conns[i];
+        dc->l = l;
+        dc->seed = 2463534242u + 7919u * (uint32_t)i;
+        ctl_mc_init(&dc->mc, d->mc_host, d->mc_port, d->o.mc_timeout_ms);
+        if (pthread_create(&dc->thread, NULL, drill_load_main, dc) != 0) {
+            return -EAGAIN;
+        }
+        dc->started = true;
     }
-    l->started = true;
     return 0;
 }
 
@@ -261,12 +285,13 @@ static void drill_load_stop(struct drill *d)
 {
     struct drill_load *l = &d->load;
 
-    if (!l->started) {
-        return;
-    }
     __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
-    pthread_join(l->thread, NULL);
-    l->started = false;
+    for (int i = 0; i < l->nconns; i++) {
+        if (l->conns[i].started) {
+            pthread_join(l->conns[i].thread, NULL);
+            l->conns[i].started = false;
+        }
+    }
 }
 
 /* ---- talking to the admin listener ---------------------------------------------------- */
@@ -286,8 +311,8 @@ static int drill_poll(struct drill *d, struct drill_status *out)
     const struct ctl_json *peers, *reads, *warm;
 
     memset(out, 0, sizeof(*out));
-    if (ctl_http(d->admin->host, d->admin->port, "GET", "/status", d->admin->timeout_ms, &r,
-                 err, sizeof(err)) != 0) {
+    if (ctl_http(d->admin->host, d->admin->port, "GET", "/status", d->admin->timeout_ms, &r, err,
+                 sizeof(err)) != 0) {
         d->status_errors++;
         return -1;
     }
@@ -385,13 +410,13 @@ static int drill_check_start(struct drill *d)
                 serving += ok;
             }
             if (pl < sizeof(peerlist)) {
-                int w = snprintf(peerlist + pl, sizeof(peerlist) - pl, "%s%s (%s)",
-                                 pl ? ", " : "", site, ok ? "serving" : "not serving");
+                int w = snprintf(peerlist + pl, sizeof(peerlist) - pl, "%s%s (%s)", pl ? ", " : "",
+                                 site, ok ? "serving" : "not serving");
                 pl += w > 0 ? (size_t)w : 0;
             }
         }
-        if (serving == 0 && peers != NULL && peers->child != NULL &&
-            strcmp(mode, "local") == 0 && drill_now(d) < wait_until && !drill_interrupted) {
+        if (serving == 0 && peers != NULL && peers->child != NULL && strcmp(mode, "local") == 0 &&
+            drill_now(d) < wait_until && !drill_interrupted) {
             if (!waited) {
                 drill_say(d, "site %s: peers: %s; waiting up to %ds for a serving peer", d->site,
                           peerlist, d->o.peer_wait_s);
@@ -415,12 +440,10 @@ static int drill_check_start(struct drill *d)
             rc = CTL_EXIT_REFUSED;
         } else if (serving == 0) {
             fprintf(stderr, "geogatectl: drill: %s: a failover now would be refused\n",
-                    d->o.to ? "that peer is not reachable or not serving"
-                            : "no peer is serving");
+                    d->o.to ? "that peer is not reachable or not serving" : "no peer is serving");
             rc = CTL_EXIT_REFUSED;
-        } else if (listen == NULL ||
-                   ctl_split_addr(listen, d->mc_host, sizeof(d->mc_host), d->mc_port,
-                                  sizeof(d->mc_port)) != 0) {
+        } else if (listen == NULL || ctl_split_addr(listen, d->mc_host, sizeof(d->mc_host),
+                                                    d->mc_port, sizeof(d->mc_port)) != 0) {
             fprintf(stderr,
                     "geogatectl: drill: no usable memcached address (%s): use --memcached\n",
                     listen ? listen : "none in /status");
@@ -497,8 +520,9 @@ static void drill_wait_sync(struct drill *d)
         }
         drill_sleep(DRILL_POLL_MS);
     }
-    drill_note(d, "the peer had not acked every write %ds after the keys were set: drill keys "
-                  "may miss after the switch",
+    drill_note(d,
+               "the peer had not acked every write %ds after the keys were set: drill keys "
+               "may miss after the switch",
                d->o.sync_timeout_s);
     drill_say(d, "peers still behind after %ds; going on", d->o.sync_timeout_s);
 }
@@ -557,8 +581,8 @@ static void drill_failover(struct drill *d)
 
 static void drill_hold(struct drill *d)
 {
-    int64_t until = (d->t_failed_over >= 0 ? d->t_failed_over : d->t_fail) +
-                    (int64_t)d->o.hold_s * 1000;
+    int64_t until =
+        (d->t_failed_over >= 0 ? d->t_failed_over : d->t_fail) + (int64_t)d->o.hold_s * 1000;
     struct drill_status s;
 
     drill_say(d, "holding failed over for %ds", d->o.hold_s);
@@ -640,12 +664,13 @@ static void drill_tail(struct drill *d)
 
 struct drill_window {
     uint64_t hits, misses, errors;
+    uint64_t latency_us;
 };
 
 /* Sum the load's seconds whose start is in [from, to) ms since t0 (whole seconds). */
 static struct drill_window drill_sum(const struct drill *d, int64_t from, int64_t to)
 {
-    struct drill_window w = {0, 0, 0};
+    struct drill_window w = {0, 0, 0, 0};
 
     if (from < 0) {
         from = 0;
@@ -654,13 +679,40 @@ static struct drill_window drill_sum(const struct drill *d, int64_t from, int64_
         w.hits += d->load.secs[s].hits;
         w.misses += d->load.secs[s].misses;
         w.errors += d->load.secs[s].errors;
+        w.latency_us += d->load.secs[s].latency_us;
     }
     return w;
+}
+
+/* The load's phases as windows of whole seconds that lie entirely inside each phase (the
+ * second in which a switch happens mixes both sides; the per-second timeline shows it):
+ * all of it, before the failover request, failed over (from one second after the switch
+ * was seen), and the first 10 s after the failback. */
+static void drill_windows(const struct drill *d, struct drill_window *all,
+                          struct drill_window *before, struct drill_window *fo,
+                          struct drill_window *fb10)
+{
+    static const struct drill_window none = {0, 0, 0, 0};
+
+    *all = drill_sum(d, d->t_load, d->t_end);
+    *before = drill_sum(d, d->t_load, (d->t_fail >= 0 ? d->t_fail : d->t_end) - 999);
+    *fo = d->t_failed_over >= 0 && d->t_failback > d->t_failed_over + 1999
+              ? drill_sum(d, d->t_failed_over + 1000, d->t_failback - 999)
+              : none;
+    *fb10 = d->t_failback >= 0 ? drill_sum(d, d->t_failback + 999, d->t_failback + 10999) : none;
 }
 
 static double drill_ratio(struct drill_window w)
 {
     return w.hits + w.misses > 0 ? (double)w.hits / (double)(w.hits + w.misses) : -1;
+}
+
+/* Mean read latency in ms, -1 without reads. */
+static double drill_latency(struct drill_window w)
+{
+    uint64_t n = w.hits + w.misses + w.errors;
+
+    return n > 0 ? (double)w.latency_us / 1000.0 / (double)n : -1;
 }
 
 /* Errors of reads that started in [from, to) ms since t0 (exact, from the error list). */
@@ -728,6 +780,12 @@ static struct drill_phases drill_error_phases(const struct drill *d)
     return p;
 }
 
+/* The timeline's zero: the failover request (the load's start if there was none). */
+static int64_t drill_ref(const struct drill *d)
+{
+    return d->t_fail >= 0 ? d->t_fail : d->t_load;
+}
+
 /* The mode of second s: the last one polled at or before it. */
 static const char *drill_mode_at(const struct drill *d, size_t s)
 {
@@ -742,23 +800,16 @@ static const char *drill_mode_at(const struct drill *d, size_t s)
 static void drill_print_report(const struct drill *d)
 {
     const struct drill_phases ph = drill_error_phases(d);
-    struct drill_window all = drill_sum(d, d->t_load, d->t_end);
-    struct drill_window before = drill_sum(d, d->t_load, d->t_fail >= 0 ? d->t_fail : d->t_end);
-    int64_t fo_from = d->t_failed_over >= 0 ? d->t_failed_over + 1000 : -1;
-    struct drill_window fo = fo_from >= 0 && d->t_failback > fo_from
-                                 ? drill_sum(d, fo_from, d->t_failback)
-                                 : (struct drill_window){0, 0, 0};
-    struct drill_window fb10 = d->t_failback >= 0
-                                   ? drill_sum(d, d->t_failback, d->t_failback + 10000)
-                                   : (struct drill_window){0, 0, 0};
+    struct drill_window all, before, fo, fb10;
     double total_records = 0, total_bytes = 0;
 
-    printf("\n== geogate drill report: site %s (admin %s, clients %s)\n", d->site,
-           d->admin->addr, d->mc_addr);
-    printf("load             %d keys, %.0f reads/s on one connection; %" PRIu64
+    drill_windows(d, &all, &before, &fo, &fb10);
+    printf("\n== geogate drill report: site %s (admin %s, clients %s)\n", d->site, d->admin->addr,
+           d->mc_addr);
+    printf("load             %d keys, up to %.0f reads/s on %d connections; %" PRIu64
            " reads: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " errors\n",
-           d->o.keys, d->o.rate, all.hits + all.misses + all.errors, all.hits, all.misses,
-           all.errors);
+           d->o.keys, d->o.rate, d->o.connections, all.hits + all.misses + all.errors, all.hits,
+           all.misses, all.errors);
     printf("backlog at failure (data at risk: written here, not yet acked by the peer):\n");
     for (size_t i = 0; i < d->at_failure.npeers; i++) {
         const struct drill_peer *p = &d->at_failure.peers[i];
@@ -770,8 +821,8 @@ static void drill_print_report(const struct drill *d)
     }
     printf("  %-14s %.0f records, %.0f bytes\n", "total", total_records, total_bytes);
     if (d->t_failed_over >= 0) {
-        printf("time to switch   %" PRId64 " ms to failed_over via %s", d->t_failed_over - d->t_fail,
-               d->failed_over_peer);
+        printf("time to switch   %" PRId64 " ms to failed_over via %s",
+               d->t_failed_over - d->t_fail, d->failed_over_peer);
         if (d->t_peer_reads >= 0) {
             printf("; reads served by the peer after %" PRId64 " ms", d->t_peer_reads - d->t_fail);
         }
@@ -792,7 +843,9 @@ static void drill_print_report(const struct drill *d)
     drill_pct(stdout, drill_ratio(fo));
     printf(", first 10 s after failback ");
     drill_pct(stdout, drill_ratio(fb10));
-    printf("\n");
+    printf("\nread latency     before %.1f ms, failed over %.1f ms, first 10 s after failback "
+           "%.1f ms (mean; -1: no reads)\n",
+           drill_latency(before), drill_latency(fo), drill_latency(fb10));
     if (d->t_failback >= 0) {
         if (d->t_local >= 0) {
             printf("warm-up          local again %.1f s after the failback\n",
@@ -805,11 +858,12 @@ static void drill_print_report(const struct drill *d)
     for (size_t s = (size_t)(d->t_load / 1000); s * 1000 < (size_t)d->t_end && s < d->load.nsecs;
          s++) {
         const struct drill_second *x = &d->load.secs[s];
-        struct drill_window w = {x->hits, x->misses, x->errors};
-        printf("  %+5.0fs  %-12s ", ((double)s * 1000 - (double)d->t_fail) / 1000.0,
+        struct drill_window w = {x->hits, x->misses, x->errors, x->latency_us};
+        printf("  %+7.1fs  %-12s ", ((double)s * 1000 - (double)drill_ref(d)) / 1000.0,
                drill_mode_at(d, s));
         drill_pct(stdout, drill_ratio(w));
-        printf("  %5u hits %5u misses %3u errors\n", x->hits, x->misses, x->errors);
+        printf("  %5u hits %5u misses %3u errors  %7.1f ms\n", x->hits, x->misses, x->errors,
+               drill_latency(w));
     }
     for (int i = 0; i < d->nnotes; i++) {
         printf("note             %s\n", d->notes[i]);
@@ -824,18 +878,11 @@ static void drill_print_report(const struct drill *d)
 static int drill_write_json(const struct drill *d, const char *path)
 {
     const struct drill_phases ph = drill_error_phases(d);
-    struct drill_window all = drill_sum(d, d->t_load, d->t_end);
-    struct drill_window before = drill_sum(d, d->t_load, d->t_fail >= 0 ? d->t_fail : d->t_end);
-    int64_t fo_from = d->t_failed_over >= 0 ? d->t_failed_over + 1000 : -1;
-    struct drill_window fo = fo_from >= 0 && d->t_failback > fo_from
-                                 ? drill_sum(d, fo_from, d->t_failback)
-                                 : (struct drill_window){0, 0, 0};
-    struct drill_window fb10 = d->t_failback >= 0
-                                   ? drill_sum(d, d->t_failback, d->t_failback + 10000)
-                                   : (struct drill_window){0, 0, 0};
+    struct drill_window all, before, fo, fb10;
     double total_records = 0, total_bytes = 0;
     FILE *f = fopen(path, "w");
 
+    drill_windows(d, &all, &before, &fo, &fb10);
     if (f == NULL) {
         fprintf(stderr, "geogatectl: drill: cannot write %s: %s\n", path, strerror(errno));
         return -errno;
@@ -859,15 +906,14 @@ static int drill_write_json(const struct drill *d, const char *path)
     }
     fprintf(f,
             "],\n  \"options\": {\"keys\": %d, \"rate\": %.1f, \"duration_s\": %d, \"hold_s\": "
-            "%d, \"baseline_s\": %d, \"to\": ",
-            d->o.keys, d->o.rate, d->o.duration_s, d->o.hold_s, d->o.baseline_s);
+            "%d, \"baseline_s\": %d, \"connections\": %d, \"to\": ",
+            d->o.keys, d->o.rate, d->o.duration_s, d->o.hold_s, d->o.baseline_s, d->o.connections);
     if (d->o.to != NULL) {
         ctl_json_write_str(f, d->o.to);
     } else {
         fprintf(f, "null");
     }
-    fprintf(f, "},\n  \"keys_written\": %d,\n  \"keys_failed\": %d,\n", d->sets_ok,
-            d->sets_failed);
+    fprintf(f, "},\n  \"keys_written\": %d,\n  \"keys_failed\": %d,\n", d->sets_ok, d->sets_failed);
     fprintf(f, "  \"replicated_before_failure\": %s,\n", d->synced ? "true" : "false");
     fprintf(f, "  \"backlog_at_failure\": [");
     for (size_t i = 0; i < d->at_failure.npeers; i++) {
@@ -915,18 +961,26 @@ static int drill_write_json(const struct drill *d, const char *path)
     drill_json_ratio(f, drill_ratio(fo));
     fprintf(f, ", \"first_10s_after_failback\": ");
     drill_json_ratio(f, drill_ratio(fb10));
+    fprintf(f, "},\n  \"latency_ms\": {\"before\": ");
+    drill_json_ratio(f, drill_latency(before));
+    fprintf(f, ", \"failed_over\": ");
+    drill_json_ratio(f, drill_latency(fo));
+    fprintf(f, ", \"first_10s_after_failback\": ");
+    drill_json_ratio(f, drill_latency(fb10));
     fprintf(f, "},\n  \"timeline\": [");
     bool first = true;
     for (size_t s = (size_t)(d->t_load / 1000); s * 1000 < (size_t)d->t_end && s < d->load.nsecs;
          s++) {
         const struct drill_second *x = &d->load.secs[s];
-        struct drill_window w = {x->hits, x->misses, x->errors};
-        fprintf(f, "%s\n    {\"t_s\": %.0f, \"mode\": ", first ? "" : ",",
-                ((double)s * 1000 - (double)d->t_fail) / 1000.0);
+        struct drill_window w = {x->hits, x->misses, x->errors, x->latency_us};
+        fprintf(f, "%s\n    {\"t_s\": %.1f, \"mode\": ", first ? "" : ",",
+                ((double)s * 1000 - (double)drill_ref(d)) / 1000.0);
         ctl_json_write_str(f, drill_mode_at(d, s));
         fprintf(f, ", \"hits\": %u, \"misses\": %u, \"errors\": %u, \"hit_ratio\": ", x->hits,
                 x->misses, x->errors);
         drill_json_ratio(f, drill_ratio(w));
+        fprintf(f, ", \"latency_ms\": ");
+        drill_json_ratio(f, drill_latency(w));
         fprintf(f, "}");
         first = false;
     }
@@ -948,6 +1002,9 @@ static void drill_usage(FILE *f)
             "  --memcached H:P    the gateway's client address (default: \"listen\" in /status)\n"
             "  --keys N           drill keys written, then read (default 1000)\n"
             "  --rate R           reads per second during the drill (default 500)\n"
+            "  --connections N    load connections sharing that rate (default 4); each reads\n"
+            "                     one key at a time, so failed over each connection manages\n"
+            "                     about 1000 / (peer round trip in ms) reads per second\n"
             "  --baseline S       seconds of reads before the failover (default 3)\n"
             "  --hold S           seconds failed over before failing back (default 5)\n"
             "  --duration S       longest wait for warm-up to end after failback (default 60)\n"
@@ -955,6 +1012,8 @@ static void drill_usage(FILE *f)
             "  --report FILE      also write the report as JSON\n"
             "  --prefix P         drill key prefix (default geogate-drill:)\n"
             "  --ttl S            drill keys' expiry in seconds (default 3600)\n"
+            "  --sync-timeout S   wait at most this long for the peers to ack the drill keys\n"
+            "                     before the failover (default 15)\n"
             "exit code 0 when the drill went as it should: switched, no read errors after the\n"
             "switch, failed back and local again within --duration; 1 otherwise.\n");
 }
@@ -987,6 +1046,7 @@ static int drill_parse(struct drill_opts *o, int argc, char **argv)
     o->peer_wait_s = 10;
     o->ttl_s = 3600;
     o->mc_timeout_ms = 1000;
+    o->connections = 4;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1013,12 +1073,16 @@ static int drill_parse(struct drill_opts *o, int argc, char **argv)
             rc = drill_int_arg(a, v, 1, 10000000, &o->keys);
         } else if (strcmp(a, "--rate") == 0) {
             rc = drill_int_arg(a, v, 1, 100000, &rate);
+        } else if (strcmp(a, "--connections") == 0) {
+            rc = drill_int_arg(a, v, 1, DRILL_MAX_CONNS, &o->connections);
         } else if (strcmp(a, "--hold") == 0) {
             rc = drill_int_arg(a, v, 0, 86400, &o->hold_s);
         } else if (strcmp(a, "--baseline") == 0) {
             rc = drill_int_arg(a, v, 1, 3600, &o->baseline_s);
         } else if (strcmp(a, "--tail") == 0) {
             rc = drill_int_arg(a, v, 0, 3600, &o->tail_s);
+        } else if (strcmp(a, "--sync-timeout") == 0) {
+            rc = drill_int_arg(a, v, 0, 3600, &o->sync_timeout_s);
         } else if (strcmp(a, "--ttl") == 0) {
             rc = drill_int_arg(a, v, 1, 30 * 86400, &o->ttl_s);
         } else {
@@ -1055,13 +1119,13 @@ static int drill_run(struct drill *d)
         return rc;
     }
     drill_wait_sync(d);
-    ctl_mc_init(&d->load.mc, d->mc_host, d->mc_port, d->o.mc_timeout_ms);
     if (drill_load_start(d) != 0) {
         fprintf(stderr, "geogatectl: drill: cannot start the load thread\n");
         return CTL_EXIT_REFUSED;
     }
     d->t_load = drill_now(d);
-    drill_say(d, "reading at %.0f/s; baseline for %ds", d->o.rate, d->o.baseline_s);
+    drill_say(d, "reading at %.0f/s on %d connections; baseline for %ds", d->o.rate,
+              d->o.connections, d->o.baseline_s);
     drill_sleep((int64_t)d->o.baseline_s * 1000);
     if (!drill_interrupted) {
         drill_failover(d);
@@ -1089,8 +1153,9 @@ static int drill_run(struct drill *d)
     if (d->t_failed_over >= 0 && d->t_failback > d->t_failed_over) {
         struct drill_window w = drill_sum(d, d->t_failed_over + 1000, d->t_failback);
         if (w.misses > 0 && d->synced) {
-            drill_note(d, "%" PRIu64 " reads of drill keys missed while failed over, although "
-                          "the peer had acked them",
+            drill_note(d,
+                       "%" PRIu64 " reads of drill keys missed while failed over, although "
+                       "the peer had acked them",
                        w.misses);
         }
     }

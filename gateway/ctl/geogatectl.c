@@ -26,22 +26,21 @@
 
 static void ctl_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: geogatectl --admin HOST:PORT [--timeout MS] COMMAND\n"
-            "\n"
-            "commands:\n"
-            "  status [--json]     health, site mode, local nodes, peers (replication backlog,\n"
-            "                      lag), warm-up and counters; --json prints /status as is\n"
-            "  drain               /health answers 503 so the load balancer moves new\n"
-            "                      connections away; existing ones are still served; stop the\n"
-            "                      gateway with SIGTERM afterwards\n"
-            "  failover [--to SITE]  send this site's reads to SITE (default: the best serving\n"
-            "                      peer, as the automatic failover would pick)\n"
-            "  failback            come back from a forced failover (through warm-up)\n"
-            "  drill [options]     scripted disaster-recovery drill; `drill --help`\n"
-            "\n"
-            "exit codes: 0 done, 1 refused by the gateway (its message is printed) or drill\n"
-            "problem, 2 usage, 3 admin listener unreachable\n");
+    fprintf(f, "usage: geogatectl --admin HOST:PORT [--timeout MS] COMMAND\n"
+               "\n"
+               "commands:\n"
+               "  status [--json]     health, site mode, local nodes, peers (replication backlog,\n"
+               "                      lag), warm-up and counters; --json prints /status as is\n"
+               "  drain               /health answers 503 so the load balancer moves new\n"
+               "                      connections away; existing ones are still served; stop the\n"
+               "                      gateway with SIGTERM afterwards\n"
+               "  failover [--to SITE]  send this site's reads to SITE (default: the best serving\n"
+               "                      peer, as the automatic failover would pick)\n"
+               "  failback            come back from a forced failover (through warm-up)\n"
+               "  drill [options]     scripted disaster-recovery drill; `drill --help`\n"
+               "\n"
+               "exit codes: 0 done, 1 refused by the gateway (its message is printed) or drill\n"
+               "problem, 2 usage, 3 admin listener unreachable\n");
 }
 
 int64_t ctl_mono_ms(void)
@@ -275,8 +274,8 @@ static int ctl_post(const struct ctl_target *admin, const char *what, const char
     char err[512];
     int rc;
 
-    if (ctl_http(admin->host, admin->port, "POST", path, admin->timeout_ms, &r, err,
-                 sizeof(err)) != 0) {
+    if (ctl_http(admin->host, admin->port, "POST", path, admin->timeout_ms, &r, err, sizeof(err)) !=
+        0) {
         fprintf(stderr, "geogatectl: %s\n", err);
         return CTL_EXIT_UNREACHABLE;
     }
@@ -384,8 +383,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "geogatectl: --admin HOST:PORT is required (or GEOGATE_ADMIN)\n");
         return CTL_EXIT_USAGE;
     }
-    if (ctl_split_addr(addr, admin.host, sizeof(admin.host), admin.port, sizeof(admin.port)) !=
-        0) {
+    if (ctl_split_addr(addr, admin.host, sizeof(admin.host), admin.port, sizeof(admin.port)) != 0) {
         fprintf(stderr, "geogatectl: --admin %s: expected HOST:PORT\n", addr);
         return CTL_EXIT_USAGE;
     }
