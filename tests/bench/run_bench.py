@@ -10,6 +10,9 @@ all on free loopback ports, and drives each with bin/geogate-bench:
   * RSS per idle client connection (5,000 connections that each made one request);
   * RSS of geogate sampled over a long run (the soak).
 
+The report goes between `<!-- proxy-bench:start -->` and `<!-- proxy-bench:end -->` of --out
+(under the title if missing); other benchmarks' sections in the same file are left alone.
+
 It does not judge correctness (the integration tests do) but reports every protocol error the
 load generator saw.  Every child is stopped on exit, error or signal; every wait is bounded.
 """
@@ -472,7 +475,8 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     gg, nc = by["geogate"], by["nutcracker"]
     out = []
     w = out.append
-    w("# Benchmarks")
+    w("## Proxies side by side: memcached, nutcracker, geogate (issue 2, point 8)")
+    w("")
     w("")
     cmd = " ".join(["/usr/bin/python3", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                    + sys.argv[1:])
@@ -504,6 +508,11 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     w("| load average (1, 5, 15 min) before / after | %s / %s |" % (info["load"], loadavg()))
     w("| whole run took | %.0f s |" % elapsed)
     w("")
+    loads = [info["load"], loadavg()]
+    if any(l != "?" and float(l.split()[0]) > 0.5 * (info["nproc"] or 1) for l in loads):
+        w("Other work was running on this machine during the run (see the load average), so "
+          "these numbers are noisier than a quiet machine's; the rounds below show how much.")
+        w("")
     for t in (gg, nc):
         w("%s's config (ports are picked free for each run):" % t.name)
         w("")
@@ -516,7 +525,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
             w("> **%s did not run to the end:** %s" % (t.name, t.error.replace("\n", "\n> ")))
             w("")
 
-    w("## Throughput, latency and CPU")
+    w("### Throughput, latency and CPU")
     w("")
     w("Each row is the median of %d interleaved rounds of %g s per target (the order of the "
       "targets rotates every round, because a shared 2-core machine is noisy). Every key of "
@@ -527,7 +536,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
       "client sees it." % (args.rounds, args.duration, args.keys))
     w("")
     for cname, cextra, cdesc in configs:
-        w("### %s" % cdesc)
+        w("#### %s" % cdesc)
         w("")
         w("    bin/geogate-bench --port PORT %s" % " ".join(
             bench_common(args) + cextra + ["--duration", "%g" % args.duration, "--json"]))
@@ -558,7 +567,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
                                      fmt(ratio(sg["p99"], sn["p99"]), "%.2f")))
         w("")
 
-    w("## Memory per idle client connection")
+    w("### Memory per idle client connection")
     w("")
     w("Fresh proxy processes (after one request, so lazily built state exists), then "
       "`bin/geogate-bench --idle-conns %d`: %d connections opened one after another, then one "
@@ -579,7 +588,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
             m["after"]))
     w("")
 
-    w("## Soak: geogate's RSS over a long run")
+    w("### Soak: geogate's RSS over a long run")
     w("")
     growth = None
     if soak is None:
@@ -619,7 +628,7 @@ def render(args, info, configs, targets, memory, soak, elapsed):
                   growth["growth"], fmt(soak["after"], "%d")))
         w("")
 
-    w("## Targets (issue 2, point 8)")
+    w("### Targets (issue 2, point 8)")
     w("")
     w("| target | goal | reached | |")
     w("|---|---|---|---|")
@@ -662,6 +671,35 @@ def render(args, info, configs, targets, memory, soak, elapsed):
         w("| no RSS growth over 10 minutes | none | not measured | — |")
     w("")
     return "\n".join(out)
+
+
+MARK_START = "<!-- proxy-bench:start -->"
+MARK_END = "<!-- proxy-bench:end -->"
+
+
+def write_section(path, text):
+    """Put text between this benchmark's markers in path; nothing outside them is touched.
+    Without the markers yet, the section goes right under the file's `# ` title (made if the
+    file has none), ahead of other benchmarks' sections."""
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = ""
+    block = MARK_START + "\n" + text.rstrip("\n") + "\n" + MARK_END
+    s = doc.find(MARK_START)
+    e = doc.find(MARK_END, s + 1) if s >= 0 else -1
+    if s >= 0 and e >= 0:
+        doc = doc[:s] + block + doc[e + len(MARK_END):]
+    elif doc.startswith("# "):
+        title, _, rest = doc.partition("\n")
+        doc = title + "\n\n" + block + "\n\n" + rest.lstrip("\n")
+    else:
+        doc = "# Benchmarks\n\n" + block + "\n" + ("\n" + doc if doc else "")
+    tmp = path + ".tmp-proxy-bench"
+    with open(tmp, "w") as f:
+        f.write(doc)
+    os.replace(tmp, path)
 
 
 def bench_common(args):
@@ -804,9 +842,8 @@ def main():
     report = render(args, info, configs, targets, memory, soak, time.time() - t_start)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(report + "\n")
-        log("wrote %s" % args.out)
+        write_section(args.out, report)
+        log("wrote the proxy-bench section of %s" % args.out)
     print(report)
     baseline_ok = all(t.ok for t in targets if t.name != "geogate")
     gg_ok = all(t.ok for t in targets if t.name == "geogate")
