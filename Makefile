@@ -49,7 +49,8 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 WANEM_SRC := $(wildcard tests/tools/wanem/*.c)
-PROGRAMS := $(BIN)/geogate $(if $(BENCH_SRC),$(BIN)/geogate-bench) \
+CTL_SRC   := $(wildcard gateway/ctl/*.c)
+PROGRAMS := $(BIN)/geogate $(BIN)/geogatectl $(if $(BENCH_SRC),$(BIN)/geogate-bench) \
 	$(if $(WANEM_SRC),$(BIN)/geogate-wanem) $(BIN)/wan_testd
 
 DEPS_STAMP := build/.deps-installed
@@ -101,6 +102,12 @@ $(BIN)/geogate: $(BUILD)/gateway/main.o $(LIB)
 $(BIN)/geogate-bench: $(BENCH_SRC:%.c=$(BUILD)/%.o)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The operator's command line: blocking HTTP to the admin listener and a tiny memcached
+# client for drills; it links nothing of the daemon.
+$(BIN)/geogatectl: $(CTL_SRC:%.c=$(BUILD)/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ -lm -pthread
 
 # The WAN emulator the multi-site tests put between sites (netem is not available).
 $(BIN)/geogate-wanem: $(WANEM_SRC:%.c=$(BUILD)/%.o)
@@ -162,4 +169,5 @@ format:
 clean:
 	rm -rf build bin proto/*.pb-c.c proto/*.pb-c.h
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d $(WANEM_SRC:%.c=$(BUILD)/%.d)
+-include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d $(WANEM_SRC:%.c=$(BUILD)/%.d) \
+	$(CTL_SRC:%.c=$(BUILD)/%.d)

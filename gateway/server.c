@@ -22,6 +22,7 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
+#include "gateway/admin.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/log.h"
@@ -198,6 +199,7 @@ static struct evconnlistener *listen_on(struct gw_server *srv, const struct gw_a
 int gw_server_run(struct gw_config *cfg)
 {
     struct gw_server srv;
+    struct gw_admin *admin = NULL;
     char err[512];
     int started = 0;
     int rc = 1;
@@ -253,6 +255,9 @@ int gw_server_run(struct gw_config *cfg)
     if (srv.listener == NULL) {
         goto fail_start;
     }
+    if (gw_admin_start(&srv, &admin) != 0) {
+        goto fail_start;
+    }
     srv.sig_term = evsignal_new(srv.base, SIGTERM, signal_cb, &srv);
     srv.sig_int = evsignal_new(srv.base, SIGINT, signal_cb, &srv);
     srv.sig_hup = evsignal_new(srv.base, SIGHUP, signal_cb, &srv);
@@ -294,6 +299,7 @@ fail_start:
         gw_worker_join(&srv.workers[i]);
     }
     gw_repl_destroy(&srv);
+    gw_admin_stop(admin);
     if (srv.listener != NULL) {
         evconnlistener_free(srv.listener);
     }
