@@ -437,6 +437,55 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     batch_op_done(b);
 }
 
+static void local_item_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                            Geogate__Wan__V1__Mutation **newer, size_t n_newer)
+{
+    (void)arg;
+    (void)applied;
+    (void)rejected;
+    (void)failed;
+    (void)newer;
+    (void)n_newer;
+}
+
+void gw_apply_local_item(struct gw_worker *w, const char *key, uint32_t nkey,
+                         const struct wan_item_header *hdr, const uint8_t *value, size_t vlen)
+{
+    Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
+    Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
+    Geogate__Wan__V1__Mutation *mp = &m;
+    Geogate__Wan__V1__ShipRequest *copy;
+    uint8_t *buf;
+    size_t len;
+
+    m.key.data = (uint8_t *)key;
+    m.key.len = nkey;
+    if (!hdr->tombstone) {
+        m.value.data = (uint8_t *)value;
+        m.value.len = vlen;
+    }
+    m.hlc = hdr->version.hlc;
+    m.site_id = hdr->version.site_id;
+    m.gateway_id = hdr->version.gateway_id;
+    m.flags = hdr->client_flags;
+    m.expiry = hdr->expiry;
+    m.tombstone = hdr->tombstone;
+    req.origin_site = w->srv->cfg->site;
+    req.n_mutations = 1;
+    req.mutations = &mp;
+    len = geogate__wan__v1__ship_request__get_packed_size(&req);
+    buf = malloc(len);
+    if (buf == NULL) {
+        return;
+    }
+    geogate__wan__v1__ship_request__pack(&req, buf);
+    copy = geogate__wan__v1__ship_request__unpack(NULL, len, buf);
+    free(buf);
+    if (copy != NULL) {
+        gw_apply_batch(w, copy, false, local_item_done, NULL);
+    }
+}
+
 /* ---- remote reads ---- */
 
 struct read_job {

@@ -19,6 +19,7 @@
 
 #include "gateway/types.h"
 #include "proto/geogate_wan.pb-c.h"
+#include "wan/version.h"
 
 struct wan_grpc_read_call;
 
@@ -35,6 +36,11 @@ typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected,
  * without, they are spooled for every peer. */
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
                     bool collect_newer, gw_apply_done_fn done, void *arg);
+
+/* Write one item of our own into the local pool, newest-wins (never over a newer local
+ * item); fire and forget.  For writes carried out at a peer while its node is up. */
+void gw_apply_local_item(struct gw_worker *w, const char *key, uint32_t nkey,
+                         const struct wan_item_header *hdr, const uint8_t *value, size_t vlen);
 
 /* Answer a remote Read (takes ownership of req) with the items as held locally. */
 void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,

@@ -53,6 +53,9 @@ void gw_backend_destroy(struct gw_backend *be)
         return;
     }
     be_fail(be, "closed", false);
+    if (be->ping_cap != NULL) {
+        evbuffer_free(be->ping_cap);
+    }
     free(be);
 }
 
@@ -122,6 +125,36 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
         evbuffer_remove_buffer(data, out, ndata);
     }
     gw_conn_want_flush(&be->conn);
+}
+
+static void ping_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct gw_backend *be = frag->cb_arg;
+
+    (void)reply;
+    (void)error; /* a failure was counted by be_fail; a reply by be_read */
+    be->ping_inflight = false;
+}
+
+void gw_backend_ping(struct gw_backend *be, int64_t now_ms, uint32_t interval_ms)
+{
+    static const char version[] = "version\r\n";
+
+    if (be->ping_inflight || be->npending > 0 || now_ms < be->ping_due_ms ||
+        !gw_node_usable(be->node)) {
+        return;
+    }
+    if (be->ping_cap == NULL && (be->ping_cap = evbuffer_new()) == NULL) {
+        return;
+    }
+    be->ping_due_ms = now_ms + interval_ms;
+    evbuffer_drain(be->ping_cap, evbuffer_get_length(be->ping_cap));
+    memset(&be->ping, 0, sizeof(be->ping));
+    be->ping.cb = ping_cb;
+    be->ping.cb_arg = be;
+    be->ping.capture = be->ping_cap;
+    be->ping_inflight = true;
+    gw_backend_send(be, &be->ping, version, sizeof(version) - 1, NULL, 0);
 }
 
 void gw_backend_probe(struct gw_backend *be)

@@ -32,6 +32,10 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
 /* Timeouts and retirement; called by the worker's tick. */
 void gw_backend_tick(struct gw_backend *be, int64_t now_ms);
 
+/* Health tracking without client traffic: an idle connection to an up node sends
+ * `version` every interval; failures count like any other (failure_limit). */
+void gw_backend_ping(struct gw_backend *be, int64_t now_ms, uint32_t interval_ms);
+
 /* Send a `version` probe for this backend's (down) node. */
 void gw_backend_probe(struct gw_backend *be);
 

@@ -377,6 +377,22 @@ static int fallback_peer(struct gw_worker *w)
     return __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE);
 }
 
+/* Where a write is carried out: -1 locally; else at that peer (the site is failed over,
+ * so reads come from there and must see the write; or the key's node is down). */
+static int write_peer(struct gw_worker *w, enum gw_route_kind kind)
+{
+    if (w->srv->repl == NULL) {
+        return -1;
+    }
+    if (__atomic_load_n(&w->srv->fo.mode, __ATOMIC_ACQUIRE) == GW_MODE_FAILED_OVER) {
+        int p = __atomic_load_n(&w->srv->fo.peer, __ATOMIC_ACQUIRE);
+        if (p >= 0) {
+            return p;
+        }
+    }
+    return kind == GW_ROUTE_DOWN ? fallback_peer(w) : -1;
+}
+
 /* Fail a request at once because its node is down. */
 static void fail_now(struct gw_client *c, enum mc_cmd cmd, bool noreply, const char *error)
 {
@@ -628,6 +644,16 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         if (nodes[i] != nodes[0]) {
             single = false;
         }
+        if (w->srv->repl != NULL &&
+            __atomic_load_n(&w->pool->nodes[rt.node].warm_until_ms, __ATOMIC_ACQUIRE) >
+                w->now_ms) {
+            int peer = fallback_peer(w);
+            if (peer >= 0) {
+                /* the node came back cold: its misses are read from the peer and filled */
+                gw_remote_warm_retrieval(c, m, peer);
+                goto out;
+            }
+        }
     }
     if (!single) {
         forward_retrieval_multi(c, m, nodes);
@@ -762,7 +788,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->cmd = m->cmd;
     st->noreply = m->noreply;
     st->node = rt.node;
-    st->remote = rt.kind == GW_ROUTE_DOWN ? fallback_peer(c->w) : -1;
+    st->remote = write_peer(c->w, rt.kind);
     st->vlen = (uint32_t)m->vlen + 2;
     st->flags = m->flags;
     st->exptime = m->exptime;
@@ -847,7 +873,7 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
     if (w->srv->versioned) {
         r = client_req(c, m->cmd, m->noreply);
         if (r != NULL) {
-            gw_vop_keyed(w, r, rt.node, m, rt.kind == GW_ROUTE_DOWN ? fallback_peer(w) : -1);
+            gw_vop_keyed(w, r, rt.node, m, write_peer(w, rt.kind));
         }
         return;
     }

@@ -114,7 +114,9 @@ static void set_mode(struct gw_server *srv, enum gw_site_mode mode, int peer, co
         fo->warmup_started_ms = gw_now_ms();
         __atomic_store_n(&fo->warm_hits, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&fo->warm_misses, 0, __ATOMIC_RELAXED);
-        fo->win_hits = fo->win_misses = 0;
+        __atomic_store_n(&fo->warm_peer_hits, 0, __ATOMIC_RELAXED);
+        fo->win_hits = fo->win_misses = fo->win_peer_hits = 0;
+        fo->win_start_ms = gw_now_ms();
         fo->last_ratio = 0;
     }
     if (mode == GW_MODE_LOCAL) {
@@ -145,6 +147,60 @@ static int chosen_peer(struct gw_server *srv, const char *want)
     return peer_index(srv, ps[b].site);
 }
 
+/*
+ * Warm enough: of the lookups that found something (locally or, after a local miss, at
+ * the peer), at least `ratio` were local hits.  Measured against what the peer could
+ * add, not against 100%: a cache whose normal hit ratio is 65% is warm at 65%.
+ */
+static bool warm_enough(uint64_t local_hits, uint64_t peer_hits, double ratio)
+{
+    if (local_hits + peer_hits == 0) {
+        return true; /* nothing to fetch from the peer either */
+    }
+    return (double)local_hits / (double)(local_hits + peer_hits) >= ratio;
+}
+
+/* Nodes that came back cold are warmed one by one: each until its own hit ratio over a
+ * one-second window reaches warmup.hit_ratio (or warmup.max_time passes). */
+static void node_warmup_tick(struct gw_server *srv, int64_t now)
+{
+    struct gw_pool *pool = fo_pool(srv);
+
+    for (uint32_t i = 0; i < pool->nnodes; i++) {
+        struct gw_node *nd = &pool->nodes[i];
+        int64_t until = __atomic_load_n(&nd->warm_until_ms, __ATOMIC_ACQUIRE);
+        uint64_t h, m, ph, dh, dm, dph;
+
+        if (until == 0) {
+            continue;
+        }
+        if (until <= now) {
+            __atomic_store_n(&nd->warm_until_ms, 0, __ATOMIC_RELEASE);
+            log_info("node %s: warm-up over (max_time)", nd->label);
+            continue;
+        }
+        if (now - nd->win_start_ms < 1000) {
+            continue;
+        }
+        h = __atomic_load_n(&nd->warm_hits, __ATOMIC_RELAXED);
+        m = __atomic_load_n(&nd->warm_misses, __ATOMIC_RELAXED);
+        ph = __atomic_load_n(&nd->warm_peer_hits, __ATOMIC_RELAXED);
+        dh = h - nd->win_hits;
+        dm = m - nd->win_misses;
+        dph = ph - nd->win_peer_hits;
+        nd->win_hits = h;
+        nd->win_misses = m;
+        nd->win_peer_hits = ph;
+        nd->win_start_ms = now;
+        if (dh + dm >= FO_WARMUP_MIN_LOOKUPS &&
+            warm_enough(dh, dph, srv->cfg->failover.warmup_hit_ratio)) {
+            __atomic_store_n(&nd->warm_until_ms, 0, __ATOMIC_RELEASE);
+            log_info("node %s: warm-up done (local hits %llu, found only at the peer %llu)",
+                     nd->label, (unsigned long long)dh, (unsigned long long)dph);
+        }
+    }
+}
+
 void gw_failover_tick(struct gw_server *srv)
 {
     struct gw_failover_state *fo = &srv->fo;
@@ -159,6 +215,17 @@ void gw_failover_tick(struct gw_server *srv)
     pthread_mutex_lock(&fo_lock);
     __atomic_store_n(&fo->best_peer, chosen_peer(srv, NULL), __ATOMIC_RELEASE);
     healthy = local_healthy(srv);
+    {
+        /* hold_down counts from the last change of the pool: a node that comes back
+         * while another is still returning restarts the wait (no flapping on a pool
+         * that is still settling). */
+        uint32_t n, up;
+        local_health(srv, &n, &up);
+        if (up != fo->last_nodes_up) {
+            fo->last_nodes_up = up;
+            fo->healthy_since_ms = 0;
+        }
+    }
     if (healthy) {
         if (fo->healthy_since_ms == 0) {
             fo->healthy_since_ms = now;
@@ -166,6 +233,7 @@ void gw_failover_tick(struct gw_server *srv)
     } else {
         fo->healthy_since_ms = 0;
     }
+    node_warmup_tick(srv, now);
     switch (fo->mode) {
     case GW_MODE_LOCAL:
     case GW_MODE_WARMUP:
@@ -180,17 +248,20 @@ void gw_failover_tick(struct gw_server *srv)
             /* One-second windows of local hits and misses decide the end of warm-up. */
             uint64_t h = __atomic_load_n(&fo->warm_hits, __ATOMIC_RELAXED);
             uint64_t m = __atomic_load_n(&fo->warm_misses, __ATOMIC_RELAXED);
+            uint64_t ph = __atomic_load_n(&fo->warm_peer_hits, __ATOMIC_RELAXED);
             if (now - fo->win_start_ms >= 1000) {
                 uint64_t dh = h - fo->win_hits, dm = m - fo->win_misses;
+                uint64_t dph = ph - fo->win_peer_hits;
                 if (dh + dm >= FO_WARMUP_MIN_LOOKUPS) {
-                    fo->last_ratio = (double)dh / (double)(dh + dm);
-                    if (fo->last_ratio >= cfg->failover.warmup_hit_ratio) {
+                    fo->last_ratio = dh + dph ? (double)dh / (double)(dh + dph) : 1.0;
+                    if (warm_enough(dh, dph, cfg->failover.warmup_hit_ratio)) {
                         set_mode(srv, GW_MODE_LOCAL, -1, "warm-up reached its hit ratio");
                         break;
                     }
                 }
                 fo->win_hits = h;
                 fo->win_misses = m;
+                fo->win_peer_hits = ph;
                 fo->win_start_ms = now;
             }
             if (now - fo->warmup_started_ms >= (int64_t)cfg->failover.warmup_max_time_ms) {

@@ -111,6 +111,7 @@ int gw_pool_create(struct gw_pool **out, const struct gw_config *cfg, uint64_t g
     pool->failure_limit = cfg->pool.failure_limit ? cfg->pool.failure_limit : 1;
     pool->retry_timeout_ms = cfg->pool.retry_timeout_ms;
     pool->connections = cfg->pool.connections ? cfg->pool.connections : 1;
+    pool->warmup_max_ms = cfg->failover.warmup_max_time_ms;
     *out = pool;
     return 0;
 
@@ -216,6 +217,9 @@ bool gw_node_claim_probe(struct gw_node *node, int64_t now_ms)
 void gw_node_probe_done(struct gw_pool *pool, struct gw_node *node, bool ok, int64_t now_ms)
 {
     if (ok) {
+        /* It comes back empty, as far as we know: warm it (used only when replicating;
+         * the failover tick ends it by hit ratio or warmup.max_time). */
+        __atomic_store_n(&node->warm_until_ms, now_ms + pool->warmup_max_ms, __ATOMIC_RELEASE);
         __atomic_store_n(&node->failures, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&node->down_until_ms, 0, __ATOMIC_RELAXED);
         node->last_change_ms = now_ms;

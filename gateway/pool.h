@@ -38,6 +38,13 @@ struct gw_node {
     int64_t down_until_ms; /* atomic */
     uint64_t down_events; /* times marked down, atomic */
     int64_t last_change_ms;
+    /* After coming back from down, the node is cold: until warm_until_ms (atomic) a
+     * replicating gateway reads its keys through warm-up (local miss -> peer, filled). */
+    int64_t warm_until_ms;
+    uint64_t warm_hits, warm_misses; /* atomic, per-key lookups while warming */
+    uint64_t warm_peer_hits;         /* atomic: local misses the peer had */
+    uint64_t win_hits, win_misses, win_peer_hits; /* the failover tick's last window */
+    int64_t win_start_ms;
 };
 
 struct gw_pool {
@@ -52,6 +59,7 @@ struct gw_pool {
     uint32_t failure_limit;
     uint32_t retry_timeout_ms;
     uint32_t connections;
+    uint32_t warmup_max_ms; /* failover.warmup.max_time */
 };
 
 /* Build a pool from cfg (resolves every node's address).  Returns 0 and *out with one

@@ -297,6 +297,9 @@ static void job_finish(struct remote_job *j)
             if (k < j->nmiss && j->miss[k] == i) {
                 const Geogate__Wan__V1__Mutation *m = peer_item(j, k);
                 if (m != NULL) {
+                    __atomic_add_fetch(&w->srv->fo.warm_peer_hits, 1, __ATOMIC_RELAXED);
+                    __atomic_add_fetch(&w->pool->nodes[j->node_of[i]].warm_peer_hits, 1,
+                                       __ATOMIC_RELAXED);
                     add_value(b, &j->keys[i], m->flags, m->value.data, m->value.len,
                               with_cas(j->cmd), m->hlc);
                     hits++;
@@ -594,10 +597,13 @@ static void warm_local_done(struct remote_job *j)
         return;
     }
     for (uint32_t i = 0; i < j->nkeys; i++) {
+        struct gw_node *nd = &j->w->pool->nodes[j->node_of[i]];
         if (j->local[i].found) {
             __atomic_add_fetch(&j->w->srv->fo.warm_hits, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&nd->warm_hits, 1, __ATOMIC_RELAXED);
         } else if (!j->local[i].tomb) {
             __atomic_add_fetch(&j->w->srv->fo.warm_misses, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&nd->warm_misses, 1, __ATOMIC_RELAXED);
             j->miss[j->nmiss++] = i;
         }
     }

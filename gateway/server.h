@@ -20,12 +20,14 @@ struct gw_failover_state {
     bool forced;
     int64_t since_ms;
     int64_t healthy_since_ms;
+    uint32_t last_nodes_up;
     int64_t warmup_started_ms;
     int64_t win_start_ms;
-    uint64_t win_hits, win_misses;
+    uint64_t win_hits, win_misses, win_peer_hits;
     double last_ratio;
     uint64_t switches;
     uint64_t warm_hits, warm_misses, warm_filled; /* atomic */
+    uint64_t warm_peer_hits;                      /* atomic: local misses the peer had */
     uint64_t peer_reads, peer_read_errors;        /* atomic */
     int best_peer; /* atomic: the best serving peer now (per-key fallback), -1 none */
 };

@@ -122,6 +122,10 @@ struct gw_backend {
     bool retiring;       /* removed by a reload: close once pending is empty */
     bool probing;
     struct gw_frag probe;
+    struct gw_frag ping;        /* keep-alive `version` to an idle node (health tracking) */
+    struct evbuffer *ping_cap;
+    bool ping_inflight;
+    int64_t ping_due_ms;
     TAILQ_ENTRY(gw_backend) retire_link;
 };
 

@@ -23,6 +23,7 @@
 
 #include <event2/buffer.h>
 
+#include "gateway/apply.h"
 #include "gateway/backend.h"
 #include "gateway/client.h"
 #include "gateway/log.h"
@@ -564,6 +565,11 @@ static void vop_remote_write(struct vop *v)
     if (seq == 0) {
         vop_finish(v, v->w->pool->nodes[v->node].err_down);
         return;
+    }
+    /* Failed over with the local node up (a drill): keep the local copy current too,
+     * newest wins, so failing back never serves an older local item. */
+    if (gw_node_usable(&v->w->pool->nodes[v->node])) {
+        gw_apply_local_item(v->w, v->key, v->nkey, &v->nh, v->new_val, v->new_len);
     }
     v->outstanding++;
     gw_repl_wait_ack(v->w, v->remote, seq, 3000, vop_remote_acked, v);

@@ -193,6 +193,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     gw_remote_tick(w, now);
+    /* The WAN thread watches the local nodes even when no client uses them (failed
+     * over, idle), so a node that dies or returns is noticed. */
+    if (w->srv->repl != NULL && w->id == w->srv->nworkers) {
+        for (uint32_t i = 0; i < w->nbackends; i++) {
+            gw_backend_ping(w->backends[i], now, 500);
+        }
+    }
     gw_repl_worker_tick(w, now);
     /* Whichever worker claims a down node first probes it. */
     for (uint32_t i = 0; i < w->pool->nnodes; i++) {
