@@ -157,8 +157,12 @@ test: $(DEPS_STAMP)
 	$(MAKE) --no-print-directory sanitize
 	$(MAKE) --no-print-directory fuzz FUZZ_TIME=15
 
+# Each script writes its part of docs/BENCHMARKS.md (the proxy benchmark the head of the
+# file, the others the sections between their markers).
 bench: all
 	$(PYTHON) tests/bench/run_bench.py --out docs/BENCHMARKS.md
+	$(PYTHON) tests/bench/run_repl_bench.py --out docs/BENCHMARKS.md
+	$(PYTHON) tests/bench/run_failover_bench.py --out docs/BENCHMARKS.md
 
 demo: all
 	$(PYTHON) deploy/demo.py
