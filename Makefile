@@ -55,7 +55,7 @@ PROGRAMS := $(BIN)/geogate $(BIN)/geogatectl $(if $(BENCH_SRC),$(BIN)/geogate-be
 
 DEPS_STAMP := build/.deps-installed
 
-.PHONY: all deps test unit integration sanitize fuzz bench demo clean format
+.PHONY: all deps test unit integration sanitize fuzz bench demo demo-site clean format
 .DEFAULT_GOAL := all
 
 all: $(DEPS_STAMP)
@@ -164,7 +164,14 @@ bench: all
 	$(PYTHON) tests/bench/run_repl_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_failover_bench.py --out docs/BENCHMARKS.md
 
+# The three-region lab: first a write at one region read back at the others, then the
+# lab stays up (Ctrl-C stops it; DEMO_SECONDS=N for a bounded run).  `make demo-site`
+# is the one-site version (two memcached + one gateway).
 demo: all
+	$(PYTHON) deploy/lab/lab.py demo
+	$(PYTHON) deploy/lab/lab.py up
+
+demo-site: all
 	$(PYTHON) deploy/demo.py
 
 format:
