@@ -299,18 +299,37 @@ def start_servers(tmp, taken, children, binary):
 # ------------------------------------------------------------------------------------------
 # Measurements
 
-def measure_run(bench, target, nodes, extra, timeout):
-    """One load run against target; adds the CPU the proxy and the memcached nodes used."""
+def machine_busy_seconds():
+    """CPU seconds every core of the machine spent busy so far (/proc/stat, all processes)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+
+
+def measure_run(bench, target, nodes, children, extra, timeout):
+    """One load run against target; adds the CPU the proxy and the memcached nodes used, and
+    how many cores' worth of CPU went to processes that are not part of this benchmark."""
     procs = [target.child] if target.child else []
+    ours = [c for c in children if c.alive()]
     cpu0 = [proc_cpu_seconds(p.pid) for p in procs]
     node0 = [proc_cpu_seconds(n.pid) for n in nodes]
+    ours0 = sum(proc_cpu_seconds(c.pid) for c in ours)
+    gen0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, t0 = machine_busy_seconds(), time.time()
     res = bench.run(target.port, extra, timeout)
+    busy1, t1 = machine_busy_seconds(), time.time()
+    gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours1 = sum(proc_cpu_seconds(c.pid) for c in ours)
     cpu1 = [proc_cpu_seconds(p.pid) for p in procs]
     node1 = [proc_cpu_seconds(n.pid) for n in nodes]
     per100k = 1e5 / res["requests"] if res["requests"] else float("nan")
+    gen = (gen1.ru_utime + gen1.ru_stime) - (gen0.ru_utime + gen0.ru_stime)
     res["proxy_cpu_s"] = sum(cpu1) - sum(cpu0) if procs else None
     res["proxy_cpu_per_100k"] = res["proxy_cpu_s"] * per100k if procs else None
     res["memcached_cpu_per_100k"] = (sum(node1) - sum(node0)) * per100k
+    res["generator_cpu_per_100k"] = gen * per100k
+    res["other_cores"] = max(0.0, (busy1 - busy0) - (ours1 - ours0) - gen) / max(1e-3, t1 - t0)
     return res
 
 
@@ -393,6 +412,8 @@ def summary(runs):
         "requests": sum(r["requests"] for r in runs),
         "hit_pct": 100.0 * sum(r["hits"] for r in runs) / max(1, sum(r["gets"] for r in runs)),
         "rounds": [(r["ops_per_sec"], r["proxy_cpu_per_100k"]) for r in runs],
+        "gen_cpu": med([r["generator_cpu_per_100k"] for r in runs]),
+        "other": [r["other_cores"] for r in runs],
         "error_kinds": {k: sum(r["error_kinds"][k] for r in runs)
                         for k in runs[0]["error_kinds"]},
     }
@@ -533,7 +554,10 @@ def render(args, info, configs, targets, memory, soak, elapsed):
       "*Proxy CPU* is the proxy process's utime+stime from /proc/PID/stat over the run, "
       "all threads; *memcached CPU* is both nodes together (for the direct row, only the one "
       "node used). Latency is per request, from queueing it to its last reply byte, as the "
-      "client sees it." % (args.rounds, args.duration, args.keys))
+      "client sees it. *Other processes* is the CPU the whole machine spent during each run "
+      "(/proc/stat) minus this benchmark's own processes, in cores out of %d: a round with a "
+      "high value was disturbed." % (args.rounds, args.duration, args.keys,
+                                      os.cpu_count() or 0))
     w("")
     for cname, cextra, cdesc in configs:
         w("#### %s" % cdesc)
@@ -542,22 +566,24 @@ def render(args, info, configs, targets, memory, soak, elapsed):
             bench_common(args) + cextra + ["--duration", "%g" % args.duration, "--json"]))
         w("")
         w("| target | ops/s | p50 µs | p99 µs | p99.9 µs | proxy CPU s / 100k req | "
-          "memcached CPU s / 100k req | get hits | errors | each round: ops/s (proxy CPU) |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "memcached CPU s / 100k req | load generator CPU s / 100k req | get hits | errors | "
+          "each round: ops/s (proxy CPU) | other processes, cores |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for t in targets:
             s = summary(t.runs.get(cname, []))
             if s is None:
-                w("| %s | did not run | | | | | | | | |" % t.label)
+                w("| %s | did not run | | | | | | | | | | |" % t.label)
                 continue
             errs = "%d" % s["errors"]
             if s["errors"]:
                 errs += " (%s)" % ", ".join("%s %d" % (k, v)
                                             for k, v in s["error_kinds"].items() if v)
-            w("| %s | %s | %s | %s | %s | %s | %s | %.1f%% | %s | %s |" % (
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %.1f%% | %s | %s | %s |" % (
                 t.label, fmt(s["ops"]), fmt(s["p50"], "%.0f"), fmt(s["p99"], "%.0f"),
                 fmt(s["p999"], "%.0f"), fmt(s["cpu"], "%.3f"), fmt(s["mc_cpu"], "%.3f"),
-                s["hit_pct"], errs, ", ".join("%.0f%s" % (ops, fmt(cpu, " (%.3f)", ""))
-                                              for ops, cpu in s["rounds"])))
+                fmt(s["gen_cpu"], "%.3f"), s["hit_pct"], errs,
+                ", ".join("%.0f%s" % (ops, fmt(cpu, " (%.3f)", "")) for ops, cpu in s["rounds"]),
+                ", ".join("%.2f" % x for x in s["other"])))
         sg, sn = summary(gg.runs.get(cname, [])), summary(nc.runs.get(cname, []))
         if sg and sn:
             w("")
@@ -804,7 +830,7 @@ def main():
                         continue
                     extra = cextra + ["--duration", "%g" % args.duration]
                     try:
-                        r = measure_run(bench, t, nodes, extra, args.duration + 60)
+                        r = measure_run(bench, t, nodes, children, extra, args.duration + 60)
                     except (BenchError, OSError) as e:
                         if t.check_alive():
                             t.error = "load run failed: %s" % e
