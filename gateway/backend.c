@@ -147,6 +147,11 @@ void gw_backend_ping(struct gw_backend *be, int64_t now_ms, uint32_t interval_ms
     if (be->ping_cap == NULL && (be->ping_cap = evbuffer_new()) == NULL) {
         return;
     }
+    /* A node that just failed is asked again at once: failure_limit misses in a row
+     * then take a few ticks, not failure_limit intervals. */
+    if (__atomic_load_n(&be->node->failures, __ATOMIC_RELAXED) > 0) {
+        interval_ms = 0;
+    }
     be->ping_due_ms = now_ms + interval_ms;
     evbuffer_drain(be->ping_cap, evbuffer_get_length(be->ping_cap));
     memset(&be->ping, 0, sizeof(be->ping));
