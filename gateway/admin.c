@@ -10,6 +10,9 @@
  *   POST /failover[?to=SITE]                     force reads to SITE (default: the best
  *                   200 | 400 | 404 | 409        serving peer, as the automatic switch picks)
  *   POST /failback  200 | 409                    back to local through warm-up
+ *   GET  /snapshot  200 stream | 409 | 503       the site's items as a snapshot file
+ *   POST /restore   200 | 400 | 409 | 413 | 422  apply a snapshot file (the body)
+ *                                                (both in admin_xfer.c, loopback only)
  *
  * GET endpoints also answer HEAD; any other method gets 405 with an Allow header.
  * Actions are refused (403) unless the client is on loopback: the admin listener binds
@@ -17,6 +20,7 @@
  * can check /health) the actions must still not become remote controls.
  */
 #include "gateway/admin.h"
+#include "gateway/admin_xfer.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -47,10 +51,15 @@
 #define ADMIN_TIMEOUT_S 5      /* a slow admin client is closed after this */
 #define ADMIN_MAX_HEADERS 8192 /* bytes */
 #define ADMIN_MAX_BODY 4096    /* actions take no body; anything larger is refused */
+/* evhttp 2.1 has one body limit for every path, checked before any callback sees the
+ * path: it is POST /restore's, and every other route refuses more than ADMIN_MAX_BODY
+ * itself (413) once the body is in. */
+#define ADMIN_HTTP_MAX_BODY GW_ADMIN_RESTORE_MAX_BYTES
 
 struct gw_admin {
     struct gw_server *srv;
     struct evhttp *http;
+    struct gw_admin_xfer *xfer; /* GET /snapshot, POST /restore */
 };
 
 /* Everything one response needs, taken once per request. */
@@ -187,6 +196,8 @@ static const char *admin_reason_phrase(int code)
         return "Method Not Allowed";
     case 409:
         return "Conflict";
+    case 413:
+        return "Payload Too Large";
     case 503:
         return "Service Unavailable";
     default:
@@ -824,6 +835,27 @@ static void admin_failback(struct gw_admin *a, struct evhttp_request *req, struc
     }
 }
 
+static bool admin_from_loopback(struct evhttp_request *req);
+
+/* A GET, but it hands out every item of the site: loopback only, like the actions. */
+static void admin_snapshot(struct gw_admin *a, struct evhttp_request *req)
+{
+    if (!admin_from_loopback(req)) {
+        admin_text(req, 403, "/snapshot is served to loopback only");
+        return;
+    }
+    gw_admin_xfer_snapshot(a->xfer, req);
+}
+
+static void admin_restore(struct gw_admin *a, struct evhttp_request *req, struct evkeyvalq *q)
+{
+    if (q->tqh_first != NULL) {
+        admin_text(req, 400, "POST /restore takes no parameters, only the snapshot file as body");
+        return;
+    }
+    gw_admin_xfer_restore(a->xfer, req);
+}
+
 enum admin_route_kind { ADMIN_GET = 0, ADMIN_POST, ADMIN_ROUTE_KIND_MAX };
 
 struct admin_route {
@@ -840,6 +872,8 @@ static const struct admin_route admin_routes[] = {
     {"/drain", ADMIN_POST, NULL, admin_drain},
     {"/failover", ADMIN_POST, NULL, admin_failover},
     {"/failback", ADMIN_POST, NULL, admin_failback},
+    {"/snapshot", ADMIN_GET, admin_snapshot, NULL},
+    {"/restore", ADMIN_POST, NULL, admin_restore},
 };
 
 /* Actions only from loopback (see the top of the file).  Unix sockets count as local. */
@@ -888,9 +922,14 @@ static void admin_request_cb(struct evhttp_request *req, void *arg)
     }
     if (r == NULL) {
         admin_text(req, 404,
-                   "unknown path %s: GET /health, /status, /metrics; POST /drain, "
-                   "/failover?to=SITE, /failback",
+                   "unknown path %s: GET /health, /status, /metrics, /snapshot; POST /drain, "
+                   "/failover?to=SITE, /failback, /restore",
                    admin_clean(path, clean, sizeof(clean)));
+        return;
+    }
+    if (r->post != admin_restore &&
+        evbuffer_get_length(evhttp_request_get_input_buffer(req)) > ADMIN_MAX_BODY) {
+        admin_text(req, 413, "%s takes no body", r->path);
         return;
     }
     if (r->kind == ADMIN_GET) {
@@ -935,6 +974,9 @@ int gw_admin_start(struct gw_server *srv, struct gw_admin **out)
         return -ENOMEM;
     }
     a->srv = srv;
+    if (gw_admin_xfer_create(srv, &a->xfer) != 0) {
+        goto fail_xfer;
+    }
     a->http = evhttp_new(srv->base);
     if (a->http == NULL) {
         goto fail_http;
@@ -945,7 +987,7 @@ int gw_admin_start(struct gw_server *srv, struct gw_admin **out)
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_timeout(a->http, ADMIN_TIMEOUT_S);
     evhttp_set_max_headers_size(a->http, ADMIN_MAX_HEADERS);
-    evhttp_set_max_body_size(a->http, ADMIN_MAX_BODY);
+    evhttp_set_max_body_size(a->http, (ev_ssize_t)ADMIN_HTTP_MAX_BODY);
     evhttp_set_gencb(a->http, admin_request_cb, a);
     if (evhttp_bind_socket_with_handle(a->http, addr->host, addr->port) == NULL) {
         log_error("cannot listen on admin %s:%u: %s", addr->host, addr->port,
@@ -958,9 +1000,12 @@ int gw_admin_start(struct gw_server *srv, struct gw_admin **out)
 
 fail_bind:
     evhttp_free(a->http);
+    gw_admin_xfer_destroy(a->xfer);
     free(a);
     return -EADDRNOTAVAIL;
 fail_http:
+    gw_admin_xfer_destroy(a->xfer);
+fail_xfer:
     free(a);
     return -ENOMEM;
 }
@@ -970,6 +1015,7 @@ void gw_admin_stop(struct gw_admin *a)
     if (a == NULL) {
         return;
     }
+    gw_admin_xfer_destroy(a->xfer); /* stops and waits for the transfers' threads */
     evhttp_free(a->http);
     free(a);
 }

@@ -46,6 +46,25 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     ssize_t n;
 
     (void)what;
+    if (evbuffer_get_length(conn->in) == 0) {
+        /* The common case, a request or a reply that fits one read: read into the
+         * worker's buffer and copy the few bytes over, instead of making the input
+         * buffer allocate (and, once drained, free) a 16 KiB chain on every read. */
+        n = read(fd, conn->w->rbuf, sizeof(conn->w->rbuf));
+        if (n > 0) {
+            evbuffer_add(conn->in, conn->w->rbuf, (size_t)n);
+            if (conn->bytes_in != NULL) {
+                __atomic_store_n(conn->bytes_in, *conn->bytes_in + (uint64_t)n,
+                                 __ATOMIC_RELAXED);
+            }
+            conn->on_read(conn, conn->arg);
+        } else if (n == 0) {
+            conn_fail(conn, true);
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_fail(conn, false);
+        }
+        return;
+    }
     nvec = evbuffer_reserve_space(conn->in, GW_READ_CHUNK, vec, 2);
     if (nvec <= 0) {
         conn_fail(conn, false);

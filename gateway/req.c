@@ -17,12 +17,21 @@
 #include "gateway/repl.h"
 #include "gateway/server.h"
 
+#define GW_REQ_FREE_MAX 1024 /* requests kept for reuse per worker */
+
 struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd)
 {
-    struct gw_req *r = calloc(1, sizeof(*r));
+    struct gw_req *r = w->req_free;
 
-    if (r == NULL) {
-        return NULL;
+    if (r != NULL) {
+        w->req_free = r->next_free;
+        w->nreq_free--;
+        memset(r, 0, sizeof(*r));
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL) {
+            return NULL;
+        }
     }
     r->w = w;
     r->client = c;
@@ -51,7 +60,24 @@ void gw_req_free(struct gw_req *r)
     if (r->failed && r->error != NULL && r->error_owned) {
         free((char *)r->error);
     }
+    if (r->w->nreq_free < GW_REQ_FREE_MAX) {
+        struct gw_worker *w = r->w;
+        r->next_free = w->req_free;
+        w->req_free = r;
+        w->nreq_free++;
+        return;
+    }
     free(r);
+}
+
+void gw_req_pool_release(struct gw_worker *w)
+{
+    while (w->req_free != NULL) {
+        struct gw_req *r = w->req_free;
+        w->req_free = r->next_free;
+        free(r);
+    }
+    w->nreq_free = 0;
 }
 
 struct evbuffer *gw_req_reply(struct gw_req *r)

@@ -16,6 +16,9 @@
 struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd);
 void gw_req_free(struct gw_req *r);
 
+/* Free the worker's requests kept for reuse (at shutdown). */
+void gw_req_pool_release(struct gw_worker *w);
+
 /* The request's reply buffer, created on first use.  NULL if out of memory. */
 struct evbuffer *gw_req_reply(struct gw_req *r);
 

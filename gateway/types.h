@@ -95,6 +95,7 @@ struct gw_req {
     uint32_t nslots;
     char *keybuf; /* owns the key bytes slots point to */
     uint32_t *slotidx;
+    struct gw_req *next_free; /* in the worker's free list */
 };
 
 TAILQ_HEAD(gw_req_queue, gw_req);
@@ -201,6 +202,9 @@ struct gw_worker {
     struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */
     struct gw_remote *remote;      /* links to peer sites for failover reads (remote.c) */
     struct gw_ack_list *ack_waits; /* writes waiting for a peer's ack (repl.c) */
+    struct gw_req *req_free;       /* requests kept for reuse (req.c) */
+    uint32_t nreq_free;
+    char rbuf[16384];              /* reads land here first when a socket's input is empty */
     bool repl_appended;            /* this pass spooled something */
 };
 

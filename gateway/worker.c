@@ -24,6 +24,7 @@
 #include "gateway/pool.h"
 #include "gateway/remote.h"
 #include "gateway/repl.h"
+#include "gateway/req.h"
 #include "gateway/server.h"
 
 #define GW_TICK_MS 50
@@ -383,6 +384,7 @@ void gw_worker_join(struct gw_worker *w)
     }
     gw_client_reap(w); /* requests orphaned by the failures above */
     gw_remote_stop(w);
+    gw_req_pool_release(w);
     free(w->backends);
     gw_pool_put(w->pool);
     event_free(w->notify_ev);

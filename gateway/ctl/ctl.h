@@ -139,4 +139,11 @@ void ctl_failover_path(const char *site, char *out, size_t len);
 /* GET /status and parse it.  Returns 0 and *out, or a ctl_exit code (message printed). */
 int ctl_get_status(const struct ctl_target *admin, struct ctl_json **out);
 
+/* ---- snapshots (ctl_snap.c) ---- */
+
+/* `geogatectl snapshot --out FILE` / `geogatectl restore --in FILE`: argv starts after the
+ * command.  Return a ctl_exit code (1 also for a damaged file, with the offset printed). */
+int ctl_snapshot(const struct ctl_target *admin, int argc, char **argv);
+int ctl_restore(const struct ctl_target *admin, int argc, char **argv);
+
 #endif

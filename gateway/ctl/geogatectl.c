@@ -6,6 +6,8 @@
  *   geogatectl --admin HOST:PORT failover [--to SITE]
  *   geogatectl --admin HOST:PORT failback
  *   geogatectl --admin HOST:PORT drill [options]        (drill.c; `drill --help`)
+ *   geogatectl --admin HOST:PORT snapshot --out FILE    (ctl_snap.c)
+ *   geogatectl --admin HOST:PORT restore --in FILE
  *
  * It only speaks HTTP to the admin listener (and memcached, for the drill's load); it never
  * reads the gateway's config or files.  Exit codes: 0 done, 1 the gateway refused (its
@@ -38,6 +40,10 @@ static void ctl_usage(FILE *f)
                "                      peer, as the automatic failover would pick)\n"
                "  failback            come back from a forced failover (through warm-up)\n"
                "  drill [options]     scripted disaster-recovery drill; `drill --help`\n"
+               "  snapshot --out FILE write the site's live items (tombstones too) to FILE\n"
+               "  restore --in FILE   apply a snapshot, newest version wins, expired items\n"
+               "                      skipped; a damaged file stops at its first bad record\n"
+               "                      (offset printed, nothing after it applied; exit 1)\n"
                "\n"
                "exit codes: 0 done, 1 refused by the gateway (its message is printed) or drill\n"
                "problem, 2 usage, 3 admin listener unreachable\n");
@@ -411,6 +417,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "drill") == 0) {
         return ctl_drill(&admin, cargc, cargv);
+    }
+    if (strcmp(cmd, "snapshot") == 0) {
+        return ctl_snapshot(&admin, cargc, cargv);
+    }
+    if (strcmp(cmd, "restore") == 0) {
+        return ctl_restore(&admin, cargc, cargv);
     }
     fprintf(stderr, "geogatectl: unknown command %s\n", cmd);
     ctl_usage(stderr);
