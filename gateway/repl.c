@@ -42,7 +42,9 @@
 #include "wan/grpc_server.h"
 #include "wan/spool.h"
 
-#define REPL_INFLIGHT 4              /* batches in flight per peer */
+#define REPL_INFLIGHT 64             /* batches in flight per peer */
+#define REPL_COALESCE_MS 8           /* with batches in flight, a small batch waits this long
+                                        for company (fewer WAN bytes per mutation) */
 #define REPL_BATCH_MAX 512           /* mutations per batch */
 #define REPL_BATCH_BYTES (512u << 10) /* bytes per batch */
 #define REPL_TICK_MS 100
@@ -77,6 +79,7 @@ struct gw_peer {
     uint64_t lag_count;
     int64_t up_since_ms;
     char last_error[160];
+    struct event *coalesce_ev; /* fires when a held-back small batch is due */
     /* health, from Health/Check every second while the link is up */
     bool serving;
     bool health_inflight;
@@ -460,6 +463,22 @@ static void peer_pump(struct gw_peer *p)
         if (n == 0) {
             return;
         }
+        if (p->inflight > 0 && n < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES &&
+            (int64_t)oldest + REPL_COALESCE_MS > wall_ms()) {
+            /* Batches are already on the wire: let this small one gather a few more
+             * mutations (bounded by REPL_COALESCE_MS of added lag) instead of paying a
+             * whole batch exchange for one or two. */
+            int64_t wait = (int64_t)oldest + REPL_COALESCE_MS - wall_ms();
+            struct timeval tv = {0, (suseconds_t)((wait > 0 ? wait : 1) * 1000)};
+            for (size_t i = 0; i < n; i++) {
+                geogate__wan__v1__mutation__free_unpacked(muts[i], NULL);
+            }
+            wan_spool_cursor_seek(p->cursor, first);
+            if (p->coalesce_ev != NULL && !evtimer_pending(p->coalesce_ev, NULL)) {
+                evtimer_add(p->coalesce_ev, &tv);
+            }
+            return;
+        }
         req.origin_site = repl->srv->cfg->site;
         req.gateway_id = repl->srv->cfg->gateway_id;
         req.first_seq = first;
@@ -643,6 +662,13 @@ static void peer_connect(struct gw_peer *p)
         return;
     }
     p->connecting = true;
+}
+
+static void coalesce_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    peer_pump(arg);
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -926,6 +952,7 @@ static int repl_start(void *arg)
         return rc;
     }
     for (size_t i = 0; i < repl->npeers; i++) {
+        repl->peers[i].coalesce_ev = evtimer_new(repl->w->base, coalesce_cb, &repl->peers[i]);
         peer_connect(&repl->peers[i]);
     }
     return 0;
@@ -939,6 +966,10 @@ static int repl_stop(void *arg)
         if (repl->peers[i].client != NULL) {
             wan_grpc_client_destroy(repl->peers[i].client);
             repl->peers[i].client = NULL;
+        }
+        if (repl->peers[i].coalesce_ev != NULL) {
+            event_free(repl->peers[i].coalesce_ev);
+            repl->peers[i].coalesce_ev = NULL;
         }
     }
     if (repl->server != NULL) {

@@ -38,7 +38,10 @@ sys.path.insert(0, HERE)
 
 from multisite import Lab, MCConn  # noqa: E402
 
-SLOW = 2.0 if os.environ.get("GEOGATE_SANITIZED") == "1" else 1.0
+# Time bounds stretch on a slow (sanitized) build and on a machine other jobs load: a
+# timed assertion must not fail on someone else's load.  On a quiet machine SLOW is 1.
+SLOW = (2.0 if os.environ.get("GEOGATE_SANITIZED") == "1" else 1.0) * max(
+    1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 HLC_MIN = 1 << 40        # a cas token at or above this came from a peer (its HLC)
 HOLD_DOWN_MS = 2000
 SITES = ["us-east", "eu-west"]
@@ -406,8 +409,8 @@ class FailoverTest(unittest.TestCase):
         ok_after = rl.first_ok_after(t_killed)
         ok_peer = rl.first_ok_after(t_killed, peer=True)
         errs = rl.errors(t_kill)
-        switch_errs = [e for e in errs if e.t0 < t_kill + 1.0]
-        late_errs = [e for e in errs if e.t0 >= t_kill + 1.0]
+        switch_errs = [e for e in errs if e.t0 < t_kill + 1.0 * SLOW]
+        late_errs = [e for e in errs if e.t0 >= t_kill + 1.0 * SLOW]
         say("hit ratio before the failure: %s over %d lookups (%d local, %d from the peer); "
             "errors before: %d", fmt_ratio(before["hit_ratio"]), before["lookups"],
             before["local"], before["peer"], len(rl.errors(0, t_kill)))
@@ -603,7 +606,7 @@ class FailoverTest(unittest.TestCase):
             time.sleep(1.0)
         finally:
             rl.stop()
-        errs = [e for e in rl.errors(t_kill) if e.t0 >= t_kill + 1.0]
+        errs = [e for e in rl.errors(t_kill) if e.t0 >= t_kill + 1.0 * SLOW]
         say("nodes up again %.1f s after the restart, killed again %.1f s later (hold_down 3 s): "
             "mode changes meanwhile: %s", up - t_flap, t_kill2 - up,
             [(c["from"], c["to"], c["why"]) for c in early] or "none")
@@ -619,7 +622,7 @@ class FailoverTest(unittest.TestCase):
                    "failback %s after the final restart (hold_down 3 s)" %
                    ("%.0f ms" % ((wu["t"] - t_restart) * 1000) if wu else "never"))
         # errors only right after each kill
-        late = [e for e in errs if not (t_kill2 <= e.t0 < t_kill2 + 1.0)]
+        late = [e for e in errs if not (t_kill2 <= e.t0 < t_kill2 + 1.0 * SLOW)]
         self.check(not late, "read errors outside the first second after a kill: %s" % _kinds(late))
 
     # ------------------------------------------------------------------------------
@@ -662,7 +665,7 @@ class FailoverTest(unittest.TestCase):
         mode = mode_now(lab, "us-east")
         changes = lab.mode_changes("us-east")
         errs = rl.errors(t_kill)
-        late = [e for e in errs if e.t0 >= t_kill + 1.0]
+        late = [e for e in errs if e.t0 >= t_kill + 1.0 * SLOW]
         win = rl.window(t_kill + 1.0, t_end)
         say("kill -> node marked down (stats nodes): %s", "%.0f ms" % ((t_down - t_kill) * 1000)
             if t_down else "not seen")
