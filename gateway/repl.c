@@ -1096,12 +1096,19 @@ struct tls_ctx *gw_repl_client_tls(struct gw_server *srv)
     return srv->repl != NULL ? srv->repl->tls_cli : NULL;
 }
 
+void gw_repl_stop_links(struct gw_server *srv)
+{
+    if (srv->repl != NULL) {
+        repl_stop(srv->repl);
+    }
+}
+
 void gw_repl_destroy(struct gw_server *srv)
 {
     if (srv->repl == NULL) {
         return;
     }
-    repl_stop(srv->repl); /* the WAN thread has stopped by now */
+    repl_stop(srv->repl); /* no-op when gw_repl_stop_links ran */
     repl_free(srv->repl);
     srv->repl = NULL;
 }

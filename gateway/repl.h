@@ -37,8 +37,11 @@ struct gw_item {
  * that thread).  Returns 0 or -1 (logged). */
 int gw_repl_create(struct gw_server *srv, struct gw_worker *wan_worker);
 
-/* Stop shipping and serving (WAN thread), close the spool.  Called after the workers
- * have stopped. */
+/* Close the WAN server and the peer links; after every thread has stopped and before
+ * their event bases are freed.  Idempotent. */
+void gw_repl_stop_links(struct gw_server *srv);
+
+/* Free the rest (spool, TLS contexts); after gw_repl_stop_links. */
 void gw_repl_destroy(struct gw_server *srv);
 
 /* A local write succeeded: spool its result for every peer (per replication.rules).

@@ -295,6 +295,15 @@ fail_start:
             gw_worker_send(&srv.workers[i], &msg);
         }
     }
+    /* Every thread stops first; then the WAN links go while the WAN thread's event base
+     * still exists (their timers and bufferevents live on it); then the workers' state. */
+    for (int i = 0; i < started; i++) {
+        if (!srv.workers[i].joined) {
+            pthread_join(srv.workers[i].thread, NULL);
+            srv.workers[i].joined = true;
+        }
+    }
+    gw_repl_stop_links(&srv);
     for (int i = 0; i < started; i++) {
         gw_worker_join(&srv.workers[i]);
     }
