@@ -596,9 +596,11 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     w("### Memory per idle client connection")
     w("")
     w("Fresh proxy processes (after one request, so lazily built state exists), then "
-      "`bin/geogate-bench --idle-conns %d`: %d connections opened one after another, then one "
-      "`get` sent on each (all in flight at once, as when many clients wake together), "
-      "then every reply read; then they all sit idle. RSS is VmRSS from "
+      "`bin/geogate-bench --idle-conns %d`: %d connections opened one after another, then "
+      "one `get` sent on each in two parts (everything but the CRLF on every connection, "
+      "half a second's pause, then the CRLFs), so every connection holds a partial request "
+      "in the proxy at the same moment whatever the timing, as with many slow clients; then "
+      "every reply read; then they all sit idle. RSS is VmRSS from "
       "/proc/PID/status." % (args.idle_conns, args.idle_conns))
     w("")
     w("| proxy | RSS before | RSS with idle connections | connections (errors) | "

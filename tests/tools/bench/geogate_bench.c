@@ -1021,12 +1021,13 @@ fail_alloc:
 }
 
 /* ---------------------------------------------------------------------------------------
- * Idle-connection mode: open --idle-conns connections one after another, then send one get
- * on every one of them, then read every reply (so all the requests are in flight at once, as
- * when many clients wake up together: a proxy that keeps buffers per connection or pools
- * them at their high-water mark shows it here), say so on stdout, then hold the connections
- * until a signal or --duration.  Plain blocking sockets: this mode measures the target's
- * memory, not its speed.
+ * Idle-connection mode: open --idle-conns connections one after another; send one get on
+ * every one of them in two parts (all but the CRLF, half a second's pause, the CRLF), so a
+ * partial request sits in the target on every connection at once, as with many slow clients
+ * (a proxy that keeps a buffer per connection, or pools buffers at their high-water mark,
+ * shows it here whatever the timing); read every reply; say so on stdout; then hold the
+ * connections until a signal or --duration.  Plain blocking sockets: this mode measures the
+ * target's memory, not its speed.
  */
 
 /* Read one reply to a get: true once it ends in "END\r\n" or an error line. */
@@ -1081,12 +1082,20 @@ static int run_idle(const struct bench_opts *o)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
         fds[opened++] = fd;
     }
-    /* All requests go out before any reply is read, so they are in flight together. */
+    /*
+     * Every connection first gets its request without the final CRLF, so the target holds a
+     * partial request on all of them at the same moment whatever its speed; then the CRLFs
+     * go out and the replies are read.
+     */
     for (int i = 0; i < opened; i++) {
         char req[300];
-        int len = snprintf(req, sizeof(req), "get %sidle:%d\r\n", o->key_prefix, i);
+        int len = snprintf(req, sizeof(req), "get %sidle:%d", o->key_prefix, i);
 
         ok[i] = send(fds[i], req, (size_t)len, MSG_NOSIGNAL) == len;
+    }
+    nanosleep(&(struct timespec){0, 500 * 1000 * 1000}, NULL);
+    for (int i = 0; i < opened; i++) {
+        ok[i] = ok[i] && send(fds[i], "\r\n", 2, MSG_NOSIGNAL) == 2;
     }
     for (int i = 0; i < opened; i++) {
         if (!ok[i] || !idle_read_reply(fds[i])) {
