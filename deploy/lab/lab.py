@@ -154,6 +154,11 @@ class Proc:
     def alive(self):
         return self.p.poll() is None
 
+    def terminate(self):
+        """SIGTERM without waiting (stop() then waits): lets several stop at once."""
+        if self.p.poll() is None:
+            self.p.terminate()
+
     def stop(self, timeout=5.0):
         if self.p.poll() is None:
             try:
@@ -475,6 +480,9 @@ class Lab:
     def stop_nodes(self, name):
         s = self.sites[name]
         stopped = []
+        for p in s.memcached:
+            if p is not None:
+                p.terminate()
         for i, p in enumerate(s.memcached):
             if p is not None:
                 p.stop()
@@ -654,7 +662,11 @@ class Lab:
     # -- tear-down --
 
     def stop(self):
-        """Gateways first (they drain and flush their spools), then the WAN, then memcached."""
+        """Gateways first (they drain and flush their spools), then the WAN, then memcached;
+        each group is sent SIGTERM at once, then waited for."""
+        for s in self.sites.values():
+            if s.gateway is not None:
+                s.gateway.terminate()
         for s in self.sites.values():
             if s.gateway is not None:
                 rc = s.gateway.stop(timeout=STOP_TIMEOUT)
@@ -671,6 +683,10 @@ class Lab:
         if self.wanem is not None:
             self.wanem.stop()
             self.wanem = None
+        for s in self.sites.values():
+            for p in s.memcached:
+                if p is not None:
+                    p.terminate()
         for s in self.sites.values():
             for i, p in enumerate(s.memcached):
                 if p is not None:
@@ -935,8 +951,10 @@ def main(argv=None):
     args.dir = os.path.abspath(args.dir)
 
     if args.cmd in ("up", "demo"):
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGHUP, on_signal)
+        # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and
+        # Python then raises no KeyboardInterrupt.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, on_signal)
         return cmd_up(args) if args.cmd == "up" else cmd_demo(args)
     if args.cmd == "status":
         return client(args.dir, ["status"])
