@@ -23,6 +23,7 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -875,6 +876,10 @@ def main():
     print(report)
     baseline_ok = all(t.ok for t in targets if t.name != "geogate")
     gg_ok = all(t.ok for t in targets if t.name == "geogate")
+    if baseline_ok and gg_ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        log("logs kept in %s" % tmp)
     if not baseline_ok:
         return 1
     return 0 if gg_ok else 3
