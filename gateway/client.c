@@ -154,7 +154,7 @@ static void client_drained(struct gw_conn *conn, void *arg)
         }
         return;
     }
-    if (c->paused) {
+    if (c->paused && c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2) {
         c->paused = false;
         gw_conn_resume_read(conn);
         client_process(c);
@@ -1033,8 +1033,12 @@ static void pause_reading(struct gw_client *c)
 {
     c->paused = true;
     gw_conn_pause_read(&c->conn);
-    /* Resume once the socket has taken half the backlog (or requests finish). */
-    gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_HIGH / 2);
+    /* Paused for unsent output: resume once the socket has taken half of it.  Paused for
+     * requests in flight: client_flush resumes as they finish.  (Asking for a drain
+     * notice when the output is already small would resume at once and spin.) */
+    if (evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH / 2) {
+        gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_HIGH / 2);
+    }
 }
 
 static void client_process_once(struct gw_client *c)
