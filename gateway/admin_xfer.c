@@ -428,8 +428,8 @@ static void snapshot_pump(struct xfer_job *j)
         xfer_text(req, rc == -EBUSY ? 409 : 503, "snapshot failed: %s", j->err);
     } else {
         /* 200 is out: closing without the end record is how the reader learns. */
-        log_error("snapshot failed after %" PRIu64 " bytes: %s; closing the connection",
-                  j->sent, j->err);
+        log_error("snapshot failed after %" PRIu64 " bytes: %s; closing the connection", j->sent,
+                  j->err);
         snapshot_log_end(j, "aborted");
         evhttp_connection_free(evhttp_request_get_connection(req));
     }
@@ -496,14 +496,13 @@ static void restore_json(const struct gw_restore_result *res, double secs, struc
 {
     evbuffer_add_printf(b, "{\"status\": ");
     json_str(b, gw_restore_status_name(res->status));
-    evbuffer_add_printf(b,
-                        ", \"records\": %" PRIu64 ", \"applied\": %" PRIu64
-                        ", \"skipped_expired\": %" PRIu64 ", \"rejected_older\": %" PRIu64
-                        ", \"skipped_tombstones\": %" PRIu64 ", \"bytes\": %" PRIu64
-                        ", \"seconds\": %.3f, \"items_per_s\": %.0f",
-                        res->records, res->applied, res->skipped_expired, res->rejected_older,
-                        res->skipped_tombstones, res->bytes, secs,
-                        secs > 0 ? (double)res->records / secs : 0.0);
+    evbuffer_add_printf(
+        b,
+        ", \"records\": %" PRIu64 ", \"applied\": %" PRIu64 ", \"skipped_expired\": %" PRIu64
+        ", \"rejected_older\": %" PRIu64 ", \"skipped_tombstones\": %" PRIu64
+        ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f, \"items_per_s\": %.0f",
+        res->records, res->applied, res->skipped_expired, res->rejected_older,
+        res->skipped_tombstones, res->bytes, secs, secs > 0 ? (double)res->records / secs : 0.0);
     if (res->header.format != 0) {
         evbuffer_add_printf(b, ", \"format_version\": %u", res->header.format);
     }

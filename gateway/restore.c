@@ -33,9 +33,9 @@
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
 
-#define RESTORE_BATCH 256       /* mutations per gw_apply_batch */
-#define RESTORE_PER_WORKER 2    /* batches in flight per worker */
-#define RESTORE_RAW_BATCH 256   /* version-0 items per round of adds */
+#define RESTORE_BATCH 256     /* mutations per gw_apply_batch */
+#define RESTORE_PER_WORKER 4  /* batches in flight per worker */
+#define RESTORE_RAW_BATCH 256 /* version-0 items per round of adds */
 #define RESTORE_WAIT_SLICE_MS 200
 
 static const char *const restore_status_names[GW_RESTORE_STATUS_MAX] = {
@@ -261,8 +261,7 @@ static int raw_flush_node(struct restore_run *r, uint32_t node)
             continue;
         }
         n = snprintf(line, sizeof(line), "add %.*s %" PRIu32 " %" PRIu32 " %zu\r\n",
-                     (int)m->key.len, (const char *)m->key.data, m->flags, m->expiry,
-                     m->value.len);
+                     (int)m->key.len, (const char *)m->key.data, m->flags, m->expiry, m->value.len);
         rc = gw_mc_sock_send(s, line, (size_t)n);
         if (rc == 0 && m->value.len > 0) {
             rc = gw_mc_sock_send(s, m->value.data, m->value.len);
@@ -363,8 +362,8 @@ static int read_end(struct restore_run *r, struct evbuffer *body, uint64_t off)
     uint64_t count;
 
     if (left < GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD) {
-        return bad_record(res, off, "truncated: the end record is cut after %zu of %d bytes",
-                          left, GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD);
+        return bad_record(res, off, "truncated: the end record is cut after %zu of %d bytes", left,
+                          GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD);
     }
     p = evbuffer_pullup(body, GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD);
     if (le32(p + 4) != wan_crc32c(0, p + GW_SNAP_RECORD_HEAD, GW_SNAP_END_PAYLOAD)) {
@@ -452,8 +451,8 @@ static int read_records(struct restore_run *r, struct evbuffer *body, uint64_t o
         }
         if (left - GW_SNAP_RECORD_HEAD < len) {
             return bad_record(res, off,
-                              "truncated: a record of %" PRIu32 " bytes, only %zu in the file",
-                              len, left - GW_SNAP_RECORD_HEAD);
+                              "truncated: a record of %" PRIu32 " bytes, only %zu in the file", len,
+                              left - GW_SNAP_RECORD_HEAD);
         }
         p = evbuffer_pullup(body, (ev_ssize_t)(GW_SNAP_RECORD_HEAD + len));
         if (p == NULL) {
@@ -462,8 +461,10 @@ static int read_records(struct restore_run *r, struct evbuffer *body, uint64_t o
         }
         crc = wan_crc32c(0, p + GW_SNAP_RECORD_HEAD, len);
         if (crc != le32(head + 4)) {
-            return bad_record(res, off, "CRC32C mismatch (record says %08" PRIx32
-                              ", payload gives %08" PRIx32 ")", le32(head + 4), crc);
+            return bad_record(res, off,
+                              "CRC32C mismatch (record says %08" PRIx32 ", payload gives %08" PRIx32
+                              ")",
+                              le32(head + 4), crc);
         }
         m = geogate__wan__v1__mutation__unpack(NULL, len, p + GW_SNAP_RECORD_HEAD);
         if (m == NULL) {

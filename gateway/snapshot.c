@@ -55,7 +55,7 @@
 #include "wan/version.h"
 
 #define SNAP_IO_TIMEOUT_MS 30000
-#define SNAP_GETS_BATCH 100         /* keys per gets */
+#define SNAP_GETS_BATCH 100          /* keys per gets */
 #define SNAP_FLUSH_BYTES (64u << 10) /* write() pieces */
 #define SNAP_LINE_MAX (64u << 10)
 #define SNAP_BUSY_WAIT_MS 10000 /* how long a busy crawler is retried */
@@ -118,8 +118,8 @@ int gw_snap_header_encode(const struct gw_snap_header *h, uint8_t *out)
     return (int)(GW_SNAP_HEADER_FIXED + n + 4);
 }
 
-int gw_snap_header_decode(const uint8_t *buf, size_t len, struct gw_snap_header *out,
-                          size_t *hlen, size_t *bad_offset)
+int gw_snap_header_decode(const uint8_t *buf, size_t len, struct gw_snap_header *out, size_t *hlen,
+                          size_t *bad_offset)
 {
     size_t n;
 
@@ -213,8 +213,8 @@ static int mc_sock_wait(struct gw_mc_sock *s, short events)
     }
 }
 
-int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node,
-                    uint32_t timeout_ms, char *err, size_t errlen)
+int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node, uint32_t timeout_ms,
+                    char *err, size_t errlen)
 {
     const struct gw_node *n = &pool->nodes[node];
     int soerr = 0;
@@ -383,9 +383,9 @@ int gw_mc_sock_read(struct gw_mc_sock *s, size_t n, uint8_t **data)
 struct snap_keys {
     char *arena;
     size_t used, cap;
-    uint32_t *off;    /* key i starts at arena + off[i] */
-    uint8_t *len;     /* its length (keys are at most 250 bytes) */
-    int64_t *exp;     /* metadump's exp: absolute unix seconds, -1 never */
+    uint32_t *off; /* key i starts at arena + off[i] */
+    uint8_t *len;  /* its length (keys are at most 250 bytes) */
+    int64_t *exp;  /* metadump's exp: absolute unix seconds, -1 never */
     size_t n, max;
 };
 
@@ -643,8 +643,7 @@ static int snap_io_error(struct snap_run *r, struct gw_mc_sock *s, int rc, const
     } else if (rc == -ENOMEM) {
         snprintf(r->err, r->errlen, "out of memory");
     } else if (rc == -EPROTO) {
-        snprintf(r->err, r->errlen, "node %s: overlong line in the answer to %s", s->label,
-                 doing);
+        snprintf(r->err, r->errlen, "node %s: overlong line in the answer to %s", s->label, doing);
     } else {
         snprintf(r->err, r->errlen, "node %s: connection lost during %s", s->label, doing);
         rc = -EHOSTUNREACH;
@@ -690,8 +689,8 @@ static int snap_metadump(struct snap_run *r, struct gw_mc_sock *s, struct snap_k
             }
             k = md_field(line, "key", &kl);
             if (strncmp(line, "key=", 4) != 0 || k == NULL) {
-                snprintf(r->err, r->errlen, "node %s: unexpected metadump line: %.100s",
-                         s->label, line);
+                snprintf(r->err, r->errlen, "node %s: unexpected metadump line: %.100s", s->label,
+                         line);
                 return -EPROTO;
             }
             e = md_field(line, "exp", &el);
@@ -712,12 +711,12 @@ static int snap_metadump(struct snap_run *r, struct gw_mc_sock *s, struct snap_k
     }
 }
 
-/* gets keys [first, first + n) and write a record for each live one. */
-static int snap_gets(struct snap_run *r, struct gw_mc_sock *s, const struct snap_keys *keys,
-                     size_t first, size_t n)
+/* Ask for keys [first, first + n) with one gets. */
+static int snap_gets_send(struct snap_run *r, struct gw_mc_sock *s, const struct snap_keys *keys,
+                          size_t first, size_t n)
 {
     char cmd[6 + SNAP_GETS_BATCH * (SNAP_KEY_MAX + 1) + 2];
-    size_t clen = 0, cursor = first, end = first + n;
+    size_t clen = 0, end = first + n;
     int rc;
 
     memcpy(cmd, "gets", 4);
@@ -730,9 +729,17 @@ static int snap_gets(struct snap_run *r, struct gw_mc_sock *s, const struct snap
     cmd[clen++] = '\r';
     cmd[clen++] = '\n';
     rc = gw_mc_sock_send(s, cmd, clen);
-    if (rc != 0) {
-        return snap_io_error(r, s, rc, "gets");
-    }
+    return rc != 0 ? snap_io_error(r, s, rc, "gets") : 0;
+}
+
+/* Read the answer to the gets of keys [first, first + n) and write a record for each live
+ * item in it. */
+static int snap_gets_read(struct snap_run *r, struct gw_mc_sock *s, const struct snap_keys *keys,
+                          size_t first, size_t n)
+{
+    size_t cursor = first, end = first + n;
+    int rc;
+
     for (;;) {
         char *line, *w[5], *save = NULL;
         size_t len, nkey;
@@ -794,6 +801,11 @@ static int snap_gets(struct snap_run *r, struct gw_mc_sock *s, const struct snap
     }
 }
 
+static size_t snap_batch_len(const struct snap_keys *keys, size_t first)
+{
+    return keys->n - first < SNAP_GETS_BATCH ? keys->n - first : SNAP_GETS_BATCH;
+}
+
 static int snap_node(struct snap_run *r, struct gw_mc_sock *s)
 {
     struct snap_keys keys;
@@ -801,22 +813,33 @@ static int snap_node(struct snap_run *r, struct gw_mc_sock *s)
 
     memset(&keys, 0, sizeof(keys));
     rc = snap_metadump(r, s, &keys);
+    /* Two gets in flight: the node works on the next batch while we encode this one.
+     * Requests are at most 25 KiB, so the socket buffers always hold the next one and
+     * neither side can block the other. */
+    if (rc == 0 && keys.n > 0) {
+        rc = snap_gets_send(r, s, &keys, 0, snap_batch_len(&keys, 0));
+    }
     for (size_t i = 0; rc == 0 && i < keys.n; i += SNAP_GETS_BATCH) {
+        size_t next = i + SNAP_GETS_BATCH;
         if (snap_cancelled(r)) {
             snprintf(r->err, r->errlen, "cancelled");
             rc = -ECANCELED;
             break;
         }
+        if (next < keys.n) {
+            rc = snap_gets_send(r, s, &keys, next, snap_batch_len(&keys, next));
+        }
         r->now = (uint32_t)time(NULL);
-        rc = snap_gets(r, s, &keys, i, keys.n - i < SNAP_GETS_BATCH ? keys.n - i : SNAP_GETS_BATCH);
+        if (rc == 0) {
+            rc = snap_gets_read(r, s, &keys, i, snap_batch_len(&keys, i));
+        }
     }
     snap_keys_free(&keys);
     return rc;
 }
 
 int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn write, void *arg,
-                    atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err,
-                    size_t errlen)
+                    atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen)
 {
     struct gw_pool *pool = src->pool;
     struct gw_snap_header h;
@@ -862,8 +885,10 @@ int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn w
         snprintf(err, errlen, "site name '%.64s' does not fit a snapshot header", src->site);
         goto done;
     }
+    /* The header waits in the buffer for the first records: a first node whose crawler is
+     * busy then fails the run before any byte is written (a clean refusal, not a cut). */
     r.olen = (size_t)rc;
-    rc = snap_flush(&r); /* the header goes out at once: the reader knows we started */
+    rc = 0;
     for (uint32_t i = 0; rc == 0 && i < pool->nnodes; i++) {
         rc = snap_node(&r, &socks[i]);
     }

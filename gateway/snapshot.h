@@ -23,15 +23,15 @@ struct gw_pool;
 
 #define GW_SNAP_MAGIC "GGSNAP"
 #define GW_SNAP_MAGIC_LEN 6
-#define GW_SNAP_FORMAT 1              /* the only format version this build reads and writes */
-#define GW_SNAP_PREFIX_LEN 8          /* magic + format version: the same in every version */
-#define GW_SNAP_HEADER_FIXED 24       /* header bytes before the site name */
-#define GW_SNAP_SITE_MAX 255          /* longest site name a header holds */
+#define GW_SNAP_FORMAT 1        /* the only format version this build reads and writes */
+#define GW_SNAP_PREFIX_LEN 8    /* magic + format version: the same in every version */
+#define GW_SNAP_HEADER_FIXED 24 /* header bytes before the site name */
+#define GW_SNAP_SITE_MAX 255    /* longest site name a header holds */
 #define GW_SNAP_HEADER_MAX (GW_SNAP_HEADER_FIXED + GW_SNAP_SITE_MAX + 4)
-#define GW_SNAP_RECORD_HEAD 8         /* u32 length + u32 CRC32C of the payload */
+#define GW_SNAP_RECORD_HEAD 8          /* u32 length + u32 CRC32C of the payload */
 #define GW_SNAP_RECORD_MAX (64u << 20) /* longest payload a reader accepts */
-#define GW_SNAP_END_MARK 0xFFFFFFFFu  /* the length field of the end record */
-#define GW_SNAP_END_PAYLOAD 16        /* u64 records + u64 tombstones */
+#define GW_SNAP_END_MARK 0xFFFFFFFFu   /* the length field of the end record */
+#define GW_SNAP_END_PAYLOAD 16         /* u64 records + u64 tombstones */
 
 /* The decoded file header. */
 struct gw_snap_header {
@@ -58,8 +58,8 @@ int gw_snap_header_encode(const struct gw_snap_header *h, uint8_t *out);
  *   -EINVAL           site name length 0
  *   -EBADMSG          header CRC mismatch
  */
-int gw_snap_header_decode(const uint8_t *buf, size_t len, struct gw_snap_header *out,
-                          size_t *hlen, size_t *bad_offset);
+int gw_snap_header_decode(const uint8_t *buf, size_t len, struct gw_snap_header *out, size_t *hlen,
+                          size_t *bad_offset);
 
 /* Write a record's 8-byte head for payload into out.  Cannot fail. */
 void gw_snap_record_head(const void *payload, uint32_t len, uint8_t out[GW_SNAP_RECORD_HEAD]);
@@ -97,8 +97,9 @@ struct gw_snapshot_stats {
 /*
  * Enumerate every node of src->pool and write the snapshot file through write(arg, ...):
  * header, one record per live item (tombstones included, expired items skipped; version-0
- * items with their raw flags and memcached's expiry), end record.  Every node is connected
- * before the header is written, so an unreachable node fails the run before any byte is.
+ * items with their raw flags and memcached's expiry), end record.  Every node is connected,
+ * and the first one listed, before the first byte is written, so an unreachable node or a
+ * busy crawler there fails the run before anything is.
  * cancel (may be NULL) is checked between batches.  Stats are filled as far as it got.
  * Blocking; not on an event loop thread.
  * Returns 0, or
@@ -111,8 +112,7 @@ struct gw_snapshot_stats {
  *   whatever write returned
  */
 int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn write, void *arg,
-                    atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err,
-                    size_t errlen);
+                    atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen);
 
 /* ---- blocking memcached connections (shared with restore.c) --------------------------- */
 
@@ -127,8 +127,8 @@ struct gw_mc_sock {
 
 /* Connect to the pool's node (addresses resolved in the pool).  Returns 0, or
  * -EHOSTUNREACH / -ETIMEDOUT / -ENOMEM with err filled. */
-int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node,
-                    uint32_t timeout_ms, char *err, size_t errlen);
+int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node, uint32_t timeout_ms,
+                    char *err, size_t errlen);
 void gw_mc_sock_close(struct gw_mc_sock *s);
 
 /* Send all of data.  Returns 0, -ETIMEDOUT or -EIO. */

@@ -24,9 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SNAP_IDLE_MS (10 * 60 * 1000) /* a transfer may make no progress this long */
+#define SNAP_IDLE_MS (10 * 60 * 1000)         /* a transfer may make no progress this long */
 #define SNAP_RESTORE_WAIT_MS (60 * 60 * 1000) /* the gateway may apply this long */
-#define SNAP_CONTINUE_WAIT_MS 2000 /* how long to wait for "100 Continue" */
+#define SNAP_CONTINUE_WAIT_MS 2000            /* how long to wait for "100 Continue" */
 #define SNAP_HEAD_MAX (16u << 10)
 #define SNAP_IO (256u << 10)
 #define SNAP_FORMAT 1
@@ -105,8 +105,8 @@ static int snap_verify(const char *path, struct snap_info *info, char *err, size
     }
     info->format = (unsigned)(head[6] | head[7] << 8);
     if (info->format != SNAP_FORMAT) {
-        snprintf(err, errlen, "snapshot format version %u (this geogatectl reads %d)",
-                 info->format, SNAP_FORMAT);
+        snprintf(err, errlen, "snapshot format version %u (this geogatectl reads %d)", info->format,
+                 SNAP_FORMAT);
         goto done;
     }
     size_t sl = (size_t)(head[22] | head[23] << 8);
@@ -139,7 +139,8 @@ static int snap_verify(const char *path, struct snap_info *info, char *err, size
             }
             if (le64(end) != info->records) {
                 snprintf(err, errlen,
-                         "offset %" PRIu64 ": end record counts %" PRIu64 " records, file has %" PRIu64,
+                         "offset %" PRIu64 ": end record counts %" PRIu64
+                         " records, file has %" PRIu64,
                          off, le64(end), info->records);
                 goto done;
             }
@@ -153,8 +154,8 @@ static int snap_verify(const char *path, struct snap_info *info, char *err, size
             goto done;
         }
         if (len == 0 || len > SNAP_RECORD_MAX) {
-            snprintf(err, errlen, "offset %" PRIu64 ": record length %" PRIu32 " out of range",
-                     off, len);
+            snprintf(err, errlen, "offset %" PRIu64 ": record length %" PRIu32 " out of range", off,
+                     len);
             goto done;
         }
         if (len > cap) {
@@ -431,7 +432,8 @@ int ctl_snapshot(const struct ctl_target *admin, int argc, char **argv)
         rc = rc != 0 ? rc : -EIO;
     }
     if (rc != 0) {
-        fprintf(stderr, "geogatectl: snapshot: transfer failed after %" PRIu64 " bytes: %s (%s kept)\n",
+        fprintf(stderr,
+                "geogatectl: snapshot: transfer failed after %" PRIu64 " bytes: %s (%s kept)\n",
                 bytes, strerror(-rc), tmp);
         return CTL_EXIT_REFUSED;
     }
@@ -505,8 +507,8 @@ static void snap_print_restore(const struct ctl_json *j, const char *path, doubl
 }
 
 /* The gateway's answer to POST /restore.  Returns the exit code. */
-static int snap_restore_answer(int status, char *body, size_t blen, const char *path,
-                               uint64_t size, double secs)
+static int snap_restore_answer(int status, char *body, size_t blen, const char *path, uint64_t size,
+                               double secs)
 {
     struct ctl_json *j = NULL;
     char err[256];
@@ -519,8 +521,8 @@ static int snap_restore_answer(int status, char *body, size_t blen, const char *
         return CTL_EXIT_REFUSED;
     }
     if (ctl_json_parse(body, blen, &j, err, sizeof(err)) != 0 || j->type != CTL_JSON_OBJECT) {
-        fprintf(stderr, "geogatectl: restore %s (%d): %s\n",
-                status == 200 ? "answered" : "refused", status, snap_chomp(body));
+        fprintf(stderr, "geogatectl: restore %s (%d): %s\n", status == 200 ? "answered" : "refused",
+                status, snap_chomp(body));
         ctl_json_free(j);
         return status == 200 ? CTL_EXIT_UNREACHABLE : CTL_EXIT_REFUSED;
     }
@@ -539,8 +541,8 @@ static int snap_restore_answer(int status, char *body, size_t blen, const char *
                 ctl_json_num(j, "records", 0), ctl_json_num(j, "applied", 0),
                 ctl_json_num(j, "skipped_expired", 0), ctl_json_num(j, "rejected_older", 0));
     } else {
-        fprintf(stderr, "geogatectl: restore refused (%d): %s (offset %.0f); nothing applied\n",
-                status, ctl_json_str(j, "reason", "?"), ctl_json_num(j, "bad_offset", 0));
+        fprintf(stderr, "geogatectl: restore refused (%d): %s [header offset %.0f]\n", status,
+                ctl_json_str(j, "reason", "?"), ctl_json_num(j, "bad_offset", 0));
     }
     ctl_json_free(j);
     return CTL_EXIT_REFUSED;
