@@ -358,11 +358,12 @@ static void snapshot_log_end(struct xfer_job *j, const char *how)
     double secs = (double)(xfer_mono_ms() - j->started_ms) / 1000.0;
 
     log_info("snapshot %s: %" PRIu64 " records (%" PRIu64 " tombstones, %" PRIu64
-             " version 0), %" PRIu64 " bytes in %.2f s (%.0f items/s); skipped %" PRIu64
-             " expired, %" PRIu64 " gone before read, %" PRIu64 " unreadable keys",
+             " version 0), %" PRIu64 " bytes in %.2f s (%.0f items/s); of %" PRIu64
+             " keys listed, %" PRIu64 " expired, %" PRIu64 " gone before read, %" PRIu64
+             " unreadable",
              how, st->records, st->tombstones, st->records - st->versioned, st->bytes, secs,
-             secs > 0 ? (double)st->records / secs : 0.0, st->skipped_expired, st->vanished,
-             st->unreadable);
+             secs > 0 ? (double)st->records / secs : 0.0, st->listed, st->skipped_expired,
+             st->vanished, st->unreadable);
 }
 
 /* Main thread: move what the producer made to the client, or end the reply. */

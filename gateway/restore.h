@@ -1,7 +1,8 @@
 /*
  * restore — apply a snapshot file (gateway/snapshot.h) to the site's memcached pool with
  * the same newest-wins rule as replication: versioned records through gw_apply_batch on
- * the client workers, version-0 records (and every record on a gateway that does not
+ * the WAN thread (which applies what peers ship; the client workers when the gateway has
+ * no peers), version-0 records (and every record on a gateway that does not
  * replicate, whose items carry no header) with a plain `add` over a connection of its own,
  * so they come back exactly as they were and never over anything present.
  *
@@ -54,7 +55,7 @@ struct gw_restore_result {
 
 /*
  * Apply the snapshot in body (takes ownership; drained and freed) to pool (borrowed; the
- * caller holds a reference) through srv's client workers.  cancel may be NULL.  Fills
+ * caller holds a reference) through srv's WAN thread or client workers.  cancel may be NULL.  Fills
  * *res always (res->status says what happened, in more detail than the return code).
  * Returns 0, or
  *   -EPROTO           BAD_HEADER: not a snapshot, or a damaged header; nothing applied

@@ -2,7 +2,7 @@
  * snapshot — a site's live items as one file: the file format (header, CRC-checked
  * length-prefixed protobuf Mutation records, end record; docs/SNAPSHOTS.md) and the
  * enumeration that produces it from the site's memcached nodes (`lru_crawler metadump
- * all`, then batched `gets`, over one dedicated connection per node).
+ * hash`, then batched `gets`, over one dedicated connection per node).
  *
  * Blocking I/O on the caller's thread: call gw_snapshot_run() from a thread of its own,
  * never from a worker's or the main thread's loop (it would stall the request path).  The
