@@ -31,159 +31,7 @@
  * Control: a line protocol on --control PORT (127.0.0.1), one reply line per request line,
  * "OK ..." or "ERR reason"; see ctl_usage below.  tests/tools/wanem/wanem.py is its client.
  */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/queue.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
-#include <event2/listener.h>
-
-#define WANEM_READ_MAX (64 * 1024)         /* bytes taken from a socket per read event */
-#define WANEM_QUEUE_CAP (4u * 1024 * 1024) /* default back-pressure cap per flow */
-#define WANEM_BURST (16 * 1024)            /* default token bucket depth */
-#define WANEM_SLACK_US 50                  /* deliver segments due this close to now */
-#define WANEM_CTL_LINE_MAX 1024
-#define WANEM_NAME_MAX 32
-
-/* Direction of a flow and of a link's settings. */
-enum dir_id {
-    DIR_FWD = 0, /* client -> target; the source is side[0] */
-    DIR_REV,     /* target -> client; the source is side[1] */
-    DIR_MAX
-};
-
-static const char *const dir_names[DIR_MAX] = {
-    [DIR_FWD] = "fwd",
-    [DIR_REV] = "rev",
-};
-
-/* What a queued segment carries to the destination. */
-enum seg_kind {
-    SEG_DATA = 0, /* len bytes from the flow queue */
-    SEG_EOF,      /* the source closed its write side: shutdown(SHUT_WR) the destination */
-    SEG_RESET,    /* the source failed: reset the whole connection */
-    SEG_KIND_MAX
-};
-
-/* A link's settings and shared state for one direction. */
-struct link_dir {
-    double delay_ms;    /* one-way delay */
-    double jitter_ms;   /* each segment's delay is delay ± U(0, jitter), clamped at 0 */
-    uint64_t rate;      /* bytes/s through this direction of the link; 0 = no cap */
-    uint64_t burst;     /* token bucket depth in bytes */
-    uint64_t queue_cap; /* back-pressure cap per flow in bytes */
-    bool blackhole;     /* hold everything, deliver nothing */
-    int64_t tb_time_us; /* token bucket: when tb_tokens was last brought up to date */
-    double tb_tokens;   /* may go negative: debt paid off at `rate` */
-    uint64_t bytes_in;  /* read from sources */
-    uint64_t bytes_out; /* handed to destinations */
-};
-
-struct flow_seg {
-    int64_t due_us;
-    uint32_t len;
-    uint8_t kind; /* enum seg_kind */
-};
-
-/* One end of a relayed connection: side[0] faces the client, side[1] the target. */
-struct side {
-    struct conn *c;
-    int fd;               /* -1 until the upstream connect starts */
-    struct event *rd_ev;  /* persistent EV_READ; added while its flow may read */
-    struct event *wr_ev;  /* persistent EV_WRITE; added while out is not empty or connecting */
-    struct evbuffer *out; /* delivered bytes not yet accepted by the kernel */
-    bool connecting;      /* non-blocking connect in progress */
-    bool reading;         /* rd_ev is added */
-    bool shut_pending;    /* an EOF was delivered: shutdown(SHUT_WR) once out drains */
-    bool shut_done;
-};
-
-/* One direction of a relayed connection; its source is side[dir], its destination side[!dir]. */
-struct flow {
-    struct conn *c;
-    enum dir_id dir;
-    struct evbuffer *queue; /* bytes of all queued SEG_DATA segments, in order */
-    struct flow_seg *segs;  /* ring of seg_cap entries */
-    size_t seg_cap;
-    size_t seg_head;
-    size_t seg_count;
-    int64_t last_due_us; /* keeps due times monotonic: jitter never reorders */
-    struct event *timer;
-    bool src_done; /* EOF or error seen on the source: read no more */
-    bool paused;   /* back-pressure: queued bytes passed the cap */
-};
-
-struct conn {
-    struct link *l;
-    struct side side[2];
-    struct flow flow[DIR_MAX];
-    bool upstream_started;
-    bool closing; /* off the link's list, waiting for the reaper */
-    bool rst;     /* close with RST rather than FIN */
-    TAILQ_ENTRY(conn) link_entry;
-    TAILQ_ENTRY(conn) reap_entry;
-};
-
-TAILQ_HEAD(conn_list, conn);
-
-struct link {
-    struct wanem *w;
-    char name[WANEM_NAME_MAX];
-    uint16_t listen_port; /* 0 on the command line: the kernel picks, then it is fixed */
-    struct sockaddr_storage target;
-    socklen_t target_len;
-    char target_str[96];
-    struct evconnlistener *listener; /* NULL while cut */
-    bool cut;
-    struct link_dir dir[DIR_MAX];
-    struct conn_list conns;
-    uint64_t conns_open;
-    uint64_t conns_total;
-    uint64_t conns_reset; /* connections ended by RST (cut, errors, upstream refused) */
-};
-
-struct ctl_client {
-    struct wanem *w;
-    struct bufferevent *bev;
-    bool quitting;
-    TAILQ_ENTRY(ctl_client) entry;
-};
-
-/* The process: only this context, passed explicitly. */
-struct wanem {
-    struct event_base *base;
-    struct link *links;
-    size_t nlinks;
-    struct evconnlistener *ctl_listener;
-    uint16_t ctl_port;
-    TAILQ_HEAD(, ctl_client) ctl_clients;
-    struct conn_list reap;
-    struct event *reap_ev;
-    struct event *sig_ev[2];
-    uint64_t rng;
-    uint64_t queue_cap;
-    bool quiet;
-};
+#include "wanem.h"
 
 static void flow_deliver(struct flow *f, int64_t now);
 static void side_flush(struct side *s);
@@ -194,7 +42,7 @@ static int conn_connect_upstream(struct conn *c);
  * Small helpers
  */
 
-static int64_t now_us(void)
+int64_t now_us(void)
 {
     struct timespec ts;
 
@@ -202,7 +50,7 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void wanem_log(struct wanem *w, const char *fmt, ...)
+void wanem_log(struct wanem *w, const char *fmt, ...)
 {
     va_list ap;
 
@@ -227,7 +75,7 @@ static double wanem_rand01(struct wanem *w)
     return (double)(z >> 11) / (double)(1ull << 53);
 }
 
-static void sock_nodelay(int fd)
+void sock_nodelay(int fd)
 {
     int one = 1;
 
@@ -278,7 +126,7 @@ static int listen_loopback(struct event_base *base, uint16_t *port, evconnlisten
  * Flows: scheduling and delivery
  */
 
-static size_t flow_queued(const struct flow *f)
+size_t flow_queued(const struct flow *f)
 {
     const struct side *dst = &f->c->side[!f->dir];
 
@@ -300,7 +148,7 @@ static void flow_update_reading(struct flow *f)
 }
 
 /* High watermark pauses the source, low watermark (half the cap) resumes it. */
-static void flow_check_backpressure(struct flow *f)
+void flow_check_backpressure(struct flow *f)
 {
     uint64_t cap = f->c->l->dir[f->dir].queue_cap;
     size_t q = flow_queued(f);
@@ -814,7 +662,7 @@ static int link_listen(struct link *l)
     return listen_loopback(l->w->base, &l->listen_port, link_on_accept, l, &l->listener);
 }
 
-static void link_set_blackhole(struct link *l, enum dir_id d, bool on)
+void link_set_blackhole(struct link *l, enum dir_id d, bool on)
 {
     struct link_dir *ld = &l->dir[d];
     struct conn *c, *next;
@@ -844,7 +692,7 @@ static void link_set_blackhole(struct link *l, enum dir_id d, bool on)
 }
 
 /* Cut: refuse new connections (listener closed) and reset every open one, both sides. */
-static void link_cut(struct link *l)
+void link_cut(struct link *l)
 {
     struct conn *c;
 
@@ -859,7 +707,7 @@ static void link_cut(struct link *l)
 }
 
 /* Leave the cut state: listen again on the same port.  Returns 0 or a negative errno. */
-static int link_uncut(struct link *l)
+int link_uncut(struct link *l)
 {
     int rc;
 
@@ -873,7 +721,7 @@ static int link_uncut(struct link *l)
     return rc;
 }
 
-static const char *link_state_str(const struct link *l)
+const char *link_state_str(const struct link *l)
 {
     bool f = l->dir[DIR_FWD].blackhole, r = l->dir[DIR_REV].blackhole;
 
@@ -886,7 +734,7 @@ static const char *link_state_str(const struct link *l)
     return f ? "blackhole-fwd" : r ? "blackhole-rev" : "up";
 }
 
-static struct link *link_find(struct wanem *w, const char *name)
+struct link *link_find(struct wanem *w, const char *name)
 {
     for (size_t i = 0; i < w->nlinks; i++) {
         if (strcmp(w->links[i].name, name) == 0) {
@@ -894,370 +742,6 @@ static struct link *link_find(struct wanem *w, const char *name)
         }
     }
     return NULL;
-}
-
-/* ---------------------------------------------------------------------------------------
- * Control protocol
- */
-
-static const char ctl_usage[] =
-    "commands: set LINK [dir=fwd|rev|both] [delay=MS] [jitter=MS] [rate=BYTES_PER_S] "
-    "[burst=BYTES] [queue=BYTES]; state LINK up|blackhole|cut [dir=fwd|rev|both]; "
-    "stats LINK; list; ping; help; quit";
-
-/* Parse "dir=..." into a mask of directions; returns 0 or -EINVAL. */
-static int ctl_parse_dir(const char *v, unsigned *mask)
-{
-    if (strcmp(v, "fwd") == 0) {
-        *mask = 1u << DIR_FWD;
-    } else if (strcmp(v, "rev") == 0) {
-        *mask = 1u << DIR_REV;
-    } else if (strcmp(v, "both") == 0) {
-        *mask = (1u << DIR_FWD) | (1u << DIR_REV);
-    } else {
-        return -EINVAL;
-    }
-    return 0;
-}
-
-static int ctl_parse_double(const char *v, double max, double *out)
-{
-    char *end;
-    double d;
-
-    errno = 0;
-    d = strtod(v, &end);
-    if (errno != 0 || end == v || *end != '\0' || !(d >= 0) || d > max) {
-        return -EINVAL;
-    }
-    *out = d;
-    return 0;
-}
-
-static int ctl_parse_u64(const char *v, uint64_t min, uint64_t *out)
-{
-    char *end;
-    unsigned long long u;
-
-    if (*v == '-' || *v == '\0') {
-        return -EINVAL;
-    }
-    errno = 0;
-    u = strtoull(v, &end, 10);
-    if (errno != 0 || *end != '\0' || u < min) {
-        return -EINVAL;
-    }
-    *out = u;
-    return 0;
-}
-
-/* The settings `set` may change: one table drives parsing, validation and the reply. */
-enum set_type {
-    SET_MS = 0, /* double, milliseconds */
-    SET_BYTES,  /* uint64_t */
-    SET_TYPE_MAX
-};
-
-static const struct set_key {
-    const char *name;
-    enum set_type type;
-    size_t offset; /* into struct link_dir */
-    uint64_t min;
-} set_keys[] = {
-    {"delay", SET_MS, offsetof(struct link_dir, delay_ms), 0},
-    {"jitter", SET_MS, offsetof(struct link_dir, jitter_ms), 0},
-    {"rate", SET_BYTES, offsetof(struct link_dir, rate), 0},
-    {"burst", SET_BYTES, offsetof(struct link_dir, burst), 1},
-    {"queue", SET_BYTES, offsetof(struct link_dir, queue_cap), 1},
-};
-
-#define SET_NKEYS (sizeof(set_keys) / sizeof(set_keys[0]))
-
-/*
- * set LINK [dir=fwd|rev|both] key=value...: every argument is parsed and validated into a
- * copy of the settings before any is applied, so a bad argument changes nothing.  A new
- * rate or burst starts with a full bucket; queued segments keep their delivery times.
- */
-static void ctl_set(struct wanem *w, struct evbuffer *out, char **argv, int argc)
-{
-    unsigned mask = (1u << DIR_FWD) | (1u << DIR_REV);
-    struct link_dir staged;
-    bool given[SET_NKEYS] = {false};
-    struct link *l;
-    int64_t now = now_us();
-
-    if (argc < 2 || (l = link_find(w, argv[1])) == NULL) {
-        evbuffer_add_printf(out, "ERR unknown link '%s'\n", argc < 2 ? "" : argv[1]);
-        return;
-    }
-    if (argc < 3) {
-        evbuffer_add_printf(out, "ERR set needs at least one key=value\n");
-        return;
-    }
-    memset(&staged, 0, sizeof(staged));
-    for (int i = 2; i < argc; i++) {
-        char *v = strchr(argv[i], '=');
-        size_t k;
-        int rc = -EINVAL;
-
-        if (v == NULL) {
-            evbuffer_add_printf(out, "ERR expected key=value, got '%s'\n", argv[i]);
-            return;
-        }
-        *v++ = '\0';
-        for (k = 0; k < SET_NKEYS && strcmp(argv[i], set_keys[k].name) != 0; k++) {
-        }
-        if (strcmp(argv[i], "dir") == 0) {
-            rc = ctl_parse_dir(v, &mask);
-        } else if (k == SET_NKEYS) {
-            evbuffer_add_printf(out, "ERR unknown key '%s'\n", argv[i]);
-            return;
-        } else if (set_keys[k].type == SET_MS) {
-            rc = ctl_parse_double(v, 600000, (double *)((char *)&staged + set_keys[k].offset));
-            given[k] = true;
-        } else {
-            rc = ctl_parse_u64(v, set_keys[k].min,
-                               (uint64_t *)((char *)&staged + set_keys[k].offset));
-            given[k] = true;
-        }
-        if (rc != 0) {
-            evbuffer_add_printf(out, "ERR bad value for %s: '%s'\n", argv[i], v);
-            return;
-        }
-    }
-    for (int d = 0; d < DIR_MAX; d++) {
-        struct link_dir *ld = &l->dir[d];
-
-        if (!(mask & (1u << d))) {
-            continue;
-        }
-        for (size_t k = 0; k < SET_NKEYS; k++) {
-            if (given[k]) {
-                size_t size = set_keys[k].type == SET_MS ? sizeof(double) : sizeof(uint64_t);
-
-                memcpy((char *)ld + set_keys[k].offset, (char *)&staged + set_keys[k].offset, size);
-            }
-        }
-        ld->tb_time_us = now;
-        ld->tb_tokens = (double)ld->burst;
-        for (struct conn *c = TAILQ_FIRST(&l->conns); c != NULL; c = TAILQ_NEXT(c, link_entry)) {
-            flow_check_backpressure(&c->flow[d]);
-        }
-        wanem_log(
-            w, "link %s: %s delay=%g jitter=%g rate=%" PRIu64 " burst=%" PRIu64 " queue=%" PRIu64,
-            l->name, dir_names[d], ld->delay_ms, ld->jitter_ms, ld->rate, ld->burst, ld->queue_cap);
-    }
-    evbuffer_add_printf(out, "OK\n");
-}
-
-/* state LINK up|blackhole|cut [dir=fwd|rev|both] */
-static void ctl_state(struct wanem *w, struct evbuffer *out, char **argv, int argc)
-{
-    struct link *l;
-    unsigned mask = (1u << DIR_FWD) | (1u << DIR_REV);
-    const char *st;
-    int rc;
-
-    if (argc < 2 || (l = link_find(w, argv[1])) == NULL) {
-        evbuffer_add_printf(out, "ERR unknown link '%s'\n", argc < 2 ? "" : argv[1]);
-        return;
-    }
-    if (argc < 3 || argc > 4) {
-        evbuffer_add_printf(out, "ERR usage: state LINK up|blackhole|cut [dir=fwd|rev|both]\n");
-        return;
-    }
-    st = argv[2];
-    if (argc == 4 && (strncmp(argv[3], "dir=", 4) != 0 || ctl_parse_dir(argv[3] + 4, &mask))) {
-        evbuffer_add_printf(out, "ERR bad direction '%s'\n", argv[3]);
-        return;
-    }
-    if (strcmp(st, "cut") == 0) {
-        if (argc == 4) {
-            evbuffer_add_printf(out, "ERR cut applies to both directions\n");
-            return;
-        }
-        link_cut(l);
-    } else if (strcmp(st, "up") == 0 || strcmp(st, "blackhole") == 0) {
-        bool on = st[0] == 'b';
-
-        rc = link_uncut(l);
-        if (rc != 0) {
-            evbuffer_add_printf(out, "ERR cannot listen again on port %u: %s\n", l->listen_port,
-                                strerror(-rc));
-            return;
-        }
-        /* The forward direction first, so a deferred upstream connect exists before the
-         * reverse direction delivers into it. */
-        for (int d = 0; d < DIR_MAX; d++) {
-            if (mask & (1u << d)) {
-                link_set_blackhole(l, (enum dir_id)d, on);
-            }
-        }
-    } else {
-        evbuffer_add_printf(out, "ERR unknown state '%s' (up, blackhole, cut)\n", st);
-        return;
-    }
-    wanem_log(w, "link %s: state %s", l->name, link_state_str(l));
-    evbuffer_add_printf(out, "OK\n");
-}
-
-static void ctl_stats(struct wanem *w, struct evbuffer *out, char **argv, int argc)
-{
-    struct link *l;
-    size_t queued[DIR_MAX] = {0, 0};
-    struct conn *c;
-
-    if (argc != 2 || (l = link_find(w, argv[1])) == NULL) {
-        evbuffer_add_printf(out, "ERR unknown link '%s'\n", argc < 2 ? "" : argv[1]);
-        return;
-    }
-    for (c = TAILQ_FIRST(&l->conns); c != NULL; c = TAILQ_NEXT(c, link_entry)) {
-        for (int d = 0; d < DIR_MAX; d++) {
-            queued[d] += flow_queued(&c->flow[d]);
-        }
-    }
-    evbuffer_add_printf(out,
-                        "OK link=%s listen=%u target=%s state=%s conns=%" PRIu64
-                        " conns_total=%" PRIu64 " conns_reset=%" PRIu64,
-                        l->name, l->listen_port, l->target_str, link_state_str(l), l->conns_open,
-                        l->conns_total, l->conns_reset);
-    for (int d = 0; d < DIR_MAX; d++) {
-        const struct link_dir *ld = &l->dir[d];
-        const char *n = dir_names[d];
-
-        evbuffer_add_printf(out,
-                            " %s_bytes_in=%" PRIu64 " %s_bytes=%" PRIu64 " %s_queued=%zu"
-                            " %s_delay=%g %s_jitter=%g %s_rate=%" PRIu64 " %s_burst=%" PRIu64
-                            " %s_queue_cap=%" PRIu64 " %s_state=%s",
-                            n, ld->bytes_in, n, ld->bytes_out, n, queued[d], n, ld->delay_ms, n,
-                            ld->jitter_ms, n, ld->rate, n, ld->burst, n, ld->queue_cap, n,
-                            l->cut          ? "cut"
-                            : ld->blackhole ? "blackhole"
-                                            : "up");
-    }
-    evbuffer_add_printf(out, "\n");
-}
-
-/* Execute one request line; the reply goes to out.  Returns true when the client quits. */
-static bool ctl_exec(struct wanem *w, char *line, struct evbuffer *out)
-{
-    char *argv[16];
-    int argc = 0;
-    char *save = NULL;
-
-    for (char *t = strtok_r(line, " \t", &save); t != NULL; t = strtok_r(NULL, " \t", &save)) {
-        if (argc == (int)(sizeof(argv) / sizeof(argv[0]))) {
-            evbuffer_add_printf(out, "ERR too many arguments\n");
-            return false;
-        }
-        argv[argc++] = t;
-    }
-    if (argc == 0) {
-        evbuffer_add_printf(out, "ERR empty command\n");
-    } else if (strcmp(argv[0], "set") == 0) {
-        ctl_set(w, out, argv, argc);
-    } else if (strcmp(argv[0], "state") == 0) {
-        ctl_state(w, out, argv, argc);
-    } else if (strcmp(argv[0], "stats") == 0) {
-        ctl_stats(w, out, argv, argc);
-    } else if (strcmp(argv[0], "list") == 0) {
-        evbuffer_add_printf(out, "OK");
-        for (size_t i = 0; i < w->nlinks; i++) {
-            evbuffer_add_printf(out, " %s", w->links[i].name);
-        }
-        evbuffer_add_printf(out, "\n");
-    } else if (strcmp(argv[0], "ping") == 0) {
-        evbuffer_add_printf(out, "OK pong\n");
-    } else if (strcmp(argv[0], "help") == 0) {
-        evbuffer_add_printf(out, "OK %s\n", ctl_usage);
-    } else if (strcmp(argv[0], "quit") == 0) {
-        evbuffer_add_printf(out, "OK bye\n");
-        return true;
-    } else {
-        evbuffer_add_printf(out, "ERR unknown command '%s'; %s\n", argv[0], ctl_usage);
-    }
-    return false;
-}
-
-static void ctl_client_free(struct ctl_client *cc)
-{
-    TAILQ_REMOVE(&cc->w->ctl_clients, cc, entry);
-    bufferevent_free(cc->bev);
-    free(cc);
-}
-
-/*
- * The control channel uses bufferevents: it is not a hot path, and libevent defers a
- * bufferevent's destruction until its running callback returns, so freeing one from its
- * own callback is safe.
- */
-static void ctl_on_read(struct bufferevent *bev, void *arg)
-{
-    struct ctl_client *cc = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    struct evbuffer *out = bufferevent_get_output(bev);
-    char *line;
-    size_t len;
-
-    while (!cc->quitting && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
-        if (len > WANEM_CTL_LINE_MAX) {
-            evbuffer_add_printf(out, "ERR line too long\n");
-        } else {
-            cc->quitting = ctl_exec(cc->w, line, out);
-        }
-        free(line);
-    }
-    if (!cc->quitting && evbuffer_get_length(in) > WANEM_CTL_LINE_MAX) {
-        evbuffer_add_printf(out, "ERR line too long\n");
-        cc->quitting = true;
-    }
-    if (cc->quitting) {
-        bufferevent_disable(bev, EV_READ);
-    }
-}
-
-static void ctl_on_write(struct bufferevent *bev, void *arg)
-{
-    struct ctl_client *cc = arg;
-
-    (void)bev;
-    if (cc->quitting) {
-        ctl_client_free(cc);
-    }
-}
-
-static void ctl_on_event(struct bufferevent *bev, short what, void *arg)
-{
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        ctl_client_free(arg);
-    }
-}
-
-static void ctl_on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
-                          int salen, void *arg)
-{
-    struct wanem *w = arg;
-    struct ctl_client *cc = calloc(1, sizeof(*cc));
-
-    (void)lis;
-    (void)sa;
-    (void)salen;
-    if (cc == NULL) {
-        close(fd);
-        return;
-    }
-    cc->w = w;
-    cc->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (cc->bev == NULL) {
-        close(fd);
-        free(cc);
-        return;
-    }
-    sock_nodelay(fd);
-    TAILQ_INSERT_TAIL(&w->ctl_clients, cc, entry);
-    bufferevent_setcb(cc->bev, ctl_on_read, ctl_on_write, ctl_on_event, cc);
-    bufferevent_enable(cc->bev, EV_READ | EV_WRITE);
 }
 
 /* ---------------------------------------------------------------------------------------
