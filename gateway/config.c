@@ -25,7 +25,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <yaml.h>
 
 #include "gateway/config_int.h"
 
