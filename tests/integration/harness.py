@@ -5,6 +5,7 @@ geogate binary) on free loopback ports, bounds every wait, and stops everything
 it started when it ends.  Nothing here talks to an address other than 127.0.0.1.
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +18,46 @@ GEOGATE = os.path.join(BIN, "geogate")
 SANITIZED = os.environ.get("GEOGATE_SANITIZED") == "1"
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out = set()
+_rng = random.Random()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to right now.
+
+    Chosen below the kernel's ephemeral range: a port from bind(0) is one the
+    kernel also hands to outgoing connections, so a gateway's own connection to
+    memcached or a peer could take it between this call and the listen() of the
+    process it was meant for (a start failing with "address already in use").
+    Ports are not handed out twice by one test process.
+    """
+    lo, hi = _ephemeral_range()
+    if lo > 12000:
+        first, last = 10000, lo - 1
+    else:  # no room below: fall back to above, then to the kernel's choice
+        first, last = hi + 1, 65535
+    for _ in range(200):
+        port = _rng.randint(first, last) if last > first else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port in %d..%d" % (first, last))
 
 
 def wait_port(port, timeout=10.0, proc=None):
