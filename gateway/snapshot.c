@@ -529,6 +529,8 @@ struct snap_run {
     uint8_t *out; /* records not yet handed to write() */
     size_t olen, ocap;
     uint32_t now;
+    const struct gw_enum_options *opt; /* gw_enum_run: items go to opt->item, not a file */
+    uint32_t node;                     /* the node being walked */
 };
 
 static int snap_flush(struct snap_run *r)
@@ -613,6 +615,13 @@ static int snap_item(struct snap_run *r, const char *key, size_t nkey, uint32_t 
         m.value.data = (uint8_t *)val;
         m.value.len = vlen;
     }
+    if (r->opt != NULL) {
+        rc = r->opt->item(r->opt->arg, r->node, &m);
+        if (rc != 0) {
+            return rc;
+        }
+        goto counted;
+    }
     plen = geogate__wan__v1__mutation__get_packed_size(&m);
     if (plen > GW_SNAP_RECORD_MAX) {
         snprintf(r->err, r->errlen, "item %.*s is larger than a record may be", (int)nkey, key);
@@ -625,6 +634,7 @@ static int snap_item(struct snap_run *r, const char *key, size_t nkey, uint32_t 
     geogate__wan__v1__mutation__pack(&m, r->out + r->olen + GW_SNAP_RECORD_HEAD);
     gw_snap_record_head(r->out + r->olen + GW_SNAP_RECORD_HEAD, (uint32_t)plen, r->out + r->olen);
     r->olen += GW_SNAP_RECORD_HEAD + plen;
+counted:
     r->st->records++;
     if (m.tombstone) {
         r->st->tombstones++;
@@ -708,6 +718,10 @@ static int snap_metadump(struct snap_run *r, struct gw_mc_sock *s, struct snap_k
             dl = kl <= SNAP_KEY_MAX * 3 ? url_decode(k, kl, dec) : -1;
             if (dl < 0 || !snap_key_ok(dec, (size_t)dl)) {
                 r->st->unreadable++;
+            } else if (r->opt != NULL && r->opt->prefix_len > 0 &&
+                       ((size_t)dl < r->opt->prefix_len ||
+                        memcmp(dec, r->opt->prefix, r->opt->prefix_len) != 0)) {
+                /* not asked for */
             } else if (snap_keys_add(keys, dec, (size_t)dl,
                                      e != NULL ? strtoll(e, NULL, 10) : -1) != 0) {
                 snprintf(r->err, r->errlen, "out of memory for the key list");
@@ -816,20 +830,111 @@ static size_t snap_batch_len(const struct snap_keys *keys, size_t first)
     return keys->n - first < SNAP_GETS_BATCH ? keys->n - first : SNAP_GETS_BATCH;
 }
 
+int gw_enum_key_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+
+    if (c != 0) {
+        return c;
+    }
+    return alen < blen ? -1 : alen > blen ? 1 : 0;
+}
+
+static int snap_key_order(const void *x, const void *y, void *arg)
+{
+    const struct snap_keys *k = arg;
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+
+    return gw_enum_key_cmp(k->arena + k->off[a], k->len[a], k->arena + k->off[b], k->len[b]);
+}
+
+/* Put the keys in gw_enum_key_cmp order (the arena stays; the index arrays are permuted). */
+static int snap_keys_sort(struct snap_keys *k)
+{
+    uint32_t *order, *off;
+    uint8_t *len;
+    int64_t *exp;
+
+    if (k->n < 2) {
+        return 0;
+    }
+    order = malloc(k->n * sizeof(*order));
+    off = malloc(k->n * sizeof(*off));
+    len = malloc(k->n * sizeof(*len));
+    exp = malloc(k->n * sizeof(*exp));
+    if (order == NULL || off == NULL || len == NULL || exp == NULL) {
+        free(order);
+        free(off);
+        free(len);
+        free(exp);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < k->n; i++) {
+        order[i] = (uint32_t)i;
+    }
+    qsort_r(order, k->n, sizeof(*order), snap_key_order, k);
+    for (size_t i = 0; i < k->n; i++) {
+        off[i] = k->off[order[i]];
+        len[i] = k->len[order[i]];
+        exp[i] = k->exp[order[i]];
+    }
+    free(order);
+    free(k->off);
+    free(k->len);
+    free(k->exp);
+    k->off = off;
+    k->len = len;
+    k->exp = exp;
+    k->max = k->n;
+    return 0;
+}
+
+/* gw_enum_run: sort the node's keys and find where a resumed run starts. */
+static int snap_enum_prepare(struct snap_run *r, struct snap_keys *keys, size_t *start)
+{
+    const struct gw_enum_options *o = r->opt;
+    size_t lo = 0, hi;
+
+    if (snap_keys_sort(keys) != 0) {
+        snprintf(r->err, r->errlen, "out of memory for the key list");
+        return -ENOMEM;
+    }
+    hi = keys->n;
+    if (o->after != NULL && r->node == o->start_node) {
+        /* first key sorting after o->after */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (gw_enum_key_cmp(keys->arena + keys->off[mid], keys->len[mid], o->after,
+                                o->after_len) <= 0) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    r->st->skipped_resumed += lo;
+    *start = lo;
+    return 0;
+}
+
 static int snap_node(struct snap_run *r, struct gw_mc_sock *s)
 {
     struct snap_keys keys;
+    size_t start = 0;
     int rc;
 
     memset(&keys, 0, sizeof(keys));
     rc = snap_metadump(r, s, &keys);
+    if (rc == 0 && r->opt != NULL) {
+        rc = snap_enum_prepare(r, &keys, &start);
+    }
     /* Two gets in flight: the node works on the next batch while we encode this one.
      * Requests are at most 25 KiB, so the socket buffers always hold the next one and
      * neither side can block the other. */
-    if (rc == 0 && keys.n > 0) {
-        rc = snap_gets_send(r, s, &keys, 0, snap_batch_len(&keys, 0));
+    if (rc == 0 && start < keys.n) {
+        rc = snap_gets_send(r, s, &keys, start, snap_batch_len(&keys, start));
     }
-    for (size_t i = 0; rc == 0 && i < keys.n; i += SNAP_GETS_BATCH) {
+    for (size_t i = start; rc == 0 && i < keys.n; i += SNAP_GETS_BATCH) {
         size_t next = i + SNAP_GETS_BATCH;
         if (snap_cancelled(r)) {
             snprintf(r->err, r->errlen, "cancelled");
@@ -842,6 +947,10 @@ static int snap_node(struct snap_run *r, struct gw_mc_sock *s)
         r->now = (uint32_t)time(NULL);
         if (rc == 0) {
             rc = snap_gets_read(r, s, &keys, i, snap_batch_len(&keys, i));
+        }
+        if (rc == 0 && r->opt != NULL && r->opt->batch != NULL) {
+            size_t last = i + snap_batch_len(&keys, i) - 1;
+            rc = r->opt->batch(r->opt->arg, r->node, keys.arena + keys.off[last], keys.len[last]);
         }
     }
     snap_keys_free(&keys);
@@ -918,5 +1027,80 @@ done:
     }
     free(socks);
     free(r.out);
+    return rc;
+}
+
+/* curr_items of s's node, from `stats`. */
+static int snap_curr_items(struct snap_run *r, struct gw_mc_sock *s, uint64_t *items)
+{
+    int rc = gw_mc_sock_send(s, "stats\r\n", 7);
+
+    *items = 0;
+    while (rc == 0) {
+        char *line;
+        size_t len;
+        rc = gw_mc_sock_line(s, &line, &len);
+        if (rc != 0) {
+            break;
+        }
+        if (strcmp(line, "END") == 0) {
+            return 0;
+        }
+        if (strncmp(line, "STAT curr_items ", 16) == 0) {
+            *items = strtoull(line + 16, NULL, 10);
+        } else if (strncmp(line, "STAT ", 5) != 0) {
+            snprintf(r->err, r->errlen, "node %s: unexpected answer to stats: %.100s", s->label,
+                     line);
+            return -EPROTO;
+        }
+    }
+    return snap_io_error(r, s, rc, "stats");
+}
+
+int gw_enum_run(const struct gw_snapshot_source *src, const struct gw_enum_options *opt,
+                atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen)
+{
+    struct gw_pool *pool = src->pool;
+    struct gw_mc_sock *socks;
+    struct snap_run r;
+    uint32_t opened = 0;
+    int rc = 0;
+
+    memset(stats, 0, sizeof(*stats));
+    memset(&r, 0, sizeof(r));
+    r.src = src;
+    r.opt = opt;
+    r.cancel = cancel;
+    r.st = stats;
+    r.err = err;
+    r.errlen = errlen;
+    err[0] = '\0';
+    socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*socks));
+    if (socks == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (opened = 0; opened < pool->nnodes; opened++) {
+        uint64_t items = 0;
+        rc = gw_mc_sock_open(&socks[opened], pool, opened, src->io_timeout_ms, err, errlen);
+        if (rc == 0) {
+            rc = snap_curr_items(&r, &socks[opened], &items);
+        }
+        if (rc != 0) {
+            opened++;
+            goto done;
+        }
+        stats->node_items += items;
+    }
+    for (uint32_t i = opt->start_node; rc == 0 && i < pool->nnodes; i++) {
+        r.node = i;
+        rc = snap_node(&r, &socks[i]);
+    }
+
+done:
+    for (uint32_t i = 0; i < opened; i++) {
+        gw_mc_sock_close(&socks[i]);
+    }
+    free(socks);
     return rc;
 }

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/geogate_wan.pb-c.h"
+
 struct gw_pool;
 
 /* ---- the file format (see the top of snapshot.c) ------------------------------------- */
@@ -92,6 +94,9 @@ struct gw_snapshot_stats {
     uint64_t unreadable;      /* keys the ASCII protocol cannot ask for (binary-protocol keys) */
     uint64_t bytes;           /* file bytes written */
     uint64_t listed;          /* keys metadump listed, over all nodes */
+    uint64_t node_items;      /* curr_items of every node, summed when the run started
+                                 (gw_enum_run only) */
+    uint64_t skipped_resumed; /* keys before the resume point (gw_enum_run only) */
 };
 
 /*
@@ -113,6 +118,42 @@ struct gw_snapshot_stats {
  */
 int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn write, void *arg,
                     atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen);
+
+/* ---- enumerating items (backfill) --------------------------------------------------- */
+
+/* One live item (key and value borrowed for the call; site_id/gateway_id as stored: both 0
+ * with hlc 0 for an item without a version header).  Return 0 to go on, or a negative errno
+ * to stop the run (it then returns it). */
+typedef int (*gw_enum_item_fn)(void *arg, uint32_t node, const Geogate__Wan__V1__Mutation *m);
+/* After each batch of keys read from node: every key up to and including last_key (in the
+ * node's sorted order) has been handed to item() or found gone.  A run resumed after it
+ * (start_node = node, after = last_key) sees none of them again.  0 or a negative errno. */
+typedef int (*gw_enum_batch_fn)(void *arg, uint32_t node, const char *last_key, size_t last_len);
+
+struct gw_enum_options {
+    const char *prefix; /* only keys starting with it; NULL or "" = every key */
+    size_t prefix_len;
+    uint32_t start_node; /* resume: nodes before it are skipped */
+    const char *after;   /* resume: within start_node, only keys sorting after it; NULL = all */
+    size_t after_len;
+    gw_enum_item_fn item; /* required */
+    gw_enum_batch_fn batch; /* may be NULL */
+    void *arg;
+};
+
+/*
+ * Walk every node of src->pool as gw_snapshot_run does (metadump, then batched gets), but hand
+ * each live item (tombstones included, expired skipped) to opt->item instead of writing a file.
+ * Keys of a node are visited in byte order (shorter first on a common prefix), which is what
+ * makes a run resumable from (node, last key).  stats->node_items is the pool's curr_items
+ * sum at the start (for progress).  Same errors as gw_snapshot_run, plus what the callbacks
+ * return.  Blocking; not on an event loop thread.
+ */
+int gw_enum_run(const struct gw_snapshot_source *src, const struct gw_enum_options *opt,
+                atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen);
+
+/* Compare two keys in the order gw_enum_run visits them: <0, 0, >0. */
+int gw_enum_key_cmp(const char *a, size_t alen, const char *b, size_t blen);
 
 /* ---- blocking memcached connections (shared with restore.c) --------------------------- */
 
