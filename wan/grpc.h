@@ -70,6 +70,7 @@ typedef void (*wan_grpc_log_fn)(void *arg, enum wan_grpc_log_level level, const 
 /* Method paths. */
 #define WAN_GRPC_PATH_SHIP "/geogate.wan.v1.Replication/Ship"
 #define WAN_GRPC_PATH_READ "/geogate.wan.v1.Replication/Read"
+#define WAN_GRPC_PATH_BACKFILL "/geogate.wan.v1.Replication/Backfill"
 #define WAN_GRPC_PATH_HEALTH "/grpc.health.v1.Health/Check"
 
 /* Jittered exponential backoff for reconnecting to a peer: attempt 0 waits about

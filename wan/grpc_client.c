@@ -1,12 +1,17 @@
 /*
  * grpc_client — one outgoing WAN link: non-blocking TCP connect, TLS through
  * tls/tls.h, an nghttp2 client session (wan/grpc_h2.c moves the bytes), the Ship
- * stream and unary calls (see wan/grpc_client.h for the picture).  It does not retry,
- * batch or decide what to ship.  WAN thread only, no locks.
+ * stream, unary calls and Backfill calls (see wan/grpc_client.h for the picture).  It
+ * does not retry, batch or decide what to ship.  WAN thread only, no locks.
  *
  * A link is a struct client_conn hanging off the client while it exists; `down` is
  * reported after the link is detached, so the caller may connect() again from
  * inside `down`.
+ *
+ * Receive windows are given back by hand (NGHTTP2_OPT_NO_AUTO_WINDOW_UPDATE): bytes of
+ * the Ship stream and of unary calls are consumed as soon as they arrive (what automatic
+ * updates would do), a Backfill call's only once the batch they belong to was handed to
+ * the application, so its peer can never be more than one stream window ahead of it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,8 +39,11 @@
 #define CLIENT_CONN_WINDOW (16u << 20)
 #define CLIENT_MAX_STREAMS 100u
 #define CLIENT_USER_AGENT "geogate-wan/1"
+/* A Backfill call's receive window (raised to one whole message + prefix if that is
+ * more): enough to keep a WAN path busy, small enough that a slow apply holds the peer. */
+#define CLIENT_BACKFILL_WINDOW (1u << 20)
 
-enum call_kind { CALL_READ = 0, CALL_HEALTH, CALL_KIND_MAX };
+enum call_kind { CALL_READ = 0, CALL_HEALTH, CALL_BACKFILL, CALL_KIND_MAX };
 
 enum conn_state {
     CC_CONNECTING = 0, /* TCP connect in progress */
@@ -45,8 +53,14 @@ enum conn_state {
 };
 
 struct client_conn;
+struct client_call;
 
-/* One unary call in flight. */
+/* The application's handle on a Backfill call, embedded in the call. */
+struct wan_grpc_client_backfill {
+    struct client_call *call;
+};
+
+/* One unary or Backfill call in flight. */
 struct client_call {
     struct client_conn *cc;
     struct client_call *prev, *next;
@@ -64,7 +78,12 @@ struct client_call {
     uint32_t timeout_ms;
     wan_grpc_read_done_fn read_done;
     wan_grpc_health_done_fn health_done;
+    wan_grpc_backfill_batch_fn backfill_batch;
+    wan_grpc_backfill_done_fn backfill_done;
     void *done_arg;
+    size_t unconsumed; /* Backfill: DATA bytes not yet given back to the peer's window */
+    int cancelled;     /* Backfill: wan_grpc_client_backfill_cancel() was called */
+    struct wan_grpc_client_backfill handle;
 };
 
 struct client_conn {
@@ -100,7 +119,9 @@ struct wan_grpc_client {
     struct sockaddr_storage ss;
     int sslen;
     int32_t stream_window;
+    int32_t backfill_window;
     nghttp2_session_callbacks *h2cb;
+    nghttp2_option *h2opt;
     struct client_conn *conn; /* the current link, NULL when down */
 };
 
@@ -147,11 +168,27 @@ static void call_complete(struct client_call *call, int status, const char *mess
     enum call_kind kind = call->kind;
     wan_grpc_read_done_fn read_done = call->read_done;
     wan_grpc_health_done_fn health_done = call->health_done;
+    wan_grpc_backfill_done_fn backfill_done = call->backfill_done;
     void *done_arg = call->done_arg;
     ProtobufCMessage *resp = status == WAN_GRPC_OK ? call->resp : NULL;
     char msg[256];
 
+    if (kind == CALL_BACKFILL && call->cancelled) {
+        status = WAN_GRPC_CANCELLED;
+        message = "cancelled by the caller";
+    }
     snprintf(msg, sizeof(msg), "%s", message ? message : "");
+    if (call->unconsumed > 0 && call->cc->h2.session != NULL) {
+        /* The stream is closing: what it held back still counts against the connection. */
+        nghttp2_session_consume_connection(call->cc->h2.session, call->unconsumed);
+    }
+    if (kind == CALL_BACKFILL) {
+        clog_(call->cc->c,
+              status == WAN_GRPC_OK || status == WAN_GRPC_CANCELLED ? WAN_GRPC_LOG_INFO
+                                                                    : WAN_GRPC_LOG_WARN,
+              "%s: Backfill call %d ended: %s%s%s", call->cc->h2.peer, (int)call->stream_id,
+              wan_grpc_status_name(status), msg[0] ? ": " : "", msg);
+    }
     call_unlink(call);
     if (resp == NULL && call->resp != NULL) {
         protobuf_c_message_free_unpacked(call->resp, NULL);
@@ -164,6 +201,8 @@ static void call_complete(struct client_call *call, int status, const char *mess
     free(call);
     if (kind == CALL_READ) {
         read_done(done_arg, status, msg, (Geogate__Wan__V1__ReadResponse *)resp);
+    } else if (kind == CALL_BACKFILL) {
+        backfill_done(done_arg, status, msg);
     } else {
         int serving = 0;
 
@@ -195,7 +234,7 @@ static void call_stream_closed(struct client_call *call, uint32_t error_code)
     } else if (call->grpc_status >= 0) {
         status = call->grpc_status;
         message = call->grpc_message;
-        if (status == WAN_GRPC_OK && call->resp == NULL) {
+        if (status == WAN_GRPC_OK && call->resp == NULL && call->kind != CALL_BACKFILL) {
             status = WAN_GRPC_INTERNAL;
             message = "no response message";
         }
@@ -293,6 +332,73 @@ static void call_data(struct client_call *call, const uint8_t *data, size_t len)
     if (call->local_status >= 0 && call->stream_id > 0) {
         nghttp2_submit_rst_stream(call->cc->h2.session, NGHTTP2_FLAG_NONE, call->stream_id,
                                   NGHTTP2_CANCEL);
+    }
+}
+
+/* Give n bytes of a Backfill call back to the peer's windows. */
+static void backfill_consume(struct client_call *call, size_t n)
+{
+    if (n > call->unconsumed) {
+        n = call->unconsumed;
+    }
+    if (n == 0) {
+        return;
+    }
+    call->unconsumed -= n;
+    nghttp2_session_consume(call->cc->h2.session, call->stream_id, n);
+}
+
+/* DATA of a Backfill call: hand each whole batch to the application, then give its bytes
+ * back.  A partial message's bytes stay held until it completes. */
+static void backfill_data(struct client_call *call, const uint8_t *data, size_t len)
+{
+    struct client_conn *cc = call->cc;
+    size_t pos = 0;
+
+    call->unconsumed += len;
+    if (call->local_status >= 0 || call->cancelled || cc->h2.closing) {
+        backfill_consume(call, call->unconsumed); /* being reset: nobody takes it */
+        return;
+    }
+    while (pos < len && call->local_status < 0 && !call->cancelled && !cc->h2.closing) {
+        const uint8_t *msg = NULL;
+        size_t used = 0, msg_len = 0;
+        Geogate__Wan__V1__BackfillBatch *b;
+        int rc = wan_grpc_deframer_feed(&call->df, data + pos, len - pos, &used, &msg, &msg_len);
+
+        pos += used;
+        if (rc < 0) {
+            call->local_status =
+                rc == -WAN_GRPC_FRAME_ETOOBIG ? WAN_GRPC_RESOURCE_EXHAUSTED : WAN_GRPC_INTERNAL;
+            snprintf(call->local_message, sizeof(call->local_message), "batch: %s",
+                     wan_grpc_frame_strerror(rc));
+            break;
+        }
+        if (rc == WAN_GRPC_FRAME_MORE) {
+            break;
+        }
+        b = geogate__wan__v1__backfill_batch__unpack(NULL, msg_len, msg);
+        if (b == NULL) {
+            call->local_status = WAN_GRPC_INTERNAL;
+            snprintf(call->local_message, sizeof(call->local_message),
+                     "malformed BackfillBatch (%zu bytes)", msg_len);
+            break;
+        }
+        call->backfill_batch(call->done_arg, b);
+        geogate__wan__v1__backfill_batch__free_unpacked(b, NULL);
+        backfill_consume(call, WAN_GRPC_FRAME_PREFIX + msg_len);
+    }
+    if (call->local_status >= 0 || call->cancelled || cc->h2.closing) {
+        /* Nothing more goes to the application: keep no window closed for it. */
+        wan_grpc_deframer_free(&call->df);
+        backfill_consume(call, call->unconsumed);
+    }
+    if (call->local_status >= 0 && !call->cancelled) {
+        clog_(cc->c, WAN_GRPC_LOG_WARN, "%s: Backfill call %d: %s", cc->h2.peer,
+              (int)call->stream_id, call->local_message);
+        nghttp2_submit_rst_stream(cc->h2.session, NGHTTP2_FLAG_NONE, call->stream_id,
+                                  NGHTTP2_CANCEL);
+        wan_grpc_h2_kick(&cc->h2);
     }
 }
 
@@ -481,13 +587,36 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
     struct client_call *call;
 
     (void)flags;
-    if (stream_id == cc->ship_id) {
-        ship_data(cc, data, len);
+    call = nghttp2_session_get_stream_user_data(session, stream_id);
+    if (stream_id != cc->ship_id && call != NULL && call->kind == CALL_BACKFILL) {
+        backfill_data(call, data, len); /* gives the window back batch by batch */
         return 0;
     }
-    call = nghttp2_session_get_stream_user_data(session, stream_id);
-    if (call != NULL) {
+    /* Acks and unary answers are small and taken at once: window back at once. */
+    nghttp2_session_consume(session, stream_id, len);
+    if (stream_id == cc->ship_id) {
+        ship_data(cc, data, len);
+    } else if (call != NULL) {
         call_data(call, data, len);
+    }
+    return 0;
+}
+
+/* A Backfill call's request HEADERS are out, so its stream exists now: widen its receive
+ * window past the connection's initial stream window. */
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user)
+{
+    struct client_conn *cc = user;
+    struct client_call *call;
+
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        return 0;
+    }
+    call = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+    if (call != NULL && call->kind == CALL_BACKFILL &&
+        cc->c->backfill_window > cc->c->stream_window) {
+        nghttp2_session_set_local_window_size(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                              cc->c->backfill_window);
     }
     return 0;
 }
@@ -520,7 +649,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 
         cc->state = CC_UP;
         cc->h2.established = 1;
-        clog_(c, WAN_GRPC_LOG_INFO, "link to %s up: TLS 1.3, Ship stream open", cc->h2.peer);
+        clog_(c, WAN_GRPC_LOG_INFO, "link to %s up: TLS 1.3, %s", cc->h2.peer,
+              c->cfg.no_ship ? "no Ship stream" : "Ship stream open");
         if (c->cb.up != NULL) {
             c->cb.up(c->cb_arg, c->peer_site);
         }
@@ -621,12 +751,12 @@ static int conn_ready(void *owner, SSL *ssl)
         wan_grpc_h2_close(&cc->h2, 0, "refused: the certificate does not name %s", c->peer_site);
         return -1;
     }
-    if (nghttp2_session_client_new(&cc->h2.session, c->h2cb, cc) != 0 ||
+    if (nghttp2_session_client_new2(&cc->h2.session, c->h2cb, cc, c->h2opt) != 0 ||
         nghttp2_submit_settings(cc->h2.session, NGHTTP2_FLAG_NONE, iv,
                                 sizeof(iv) / sizeof(iv[0])) != 0 ||
         nghttp2_session_set_local_window_size(cc->h2.session, NGHTTP2_FLAG_NONE, 0,
                                               CLIENT_CONN_WINDOW) != 0 ||
-        ship_open(cc) != 0) {
+        (!c->cfg.no_ship && ship_open(cc) != 0)) {
         wan_grpc_h2_close(&cc->h2, 0, "out of memory starting HTTP/2");
         return -1;
     }
@@ -713,7 +843,7 @@ int wan_grpc_client_create(struct wan_grpc_client **out, struct event_base *base
     c->peer_site = strdup(cfg->peer_site);
     c->address = strdup(cfg->address);
     if (c->peer_site == NULL || c->address == NULL ||
-        nghttp2_session_callbacks_new(&c->h2cb) != 0) {
+        nghttp2_session_callbacks_new(&c->h2cb) != 0 || nghttp2_option_new(&c->h2opt) != 0) {
         wan_grpc_client_destroy(c);
         return -ENOMEM;
     }
@@ -739,10 +869,14 @@ int wan_grpc_client_create(struct wan_grpc_client **out, struct event_base *base
         window = NGHTTP2_INITIAL_WINDOW_SIZE;
     }
     c->stream_window = (int32_t)window;
+    c->backfill_window =
+        (int32_t)(window > CLIENT_BACKFILL_WINDOW ? window : CLIENT_BACKFILL_WINDOW);
+    nghttp2_option_set_no_auto_window_update(c->h2opt, 1);
     nghttp2_session_callbacks_set_on_header_callback(c->h2cb, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c->h2cb, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(c->h2cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_recv_callback(c->h2cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(c->h2cb, on_frame_send);
     nghttp2_session_callbacks_set_error_callback2(c->h2cb, on_error);
     *out = c;
     return 0;
@@ -762,6 +896,9 @@ void wan_grpc_client_destroy(struct wan_grpc_client *c)
     }
     if (c->h2cb != NULL) {
         nghttp2_session_callbacks_del(c->h2cb);
+    }
+    if (c->h2opt != NULL) {
+        nghttp2_option_del(c->h2opt);
     }
     free(c->peer_site);
     free(c->address);
@@ -1030,4 +1167,57 @@ int wan_grpc_client_health(struct wan_grpc_client *c, const char *service, uint3
         free(call);
     }
     return rc;
+}
+
+int wan_grpc_client_backfill(struct wan_grpc_client *c,
+                             const Geogate__Wan__V1__BackfillRequest *req,
+                             wan_grpc_backfill_batch_fn batch, wan_grpc_backfill_done_fn done,
+                             void *arg, struct wan_grpc_client_backfill **out)
+{
+    struct client_call *call;
+    int rc;
+
+    if (c == NULL || req == NULL || batch == NULL || done == NULL || out == NULL) {
+        return -EINVAL;
+    }
+    if (!wan_grpc_client_is_up(c)) {
+        return -ENOTCONN;
+    }
+    call = calloc(1, sizeof(*call));
+    if (call == NULL) {
+        return -ENOMEM;
+    }
+    call->kind = CALL_BACKFILL;
+    call->backfill_batch = batch;
+    call->backfill_done = done;
+    call->done_arg = arg;
+    call->handle.call = call;
+    rc = call_start(c, call, WAN_GRPC_PATH_BACKFILL, &req->base);
+    if (rc != 0) {
+        free(call);
+        return rc;
+    }
+    clog_(c, WAN_GRPC_LOG_DEBUG, "%s: Backfill call %d started", c->conn->h2.peer,
+          (int)call->stream_id);
+    *out = &call->handle;
+    return 0;
+}
+
+int wan_grpc_client_backfill_cancel(struct wan_grpc_client_backfill *handle)
+{
+    struct client_call *call = handle->call;
+    struct client_conn *cc = call->cc;
+
+    if (call->cancelled) {
+        return 0;
+    }
+    if (cc->h2.closing) {
+        return -ENOTCONN; /* conn_finish completes it with UNAVAILABLE */
+    }
+    call->cancelled = 1;
+    /* on_stream_close reports it once the RST_STREAM is out (a request whose HEADERS
+     * were still queued is dropped by nghttp2, which closes the stream just the same). */
+    nghttp2_submit_rst_stream(cc->h2.session, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_CANCEL);
+    wan_grpc_h2_kick(&cc->h2);
+    return 0;
 }

@@ -2,7 +2,9 @@
  * grpc_client — one outgoing WAN link to a peer site's gateway: TCP connect, TLS 1.3
  * with this site's certificate (tls/tls.h; the peer's certificate must name the site
  * we dial, ALPN h2), an nghttp2 client session, and on it the long-lived Ship stream
- * (ShipRequest out, ShipAck in) plus unary Read and Health/Check calls.
+ * (ShipRequest out, ShipAck in) plus unary Read and Health/Check calls and
+ * server-streaming Backfill calls.  A link made with no_ship has no Ship stream: it
+ * serves only the calls (a backfill or read-only link).
  *
  * It gives primitives, not policy: it does not reconnect by itself (the caller does,
  * with wan_grpc_backoff_ms() from wan/grpc.h), does not pick batches, sequence numbers
@@ -19,16 +21,22 @@
  * caller limits batches in flight with wan_grpc_client_ship_queued() and its own
  * count of unacked sequence numbers.
  *
+ * The other way, a Backfill call's receive window (1 MiB, or one max_message if that is
+ * more) is given back to the peer only as the batch callback returns from each batch,
+ * so a caller that applies slowly slows the peer instead of buffering here.
+ *
  * Life of a link (client side):
  *
  *   connect() ──TCP──> TLS 1.3 (SNI = peer_site) ──refused/failed──> down(UNAVAILABLE, why)
  *                          │ ok: certificate names peer_site, ALPN h2
  *                          v
  *                 SETTINGS + HEADERS :path=.../Ship ──> up(peer_site)
- *                          │
+ *                          │     (no_ship: SETTINGS only, then up)
  *     ship(req) ──> queue ──DATA (as windows allow)──> peer ──> ShipAck ──> ship_ack(ack)
  *       -ENOBUFS above ship_high ... queue <= ship_low ──> writable()
  *     read()/health() ──> own streams ──> done(status, ...) (or DEADLINE_EXCEEDED)
+ *     backfill(req) ──> own stream ──> batch(b) per message, window given back after each
+ *                      ──> done(grpc-status of the trailers) (cancel(): CANCELLED)
  *                          │
  *   ship_end(): END_STREAM ──> peer's trailers ──┐
  *   peer ends Ship with a status / RST ──────────┼──> connection closed ──> down(status, why)
@@ -75,6 +83,11 @@ struct wan_grpc_client_config {
     uint32_t ping_ms;            /* keepalive PING interval; 0 = 10 s */
     uint32_t ship_high;          /* Ship queue bytes where ship() refuses; 0 = 8 MiB */
     uint32_t ship_low;           /* where `writable` fires; 0 = ship_high / 4 */
+    int no_ship;                 /* 1: do not open the Ship stream; `up` fires once TLS +
+                                    HTTP/2 are ready, and the link serves only
+                                    Read/Health/Backfill calls (a backfill or read-only
+                                    link).  `down` then comes only when the connection
+                                    goes (UNAVAILABLE) */
     wan_grpc_log_fn log;         /* may be NULL */
     void *log_arg;
 };
@@ -90,6 +103,22 @@ typedef void (*wan_grpc_read_done_fn)(void *arg, int grpc_status, const char *me
  * WAN_GRPC_OK, else 0 (UNKNOWN). */
 typedef void (*wan_grpc_health_done_fn)(void *arg, int grpc_status, const char *message,
                                         int serving_status);
+
+/* One message of a Backfill call.  b is borrowed (valid during the call).  The call's
+ * flow-control window is given back only after this returns, so a callback that blocks
+ * (applying the batch) slows the peer down instead of buffering.  It may call
+ * wan_grpc_client_backfill_cancel() (no further batch follows) or
+ * wan_grpc_client_close(). */
+typedef void (*wan_grpc_backfill_batch_fn)(void *arg, const Geogate__Wan__V1__BackfillBatch *b);
+
+/* The call ended: grpc_status from the trailers (WAN_GRPC_OK: every item was sent), or
+ * UNAVAILABLE when the link dropped, CANCELLED after wan_grpc_client_backfill_cancel()
+ * (or wan_grpc_client_destroy()), INTERNAL / INVALID_ARGUMENT for a malformed message.
+ * message may be "".  Exactly once per successful wan_grpc_client_backfill(). */
+typedef void (*wan_grpc_backfill_done_fn)(void *arg, int grpc_status, const char *message);
+
+/* One Backfill call in flight; valid until its done callback has run. */
+struct wan_grpc_client_backfill;
 
 /* Make a client (not connected).  cfg and cb are copied; cb_arg goes to every
  * callback.  Returns 0 and sets *out, or -EINVAL (NULL argument, no tls, peer_site or
@@ -141,5 +170,20 @@ int wan_grpc_client_read(struct wan_grpc_client *c, const Geogate__Wan__V1__Read
 /* Health/Check of `service` ("" or NULL: the whole server); as wan_grpc_client_read. */
 int wan_grpc_client_health(struct wan_grpc_client *c, const char *service, uint32_t timeout_ms,
                            wan_grpc_health_done_fn done, void *done_arg);
+
+/* Start a Backfill call (req borrowed, packed now); it has no deadline.  batch runs for
+ * each BackfillBatch in order, then done once.  Returns 0 and sets *out (valid until
+ * done runs), -EINVAL (a NULL argument), -ENOTCONN, -EMSGSIZE or -ENOMEM (done is not
+ * called). */
+int wan_grpc_client_backfill(struct wan_grpc_client *c,
+                             const Geogate__Wan__V1__BackfillRequest *req,
+                             wan_grpc_backfill_batch_fn batch, wan_grpc_backfill_done_fn done,
+                             void *arg, struct wan_grpc_client_backfill **out);
+
+/* Reset the call (RST_STREAM CANCEL); no batch is delivered after this, and done runs
+ * later from the event loop with CANCELLED.  Safe inside the call's batch callback; a
+ * second cancel is a no-op.  Returns 0 or -ENOTCONN (the link is already going down:
+ * done follows with UNAVAILABLE). */
+int wan_grpc_client_backfill_cancel(struct wan_grpc_client_backfill *call);
 
 #endif

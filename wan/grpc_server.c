@@ -3,7 +3,7 @@
  * (tls/tls.h), one nghttp2 server session per connection (wan/grpc_h2.c moves the
  * bytes), the session callbacks that hand each stream to wan/grpc_server_stream.c,
  * memory-mode connections for tests and fuzzing, and the server's public set-up.
- * See wan/grpc_server.h for the Ship stream's life.
+ * See wan/grpc_server.h for the lives of a Ship stream and of a Backfill call.
  *
  * It does not look inside streams (grpc_server_stream.c does), apply batches or pick
  * ack numbers (the application does), dial out (wan/grpc_client.c), and never includes
@@ -31,6 +31,7 @@
 #include "wan/grpc_server_int.h"
 
 #define SERVER_ACK_HIGH_DEFAULT (1u << 20)
+#define SERVER_BACKFILL_HIGH_DEFAULT (4u << 20)
 #define SERVER_MAX_HEADER_LIST (16u << 10)
 
 void wan_grpc_server_log(const struct wan_grpc_server *srv, enum wan_grpc_log_level level,
@@ -134,6 +135,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         return 0;
     }
     st = stream_of(session, frame->hd.stream_id);
+    if (st != NULL) {
+        st->trailers_sent = 1;
+    }
     /* Our side is done; a peer still sending is told to stop (gRPC servers send
      * RST_STREAM NO_ERROR after trailers to a client that has not half-closed). */
     if (st != NULL && !st->remote_ended) {
@@ -154,7 +158,10 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
     if (st == NULL) {
         return 0;
     }
-    if (st->trailers_submitted) {
+    /* A Backfill call's trailers can wait long behind batches the caller's window holds
+     * back: a caller that resets meanwhile did not get them (a Ship stream's trailers
+     * count once submitted, as they always have). */
+    if (st->trailers_submitted && (st->kind != WAN_GRPC_SK_BACKFILL || st->trailers_sent)) {
         status = st->status;
         snprintf(why, sizeof(why), "finished: %s", st->message[0] ? st->message : "ok");
     } else {
@@ -163,9 +170,10 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
                      : wan_grpc_status_from_h2_error(error_code);
         snprintf(why, sizeof(why), "reset by peer (%s)", nghttp2_http2_strerror(error_code));
     }
-    if (st->kind == WAN_GRPC_SK_SHIP && st->app_open) {
-        wan_grpc_server_log(st->conn->srv, WAN_GRPC_LOG_INFO, "%s: Ship stream %d closed: %s",
-                            st->conn->h2.peer, (int)stream_id, why);
+    if ((st->kind == WAN_GRPC_SK_SHIP || st->kind == WAN_GRPC_SK_BACKFILL) && st->app_open) {
+        wan_grpc_server_log(
+            st->conn->srv, WAN_GRPC_LOG_INFO, "%s: %s %d closed: %s", st->conn->h2.peer,
+            st->kind == WAN_GRPC_SK_SHIP ? "Ship stream" : "Backfill call", (int)stream_id, why);
     }
     wan_grpc_sstream_free(st, status, why);
     return 0;
@@ -405,6 +413,13 @@ int wan_grpc_server_create(struct wan_grpc_server **out, struct event_base *base
     if (srv->cfg.ack_queue_high == 0) {
         srv->cfg.ack_queue_high = SERVER_ACK_HIGH_DEFAULT;
     }
+    if (srv->cfg.backfill_high == 0) {
+        srv->cfg.backfill_high = SERVER_BACKFILL_HIGH_DEFAULT;
+        if (srv->cfg.backfill_high < srv->cfg.max_message) {
+            srv->cfg.backfill_high = srv->cfg.max_message;
+        }
+    }
+    srv->backfill_low = srv->cfg.backfill_high / 4;
     /* One whole message must fit a stream window, or a big one could never complete. */
     window = (uint64_t)srv->cfg.max_message + WAN_GRPC_FRAME_PREFIX;
     if (window < NGHTTP2_INITIAL_WINDOW_SIZE) {

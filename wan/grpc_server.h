@@ -1,11 +1,13 @@
 /*
  * grpc_server — the WAN listener: gRPC over HTTP/2 (nghttp2) over mutually
  * authenticated TLS 1.3 (tls/tls.h) on libevent.  It accepts peer gateways, checks
- * their certificates, and serves three methods:
+ * their certificates, and serves four methods:
  *
- *   /geogate.wan.v1.Replication/Ship   bidirectional stream: ShipRequest in, ShipAck out
- *   /geogate.wan.v1.Replication/Read   unary, answered asynchronously
- *   /grpc.health.v1.Health/Check       unary, answered at once
+ *   /geogate.wan.v1.Replication/Ship      bidirectional stream: ShipRequest in, ShipAck out
+ *   /geogate.wan.v1.Replication/Read      unary, answered asynchronously
+ *   /geogate.wan.v1.Replication/Backfill  server stream: one BackfillRequest in, as many
+ *                                         BackfillBatch out as the application sends
+ *   /grpc.health.v1.Health/Check          unary, answered at once
  *
  * anything else gets grpc-status 12 UNIMPLEMENTED.  Bad input never reaches the
  * application: a malformed protobuf or a compressed message ends the stream with
@@ -44,6 +46,25 @@
  *   trailers grpc-status sent (after queued acks) ──> RST_STREAM(NO_ERROR) if the peer
  *   was still sending ──> stream closed ──> ship_closed(st, status)  [st is gone]
  *   (a peer's RST_STREAM or a lost connection also ends in ship_closed)
+ *
+ * Life of a Backfill call (server side).  The caller's flow-control window is what paces
+ * it: the call's queue drains into DATA frames only as fast as the caller gives window
+ * back (after applying each batch), so a slow caller stops the queue, and the queue's
+ * high-water mark stops the application.
+ *
+ *   peer HEADERS :path=.../Backfill, one BackfillRequest, END_STREAM
+ *        │ malformed / missing / two messages ──> INVALID_ARGUMENT (the app sees nothing)
+ *        v
+ *   backfill_open(call, peer_site, req) ── refuse ──> trailers-only status, nothing more
+ *        │ accept: response HEADERS 200 sent
+ *        v
+ *   wan_grpc_server_backfill_send(call, batch) ──> queue ──DATA, as the caller's window
+ *        │ -ENOBUFS at backfill_high ... queue <= high/4 ──> backfill_writable(call)
+ *        v
+ *   wan_grpc_server_backfill_finish(call, status) ──> trailers after the queue
+ *        v
+ *   stream closed ──> backfill_closed(call, status)  [call is gone]
+ *   (the caller's RST_STREAM: CANCELLED; a lost connection or server destroy: UNAVAILABLE)
  */
 #ifndef GEOGATE_WAN_GRPC_SERVER_H
 #define GEOGATE_WAN_GRPC_SERVER_H
@@ -59,9 +80,10 @@
 
 struct tls_ctx;
 struct wan_grpc_server;
-struct wan_grpc_ship_stream; /* one Ship stream; valid until its ship_closed callback */
-struct wan_grpc_read_call;   /* one Read call; valid until answered */
-struct wan_grpc_server_conn; /* memory-mode connection, for tests and fuzzing */
+struct wan_grpc_ship_stream;   /* one Ship stream; valid until its ship_closed callback */
+struct wan_grpc_read_call;     /* one Read call; valid until answered */
+struct wan_grpc_backfill_call; /* one Backfill call; valid until its backfill_closed callback */
+struct wan_grpc_server_conn;   /* memory-mode connection, for tests and fuzzing */
 
 /* What ship_batch returns. */
 enum wan_grpc_ship_take {
@@ -103,6 +125,24 @@ struct wan_grpc_server_callbacks {
      * GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* value; SERVICE_UNKNOWN
      * answers grpc-status NOT_FOUND as the health protocol says.  NULL: SERVING. */
     int (*health)(void *arg, const char *service);
+    /* A Backfill call.  req is the application's (free with
+     * geogate__wan__v1__backfill_request__free_unpacked(req, NULL)) in every case.  Return 0 to
+     * accept (response HEADERS are sent; set *call_arg, passed to the other backfill
+     * callbacks), or a gRPC status > 0 to refuse (trailers-only answer with that status;
+     * backfill_closed is not called).  wan_grpc_server_backfill_send() and _finish() may
+     * already be called from in here when accepting.  NULL: Backfill is UNIMPLEMENTED. */
+    int (*backfill_open)(void *arg, struct wan_grpc_backfill_call *call, const char *peer_site,
+                         Geogate__Wan__V1__BackfillRequest *req, void **call_arg);
+    /* The call's send queue went down to the low-water mark after backfill_send() refused
+     * with -ENOBUFS (or after the queue had reached the high-water mark).  May be NULL. */
+    void (*backfill_writable)(void *arg, void *call_arg, struct wan_grpc_backfill_call *call);
+    /* The call is gone: finished (after the trailers were sent), reset by the caller, or the
+     * connection was lost.  grpc_status: what we sent, or CANCELLED (reset by the caller,
+     * also while our trailers still waited behind queued batches) / UNAVAILABLE (connection
+     * lost, server destroyed); why: text for logs.  Exactly once per accepted call.  call
+     * must not be used after this returns (send and finish return -EPIPE inside it). */
+    void (*backfill_closed)(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
+                            int grpc_status, const char *why);
 };
 
 struct wan_grpc_server_config {
@@ -117,6 +157,8 @@ struct wan_grpc_server_config {
     uint32_t ping_ms;              /* keepalive PING interval; 0 = 10 s */
     uint32_t ack_queue_high;       /* a Ship stream stops reading while this many ack bytes
                                       wait for the peer; 0 = 1 MiB */
+    uint32_t backfill_high;        /* per-call queue bytes where backfill_send refuses; 0 =
+                                      4 MiB (at least max_message); low water = high / 4 */
     wan_grpc_log_fn log;           /* may be NULL */
     void *log_arg;
 };
@@ -137,9 +179,10 @@ int wan_grpc_server_listen(struct wan_grpc_server *srv, const char *addr, uint16
 /* Stop accepting; open connections go on.  Returns 0. */
 int wan_grpc_server_stop_listening(struct wan_grpc_server *srv);
 
-/* Close every connection (ship_closed runs for open Ship streams; unanswered Read
- * calls are freed: their handles die with the server) and free the server.  Not from
- * inside one of its own callbacks.  NULL is a no-op. */
+/* Close every connection (ship_closed runs for open Ship streams and backfill_closed for
+ * open Backfill calls, with UNAVAILABLE; unanswered Read calls are freed: their handles
+ * die with the server) and free the server.  Not from inside one of its own callbacks.
+ * NULL is a no-op. */
 void wan_grpc_server_destroy(struct wan_grpc_server *srv);
 
 /* Number of open connections (those past the TLS handshake). */
@@ -180,6 +223,21 @@ int wan_grpc_server_read_reply(struct wan_grpc_read_call *call,
 int wan_grpc_server_read_fail(struct wan_grpc_read_call *call, int grpc_status,
                               const char *message);
 
+/* Queue one BackfillBatch (packed now; b is borrowed).  Returns 0, -ENOBUFS (the call's
+ * queue holds backfill_high bytes or more: nothing queued, wait for backfill_writable),
+ * -EPIPE (the call is finishing or gone), -EMSGSIZE (packs to more than max_message) or
+ * -ENOMEM. */
+int wan_grpc_server_backfill_send(struct wan_grpc_backfill_call *call,
+                                  const Geogate__Wan__V1__BackfillBatch *b);
+
+/* After the batches already queued, send trailers with grpc_status and message (may be
+ * NULL).  backfill_closed follows once the stream is closed.  Returns 0 or -EPIPE. */
+int wan_grpc_server_backfill_finish(struct wan_grpc_backfill_call *call, int grpc_status,
+                                    const char *message);
+
+/* Bytes queued on the call and not yet handed to HTTP/2. */
+size_t wan_grpc_server_backfill_queued(const struct wan_grpc_backfill_call *call);
+
 /* Memory mode, for unit tests and fuzzing: a connection without socket or TLS, as if
  * the handshake had verified peer_site.  Feed it the client's bytes; what the server
  * answers collects in wan_grpc_server_mem_output() (drain it yourself).  Callbacks
@@ -196,7 +254,8 @@ struct evbuffer *wan_grpc_server_mem_output(struct wan_grpc_server_conn *conn);
 /* 1 once the connection has closed itself (GOAWAY sent, protocol error). */
 int wan_grpc_server_mem_closed(const struct wan_grpc_server_conn *conn);
 
-/* Close and free a memory-mode connection (ship_closed runs for open streams). */
+/* Close and free a memory-mode connection (ship_closed / backfill_closed run for open
+ * streams and calls). */
 void wan_grpc_server_mem_close(struct wan_grpc_server_conn *conn);
 
 #endif

@@ -28,6 +28,7 @@ enum wan_grpc_sstream_kind {
     WAN_GRPC_SK_SHIP,
     WAN_GRPC_SK_READ,
     WAN_GRPC_SK_HEALTH,
+    WAN_GRPC_SK_BACKFILL,
     WAN_GRPC_SK_MAX
 };
 
@@ -41,6 +42,7 @@ struct wan_grpc_server {
     nghttp2_session_callbacks *h2cb;
     nghttp2_option *h2opt;
     int32_t stream_window;
+    uint32_t backfill_low; /* a Backfill queue this small is writable again (high / 4) */
     struct wan_grpc_server_conn *conns;
     size_t nconns_up;
     struct wan_grpc_read_call *calls; /* unanswered Read calls */
@@ -56,6 +58,12 @@ struct wan_grpc_server_conn {
     int mem;     /* memory mode */
     int counted; /* in srv->nconns_up */
     int dead;    /* memory mode: closed itself, waits for wan_grpc_server_mem_close */
+};
+
+/* The application's handle on a Backfill call: embedded in its stream, so it lives
+ * exactly as long as the stream does. */
+struct wan_grpc_backfill_call {
+    struct wan_grpc_ship_stream *st;
 };
 
 /* One server-side stream of any method (the public name is the Ship one). */
@@ -84,11 +92,18 @@ struct wan_grpc_ship_stream {
     int deferred;                        /* the data provider said DEFERRED */
     int finishing;                       /* trailers after `out` */
     int trailers_submitted;              /* trailers (or a trailers-only response) submitted */
+    int trailers_sent;                   /* ...and handed to the connection (END_STREAM out) */
     int status;                          /* grpc-status of the trailers */
     char message[200];                   /* grpc-message of the trailers (unescaped) */
-    int app_open;                        /* ship_open accepted: ship_closed is owed */
+    int app_open;                        /* ship_open / backfill_open accepted: the
+                                            matching closed callback is owed */
+    int opening;                         /* inside backfill_open: no response submitted yet */
+    int gone;                            /* the closed callback is running: no more sends */
+    int want_writable;                   /* Backfill: the queue reached backfill_high (or send
+                                            refused): tell backfill_writable at the low mark */
     void *app_arg;
-    struct wan_grpc_read_call *call; /* Read: the call handed to the application */
+    struct wan_grpc_read_call *call;  /* Read: the call handed to the application */
+    struct wan_grpc_backfill_call bf; /* Backfill: the application's handle (bf.st = this) */
 };
 
 struct wan_grpc_read_call {
@@ -119,13 +134,15 @@ void wan_grpc_sstream_data(struct wan_grpc_ship_stream *st, const uint8_t *data,
 /* The peer sent END_STREAM. */
 void wan_grpc_sstream_remote_end(struct wan_grpc_ship_stream *st);
 
-/* At a safe point (outside nghttp2): take up a stream that asked to (resume_pending). */
+/* At a safe point (outside nghttp2): take up a stream that asked to (resume_pending): a
+ * paused Ship stream reads again, a Backfill call's application hears backfill_writable. */
 void wan_grpc_sstream_resume(struct wan_grpc_ship_stream *st);
 
 /* Give n received bytes back to the peer's windows. */
 void wan_grpc_sstream_consume(struct wan_grpc_ship_stream *st, size_t n);
 
-/* Unlink and free a stream, telling the application (ship_closed) if it had it. */
+/* Unlink and free a stream, telling the application (ship_closed, backfill_closed) if it
+ * had it. */
 void wan_grpc_sstream_free(struct wan_grpc_ship_stream *st, int status, const char *why);
 
 #endif

@@ -2,8 +2,9 @@
  * grpc_server_stream — one server stream's gRPC: route by :path, deframe and decode
  * the requests, refuse bad input (with a status and a log line) before the application
  * sees it, check a ShipRequest's origin_site against the certificate's site, hand
- * batches to the application and hold them while it is busy, and send its acks and
- * replies as DATA and trailers.  The picture is in wan/grpc_server.h.
+ * batches to the application and hold them while it is busy, and send its acks,
+ * replies and Backfill batches as DATA and trailers.  The pictures are in
+ * wan/grpc_server.h.
  *
  * It does not own connections, sockets or the nghttp2 session (wan/grpc_server.c
  * does) and does not decide acks.  WAN thread only.
@@ -14,6 +15,12 @@
  * fails or closes.  Bytes of a partial message or of a paused stream stay unconsumed,
  * so the peer can never have more than one stream window (one message + prefix) of
  * them outstanding per stream, nor more than the connection window in all.
+ *
+ * Output: each stream's framed messages wait in st->out, and its data provider hands
+ * them to nghttp2, which asks only while the peer's windows are open (it says DEFERRED
+ * when `out` is empty; queueing resumes it).  So what a slow peer does not read stays in
+ * `out`, bounded by ack_queue_high (Ship: we stop reading its batches) or backfill_high
+ * (Backfill: backfill_send refuses until the queue is down to a quarter).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -30,12 +37,16 @@
 #include "wan/grpc_server.h"
 #include "wan/grpc_server_int.h"
 
+/* One name a line, like the other string tables (clang-format would pack five). */
+/* clang-format off */
 static const char *const kind_names[WAN_GRPC_SK_MAX] = {
     [WAN_GRPC_SK_UNKNOWN] = "unknown",
     [WAN_GRPC_SK_SHIP] = "Ship",
     [WAN_GRPC_SK_READ] = "Read",
     [WAN_GRPC_SK_HEALTH] = "Health/Check",
+    [WAN_GRPC_SK_BACKFILL] = "Backfill",
 };
+/* clang-format on */
 
 /* ---- output ------------------------------------------------------------------------ */
 
@@ -106,6 +117,14 @@ static ssize_t stream_read_cb(nghttp2_session *session, int32_t stream_id, uint8
         st->resume_pending = 1;
         wan_grpc_h2_kick(&st->conn->h2);
     }
+    /* A Backfill queue down to the low mark: the application hears backfill_writable at
+     * the next safe point (outside nghttp2). */
+    if (st->kind == WAN_GRPC_SK_BACKFILL && st->want_writable &&
+        evbuffer_get_length(st->out) <= srv->backfill_low) {
+        st->want_writable = 0;
+        st->resume_pending = 1;
+        wan_grpc_h2_kick(&st->conn->h2);
+    }
     return n;
 }
 
@@ -164,6 +183,9 @@ static void stream_finish(struct wan_grpc_ship_stream *st, int status, const cha
         va_start(ap, fmt);
         vsnprintf(st->message, sizeof(st->message), fmt, ap);
         va_end(ap);
+    }
+    if (st->opening) {
+        return; /* backfill_open accepting: the response starts when it returns */
     }
     if (!st->response_started) {
         st->response_started = 1;
@@ -326,12 +348,29 @@ static size_t ship_feed(struct wan_grpc_ship_stream *st, const uint8_t *data, si
     return pos;
 }
 
+/* A Backfill queue drained to the low mark: the application may send again. */
+static void backfill_notify_writable(struct wan_grpc_ship_stream *st)
+{
+    struct wan_grpc_server *srv = st->conn->srv;
+
+    if (!st->app_open || st->gone || st->finishing || st->trailers_submitted) {
+        return;
+    }
+    if (srv->cb.backfill_writable != NULL) {
+        srv->cb.backfill_writable(srv->cb_arg, st->app_arg, &st->bf);
+    }
+}
+
 /* Take up a paused stream again: the held batch first, then the backlog. */
 void wan_grpc_sstream_resume(struct wan_grpc_ship_stream *st)
 {
     struct wan_grpc_server *srv = st->conn->srv;
 
     st->resume_pending = 0;
+    if (st->kind == WAN_GRPC_SK_BACKFILL) {
+        backfill_notify_writable(st);
+        return;
+    }
     if (st->failed || st->finishing) {
         return;
     }
@@ -413,7 +452,7 @@ static void ship_remote_end(struct wan_grpc_ship_stream *st)
     ship_notify_end(st);
 }
 
-/* ---- unary input ----------------------------------------------------------------------- */
+/* ---- request input (unary calls and Backfill: one message, then END_STREAM) ------------ */
 
 static void unary_data(struct wan_grpc_ship_stream *st, const uint8_t *data, size_t len)
 {
@@ -439,6 +478,9 @@ static void unary_data(struct wan_grpc_ship_stream *st, const uint8_t *data, siz
         if (st->kind == WAN_GRPC_SK_READ) {
             st->request =
                 (ProtobufCMessage *)geogate__wan__v1__read_request__unpack(NULL, msg_len, msg);
+        } else if (st->kind == WAN_GRPC_SK_BACKFILL) {
+            st->request =
+                (ProtobufCMessage *)geogate__wan__v1__backfill_request__unpack(NULL, msg_len, msg);
         } else {
             st->request = (ProtobufCMessage *)grpc__health__v1__health_check_request__unpack(
                 NULL, msg_len, msg);
@@ -447,7 +489,10 @@ static void unary_data(struct wan_grpc_ship_stream *st, const uint8_t *data, siz
             char what[96];
 
             snprintf(what, sizeof(what), "malformed %s (%zu bytes)",
-                     st->kind == WAN_GRPC_SK_READ ? "ReadRequest" : "HealthCheckRequest", msg_len);
+                     st->kind == WAN_GRPC_SK_READ       ? "ReadRequest"
+                     : st->kind == WAN_GRPC_SK_BACKFILL ? "BackfillRequest"
+                                                        : "HealthCheckRequest",
+                     msg_len);
             stream_fail(st, WAN_GRPC_INVALID_ARGUMENT, what);
             return;
         }
@@ -498,6 +543,45 @@ static void read_dispatch(struct wan_grpc_ship_stream *st)
     srv->cb.read(srv->cb_arg, call, st->conn->site, req);
 }
 
+/* The request is in: offer the call to the application.  It may send batches and even
+ * finish from inside backfill_open; the response HEADERS go out first either way. */
+static void backfill_dispatch(struct wan_grpc_ship_stream *st)
+{
+    struct wan_grpc_server_conn *conn = st->conn;
+    struct wan_grpc_server *srv = conn->srv;
+    Geogate__Wan__V1__BackfillRequest *req = (Geogate__Wan__V1__BackfillRequest *)st->request;
+    void *call_arg = NULL;
+    int rc;
+
+    st->request = NULL; /* the application's now, whatever it answers */
+    st->bf.st = st;
+    st->opening = 1;
+    rc = srv->cb.backfill_open(srv->cb_arg, &st->bf, conn->site, req, &call_arg);
+    st->opening = 0;
+    if (rc != 0) {
+        wan_grpc_server_log(srv, WAN_GRPC_LOG_INFO,
+                            "%s: Backfill call %d refused by the application: %s", conn->h2.peer,
+                            (int)st->id, wan_grpc_status_name(rc));
+        /* Whatever it queued before refusing goes nowhere. */
+        evbuffer_drain(st->out, evbuffer_get_length(st->out));
+        st->finishing = 0;
+        st->failed = 1;
+        stream_finish(st, rc > 0 && rc < WAN_GRPC_STATUS_MAX ? rc : WAN_GRPC_UNAVAILABLE,
+                      "Backfill call refused");
+        return;
+    }
+    st->app_open = 1;
+    st->app_arg = call_arg;
+    wan_grpc_server_log(srv, WAN_GRPC_LOG_INFO, "%s: Backfill call %d open", conn->h2.peer,
+                        (int)st->id);
+    if (stream_start_response(st) != 0) {
+        /* Not even HEADERS could be queued: reset; on_stream_close tells the application. */
+        nghttp2_submit_rst_stream(conn->h2.session, NGHTTP2_FLAG_NONE, st->id,
+                                  NGHTTP2_INTERNAL_ERROR);
+    }
+    wan_grpc_h2_kick(&conn->h2);
+}
+
 static void unary_remote_end(struct wan_grpc_ship_stream *st)
 {
     int rc;
@@ -516,6 +600,8 @@ static void unary_remote_end(struct wan_grpc_ship_stream *st)
     }
     if (st->kind == WAN_GRPC_SK_HEALTH) {
         health_answer(st);
+    } else if (st->kind == WAN_GRPC_SK_BACKFILL) {
+        backfill_dispatch(st);
     } else {
         read_dispatch(st);
     }
@@ -530,6 +616,7 @@ void wan_grpc_sstream_data(struct wan_grpc_ship_stream *st, const uint8_t *data,
     if (st->kind == WAN_GRPC_SK_SHIP) {
         ship_data(st, data, len);
     } else {
+        /* Read, Health and Backfill: one request message, taken whole. */
         unary_data(st, data, len);
         wan_grpc_sstream_consume(st, len); /* bounded by the deframer's limit: one message */
     }
@@ -583,9 +670,14 @@ void wan_grpc_sstream_free(struct wan_grpc_ship_stream *st, int status, const ch
     if (st->call != NULL) {
         st->call->st = NULL;
     }
-    if (st->app_open && srv->cb.ship_closed != NULL) {
+    if (st->app_open) {
         st->app_open = 0;
-        srv->cb.ship_closed(srv->cb_arg, st->app_arg, st, status, why);
+        st->gone = 1; /* backfill_send / _finish from inside the callback: -EPIPE */
+        if (st->kind == WAN_GRPC_SK_SHIP && srv->cb.ship_closed != NULL) {
+            srv->cb.ship_closed(srv->cb_arg, st->app_arg, st, status, why);
+        } else if (st->kind == WAN_GRPC_SK_BACKFILL && srv->cb.backfill_closed != NULL) {
+            srv->cb.backfill_closed(srv->cb_arg, st->app_arg, &st->bf, status, why);
+        }
     }
     if (st->held != NULL) {
         geogate__wan__v1__ship_request__free_unpacked(st->held, NULL);
@@ -640,7 +732,8 @@ void wan_grpc_sstream_route(struct wan_grpc_ship_stream *st)
     }
     if (st->kind == WAN_GRPC_SK_UNKNOWN ||
         (st->kind == WAN_GRPC_SK_SHIP && srv->cb.ship_open == NULL) ||
-        (st->kind == WAN_GRPC_SK_READ && srv->cb.read == NULL)) {
+        (st->kind == WAN_GRPC_SK_READ && srv->cb.read == NULL) ||
+        (st->kind == WAN_GRPC_SK_BACKFILL && srv->cb.backfill_open == NULL)) {
         wan_grpc_server_log(srv, WAN_GRPC_LOG_INFO,
                             "%s: stream %d: unknown method %s: UNIMPLEMENTED", conn->h2.peer,
                             (int)st->id, st->path);
@@ -679,7 +772,8 @@ void wan_grpc_sstream_remote_end(struct wan_grpc_ship_stream *st)
     }
     if (st->kind == WAN_GRPC_SK_SHIP) {
         ship_remote_end(st);
-    } else if (st->kind == WAN_GRPC_SK_READ || st->kind == WAN_GRPC_SK_HEALTH) {
+    } else if (st->kind == WAN_GRPC_SK_READ || st->kind == WAN_GRPC_SK_HEALTH ||
+               st->kind == WAN_GRPC_SK_BACKFILL) {
         unary_remote_end(st);
     }
 }
@@ -706,6 +800,9 @@ void wan_grpc_sstream_header(struct wan_grpc_ship_stream *st, const uint8_t *nam
         } else if (valuelen == strlen(WAN_GRPC_PATH_HEALTH) &&
                    memcmp(value, WAN_GRPC_PATH_HEALTH, valuelen) == 0) {
             st->kind = WAN_GRPC_SK_HEALTH;
+        } else if (valuelen == strlen(WAN_GRPC_PATH_BACKFILL) &&
+                   memcmp(value, WAN_GRPC_PATH_BACKFILL, valuelen) == 0) {
+            st->kind = WAN_GRPC_SK_BACKFILL;
         }
     } else if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
         st->bad_method = !(valuelen == 4 && memcmp(value, "POST", 4) == 0);
@@ -838,4 +935,55 @@ int wan_grpc_server_read_fail(struct wan_grpc_read_call *call, int grpc_status, 
     stream_finish(st, grpc_status, "%s", message ? message : "");
     call_free(call);
     return 0;
+}
+
+/* ---- Backfill, the application's side -------------------------------------------------- */
+
+int wan_grpc_server_backfill_send(struct wan_grpc_backfill_call *call,
+                                  const Geogate__Wan__V1__BackfillBatch *b)
+{
+    struct wan_grpc_ship_stream *st = call->st;
+    struct wan_grpc_server *srv = st->conn->srv;
+
+    if (st->gone || st->finishing || st->trailers_submitted || st->conn->h2.closing) {
+        return -EPIPE; /* a closing connection: backfill_closed follows */
+    }
+    /* The caller would refuse it and lose the call: the application makes smaller ones. */
+    if (protobuf_c_message_get_packed_size(&b->base) > srv->cfg.max_message) {
+        return -EMSGSIZE;
+    }
+    if (evbuffer_get_length(st->out) >= srv->cfg.backfill_high) {
+        st->want_writable = 1;
+        return -ENOBUFS;
+    }
+    if (stream_queue_message(st, &b->base) != 0) {
+        return -ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) >= srv->cfg.backfill_high) {
+        st->want_writable = 1;
+    }
+    if (!st->opening) {
+        stream_resume_output(st);
+    }
+    return 0;
+}
+
+int wan_grpc_server_backfill_finish(struct wan_grpc_backfill_call *call, int grpc_status,
+                                    const char *message)
+{
+    struct wan_grpc_ship_stream *st = call->st;
+
+    if (st->gone || st->finishing || st->trailers_submitted || st->conn->h2.closing) {
+        return -EPIPE;
+    }
+    if (grpc_status < 0 || grpc_status >= WAN_GRPC_STATUS_MAX) {
+        grpc_status = WAN_GRPC_UNKNOWN;
+    }
+    stream_finish(st, grpc_status, "%s", message ? message : "");
+    return 0;
+}
+
+size_t wan_grpc_server_backfill_queued(const struct wan_grpc_backfill_call *call)
+{
+    return evbuffer_get_length(call->st->out);
 }

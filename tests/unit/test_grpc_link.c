@@ -6,7 +6,10 @@
  * certificate names another site and being refused by a server that does not list it;
  * connect failures reported from the loop (and reconnecting from inside `down`);
  * back-pressure (-ENOBUFS, zero window, `writable`) while the server's application is
- * busy; call deadlines; the server going away with calls in flight.  One thread.
+ * busy; call deadlines; the server going away with calls in flight.  Backfill on a link
+ * without a Ship stream: 200 batches in order through the server's -ENOBUFS /
+ * backfill_writable cycle, then OK; a cancel from inside the batch callback (and right
+ * after the start) reaching the server; the server going away mid-stream.  One thread.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -57,6 +60,23 @@ struct world {
     int read_done, read_status;
     size_t read_items;
     int health_done, health_status, health_serving;
+    /* Backfill, server application */
+    uint32_t backfill_high;
+    int bf_total;       /* batches per call */
+    int bf_stall_after; /* send this many, then nothing more (0: all of them) */
+    struct wan_grpc_backfill_call *bf_call;
+    int bf_next; /* next batch number */
+    int bf_finished;
+    int bf_opens, bf_closes, bf_close_status, bf_writables, bf_enobufs;
+    /* Backfill, client application */
+    int no_ship;
+    uint32_t cli_max_message;
+    struct wan_grpc_client_backfill *cb_call;
+    int cb_batches;
+    int cb_cancel_at; /* cancel from inside the batch callback at this batch (0: never) */
+    int cb_cancelled;
+    int cb_done, cb_status;
+    char cb_message[256];
 };
 
 static struct world w;
@@ -133,6 +153,119 @@ static void s_read(void *arg, struct wan_grpc_read_call *call, const char *peer_
     resp.items = ptrs;
     geogate__wan__v1__read_request__free_unpacked(req, NULL);
     assert_int_equal(wan_grpc_server_read_reply(call, &resp), 0);
+}
+
+/* 200 batches of ~100 KB: each call moves more than the client's 16 MiB connection
+ * window and many times its 1 MiB Backfill stream window, so it only completes if the
+ * client gives window back as it takes batches. */
+#define BF_ITEMS 4
+#define BF_VALUE 25000
+
+/* Queue batches until the queue is full, the stall point or the end (then finish). */
+static void s_bf_produce(struct wan_grpc_backfill_call *call)
+{
+    static uint8_t value[BF_VALUE];
+    Geogate__Wan__V1__Mutation m[BF_ITEMS], *mp[BF_ITEMS];
+    char key[BF_ITEMS][32], cursor[32];
+
+    while (w.bf_next < w.bf_total && (w.bf_stall_after == 0 || w.bf_next < w.bf_stall_after)) {
+        Geogate__Wan__V1__BackfillBatch b = GEOGATE__WAN__V1__BACKFILL_BATCH__INIT;
+        int rc;
+
+        for (int i = 0; i < BF_ITEMS; i++) {
+            geogate__wan__v1__mutation__init(&m[i]);
+            snprintf(key[i], sizeof(key[i]), "key-%d-%d", w.bf_next, i);
+            m[i].key.data = (uint8_t *)key[i];
+            m[i].key.len = strlen(key[i]);
+            m[i].value.data = value;
+            m[i].value.len = sizeof(value);
+            mp[i] = &m[i];
+        }
+        snprintf(cursor, sizeof(cursor), "cursor-%d", w.bf_next);
+        b.n_items = BF_ITEMS;
+        b.items = mp;
+        b.cursor.data = (uint8_t *)cursor;
+        b.cursor.len = strlen(cursor);
+        b.listed = (uint64_t)(w.bf_next + 1) * BF_ITEMS;
+        rc = wan_grpc_server_backfill_send(call, &b);
+        if (rc == -ENOBUFS) {
+            w.bf_enobufs++;
+            return; /* backfill_writable comes back */
+        }
+        assert_int_equal(rc, 0);
+        w.bf_next++;
+    }
+    if (w.bf_next == w.bf_total && !w.bf_finished) {
+        w.bf_finished = 1;
+        assert_int_equal(wan_grpc_server_backfill_finish(call, WAN_GRPC_OK, NULL), 0);
+    }
+}
+
+static int s_bf_open(void *arg, struct wan_grpc_backfill_call *call, const char *peer_site,
+                     Geogate__Wan__V1__BackfillRequest *req, void **call_arg)
+{
+    (void)arg;
+    assert_string_equal(peer_site, "eu-west");
+    assert_int_equal(req->prefix.len, 4);
+    assert_memory_equal(req->prefix.data, "key-", 4);
+    geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+    w.bf_opens++;
+    w.bf_call = call;
+    w.bf_next = 0;
+    w.bf_finished = 0;
+    *call_arg = &w;
+    s_bf_produce(call);
+    return 0;
+}
+
+static void s_bf_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)
+{
+    (void)arg;
+    assert_ptr_equal(call_arg, &w);
+    assert_ptr_equal(call, w.bf_call);
+    w.bf_writables++;
+    s_bf_produce(call);
+}
+
+static void s_bf_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call, int status,
+                        const char *why)
+{
+    (void)arg;
+    (void)why;
+    assert_ptr_equal(call_arg, &w);
+    assert_ptr_equal(call, w.bf_call);
+    w.bf_closes++;
+    w.bf_close_status = status;
+    w.bf_call = NULL;
+}
+
+static void c_bf_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
+{
+    char cursor[32];
+
+    assert_ptr_equal(arg, &w);
+    assert_false(w.cb_cancelled); /* nothing after a cancel */
+    snprintf(cursor, sizeof(cursor), "cursor-%d", w.cb_batches);
+    assert_int_equal(b->cursor.len, strlen(cursor)); /* in order, none lost */
+    assert_memory_equal(b->cursor.data, cursor, b->cursor.len);
+    assert_int_equal(b->listed, (uint64_t)(w.cb_batches + 1) * BF_ITEMS);
+    assert_int_equal(b->n_items, BF_ITEMS);
+    assert_int_equal(b->items[BF_ITEMS - 1]->value.len, BF_VALUE);
+    w.cb_batches++;
+    if (w.cb_cancel_at > 0 && w.cb_batches == w.cb_cancel_at) {
+        assert_int_equal(wan_grpc_client_backfill_cancel(w.cb_call), 0);
+        assert_int_equal(wan_grpc_client_backfill_cancel(w.cb_call), 0); /* a no-op */
+        w.cb_cancelled = 1;
+    }
+}
+
+static void c_bf_done(void *arg, int status, const char *message)
+{
+    assert_ptr_equal(arg, &w);
+    w.cb_done++;
+    w.cb_status = status;
+    snprintf(w.cb_message, sizeof(w.cb_message), "%s", message);
+    w.cb_call = NULL;
 }
 
 static void c_up(void *arg, const char *peer_site)
@@ -241,6 +374,10 @@ static void world_server(const char *const *allowed, size_t nallowed, uint32_t m
     cb.ship_batch = s_batch;
     cb.ship_closed = s_closed;
     cb.read = s_read;
+    cb.backfill_open = s_bf_open;
+    cb.backfill_writable = s_bf_writable;
+    cb.backfill_closed = s_bf_closed;
+    cfg.backfill_high = w.backfill_high;
     assert_int_equal(wan_grpc_server_create(&w.srv, w.base, &cfg, &cb, NULL), 0);
     assert_int_equal(wan_grpc_server_listen(w.srv, "127.0.0.1:0", &w.port), 0);
     assert_true(w.port > 0);
@@ -263,6 +400,8 @@ static void world_client(const char *dial_site, uint16_t port, uint32_t ship_hig
     cfg.address = addr;
     cfg.connect_timeout_ms = 3000;
     cfg.ship_high = ship_high;
+    cfg.no_ship = w.no_ship;
+    cfg.max_message = w.cli_max_message;
     cfg.log = log_cb;
     memset(&cb, 0, sizeof(cb));
     cb.up = c_up;
@@ -561,6 +700,143 @@ static void test_link_close_and_destroy(void **state)
     world_free();
 }
 
+/* Start a Backfill call for keys under "key-". */
+static void backfill_start(void)
+{
+    Geogate__Wan__V1__BackfillRequest req = GEOGATE__WAN__V1__BACKFILL_REQUEST__INIT;
+
+    req.prefix.data = (uint8_t *)"key-";
+    req.prefix.len = 4;
+    w.cb_batches = 0;
+    w.cb_cancelled = 0;
+    assert_int_equal(wan_grpc_client_backfill(w.cli, &req, c_bf_batch, c_bf_done, &w, &w.cb_call),
+                     0);
+}
+
+static void backfill_link_up(void)
+{
+    static const char *const allowed[] = {"eu-west"};
+
+    world_init();
+    w.no_ship = 1;
+    w.backfill_high = 64u << 10; /* under one batch: the server's application waits often */
+    w.bf_total = 200;
+    w.cli_max_message = 256u << 10; /* stream window 256 KiB: raised to 1 MiB for Backfill */
+    world_server(allowed, 1, 0);
+    world_client("us-east", w.port, 0);
+    assert_int_equal(wan_grpc_client_connect(w.cli), 0);
+    run_until(&w.ups, 1);
+}
+
+static void test_link_backfill(void **state)
+{
+    Geogate__Wan__V1__BackfillRequest req = GEOGATE__WAN__V1__BACKFILL_REQUEST__INIT;
+    Geogate__Wan__V1__ReadRequest rr = GEOGATE__WAN__V1__READ_REQUEST__INIT;
+    struct wan_grpc_client_backfill *call;
+
+    (void)state;
+    backfill_link_up();
+    /* No Ship stream on this link. */
+    assert_true(wan_grpc_client_is_up(w.cli));
+    ship(1, 1, 1, -ENOTCONN);
+    assert_int_equal(wan_grpc_client_ship_end(w.cli), -ENOTCONN);
+    assert_int_equal(wan_grpc_client_ship_window(w.cli), 0);
+    assert_int_equal(wan_grpc_client_backfill(w.cli, &req, c_bf_batch, NULL, &w, &call), -EINVAL);
+
+    backfill_start();
+    run_until(&w.cb_done, 1);
+    assert_int_equal(w.cb_status, WAN_GRPC_OK);
+    assert_int_equal(w.cb_batches, 200);
+    run_until(&w.bf_closes, 1);
+    assert_int_equal(w.bf_close_status, WAN_GRPC_OK);
+    assert_int_equal(w.bf_opens, 1);
+    assert_true(w.bf_enobufs > 0);
+    assert_true(w.bf_writables > 0);
+    assert_null(w.st); /* the server never saw a Ship stream */
+
+    /* The link serves Read as well, and stays up without a Ship stream. */
+    assert_int_equal(wan_grpc_client_read(w.cli, &rr, 2000, read_done, NULL), 0);
+    run_until(&w.read_done, 1);
+    assert_int_equal(w.read_status, WAN_GRPC_OK);
+    run_for(30);
+    assert_int_equal(w.downs, 0);
+    assert_true(wan_grpc_client_is_up(w.cli));
+    assert_int_equal(wan_grpc_client_close(w.cli, "done"), 0);
+    run_until(&w.downs, 1);
+    assert_int_equal(w.down_status, WAN_GRPC_UNAVAILABLE);
+    assert_int_equal(wan_grpc_client_backfill(w.cli, &req, c_bf_batch, c_bf_done, &w, &call),
+                     -ENOTCONN);
+    world_free();
+}
+
+static void test_link_backfill_cancel(void **state)
+{
+    (void)state;
+    backfill_link_up();
+    /* The server sends 5 batches and waits; the client cancels inside the 5th. */
+    w.bf_stall_after = 5;
+    w.cb_cancel_at = 5;
+    backfill_start();
+    run_until(&w.cb_done, 1);
+    assert_int_equal(w.cb_status, WAN_GRPC_CANCELLED);
+    assert_int_equal(w.cb_batches, 5);
+    run_until(&w.bf_closes, 1);
+    assert_int_equal(w.bf_close_status, WAN_GRPC_CANCELLED);
+
+    /* Cancelled before its HEADERS even left: done still comes, from the loop. */
+    w.cb_cancel_at = 0;
+    backfill_start();
+    assert_int_equal(wan_grpc_client_backfill_cancel(w.cb_call), 0);
+    w.cb_cancelled = 1;
+    assert_int_equal(w.cb_done, 1);
+    run_until(&w.cb_done, 2);
+    assert_int_equal(w.cb_status, WAN_GRPC_CANCELLED);
+    run_for(50);
+    assert_int_equal(w.bf_closes, w.bf_opens); /* if it got there at all, it is closed */
+
+    /* The link is still good for a whole call. */
+    w.bf_stall_after = 0;
+    backfill_start();
+    run_until(&w.cb_done, 3);
+    assert_int_equal(w.cb_status, WAN_GRPC_OK);
+    assert_int_equal(w.cb_batches, 200);
+    assert_int_equal(w.downs, 0);
+
+    /* Destroying the client with a call in flight: done with CANCELLED, no down. */
+    w.bf_stall_after = 3;
+    backfill_start();
+    run_until(&w.cb_batches, 3);
+    wan_grpc_client_destroy(w.cli);
+    w.cli = NULL;
+    assert_int_equal(w.cb_done, 4);
+    assert_int_equal(w.cb_status, WAN_GRPC_CANCELLED);
+    assert_int_equal(w.downs, 0);
+    run_until(&w.bf_closes, w.bf_opens);
+    world_free();
+}
+
+static void test_link_backfill_server_gone(void **state)
+{
+    (void)state;
+    backfill_link_up();
+    w.bf_stall_after = 5;
+    backfill_start();
+    run_until(&w.cb_batches, 5);
+    run_for(30);
+    assert_int_equal(w.cb_done, 0);
+    wan_grpc_server_destroy(w.srv); /* backfill_closed runs inside */
+    w.srv = NULL;
+    assert_int_equal(w.bf_closes, 1);
+    assert_int_equal(w.bf_close_status, WAN_GRPC_UNAVAILABLE);
+    run_until(&w.cb_done, 1);
+    assert_int_equal(w.cb_status, WAN_GRPC_UNAVAILABLE);
+    assert_non_null(strstr(w.cb_message, "link down"));
+    assert_int_equal(w.cb_batches, 5);
+    run_until(&w.downs, 1);
+    assert_int_equal(w.down_status, WAN_GRPC_UNAVAILABLE);
+    world_free();
+}
+
 int main(void)
 {
     /* OpenSSL writes with write(2): a peer that went away must not kill us (the gateway
@@ -574,6 +850,9 @@ int main(void)
         cmocka_unit_test(test_link_backpressure),
         cmocka_unit_test(test_link_deadline_and_server_gone),
         cmocka_unit_test(test_link_close_and_destroy),
+        cmocka_unit_test(test_link_backfill),
+        cmocka_unit_test(test_link_backfill_cancel),
+        cmocka_unit_test(test_link_backfill_server_gone),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

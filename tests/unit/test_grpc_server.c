@@ -6,8 +6,10 @@
  * (origin_site mismatch, malformed protobuf, oversized, compressed flag, truncated,
  * unknown method, bad content-type, grpc-encoding), Health, asynchronous Read (also
  * after the caller went away), and flow control as back-pressure (a BUSY application
- * stops the peer's window; resume delivers the rest in order).  One thread, one
- * event_base driven with EVLOOP_NONBLOCK.
+ * stops the peer's window; resume delivers the rest in order).  Backfill calls: batches
+ * out in order and trailers after them, refusal, bad requests, the caller's window
+ * bounding what leaves the queue (-ENOBUFS, backfill_writable), a reset by the caller
+ * and a lost connection.  One thread, one event_base driven with EVLOOP_NONBLOCK.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -54,6 +56,21 @@ struct app {
     char health_service[64];
     int logs_warn;
     char last_warn[512];
+    /* Backfill */
+    int bf_opens;
+    int bf_refuse;       /* status backfill_open returns */
+    int bf_send_in_open; /* batches backfill_open sends before accepting */
+    int bf_finish_in_open;
+    int bf_finish_on_writable;
+    char bf_prefix[32];
+    uint32_t bf_rate;
+    struct wan_grpc_backfill_call *bf_call;
+    int bf_sent; /* batches queued so far (their `listed` numbers count up from 0) */
+    int bf_writables;
+    size_t bf_queued_at_writable;
+    int bf_closes;
+    int bf_close_status;
+    char bf_close_why[256];
 };
 
 static struct app app;
@@ -154,6 +171,86 @@ static int on_health(void *arg, const char *service)
     return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
 
+/* Queue batch number app.bf_sent (one item with value_len bytes) on call. */
+static int bf_send(struct wan_grpc_backfill_call *call, size_t value_len)
+{
+    Geogate__Wan__V1__BackfillBatch b = GEOGATE__WAN__V1__BACKFILL_BATCH__INIT;
+    Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT, *mp = &m;
+    char key[32], cursor[32];
+    uint8_t *value = calloc(1, value_len + 1);
+    int rc;
+
+    snprintf(key, sizeof(key), "k%d", app.bf_sent);
+    snprintf(cursor, sizeof(cursor), "c%d", app.bf_sent);
+    m.key.data = (uint8_t *)key;
+    m.key.len = strlen(key);
+    m.value.data = value;
+    m.value.len = value_len;
+    b.n_items = 1;
+    b.items = &mp;
+    b.cursor.data = (uint8_t *)cursor;
+    b.cursor.len = strlen(cursor);
+    b.listed = (uint64_t)app.bf_sent;
+    rc = wan_grpc_server_backfill_send(call, &b);
+    if (rc == 0) {
+        app.bf_sent++;
+    }
+    free(value);
+    return rc;
+}
+
+static int on_bf_open(void *arg, struct wan_grpc_backfill_call *call, const char *peer_site,
+                      Geogate__Wan__V1__BackfillRequest *req, void **call_arg)
+{
+    (void)arg;
+    assert_string_equal(peer_site, "eu-west");
+    app.bf_opens++;
+    snprintf(app.bf_prefix, sizeof(app.bf_prefix), "%.*s", (int)req->prefix.len,
+             (const char *)req->prefix.data);
+    app.bf_rate = req->rate;
+    geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+    if (app.bf_refuse) {
+        return app.bf_refuse;
+    }
+    for (int i = 0; i < app.bf_send_in_open; i++) {
+        assert_int_equal(bf_send(call, 10), 0);
+    }
+    if (app.bf_finish_in_open) {
+        assert_int_equal(wan_grpc_server_backfill_finish(call, WAN_GRPC_OK, NULL), 0);
+    }
+    app.bf_call = call;
+    *call_arg = &app.bf_opens;
+    return 0;
+}
+
+static void on_bf_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)
+{
+    (void)arg;
+    assert_ptr_equal(call_arg, &app.bf_opens);
+    assert_ptr_equal(call, app.bf_call);
+    app.bf_writables++;
+    app.bf_queued_at_writable = wan_grpc_server_backfill_queued(call);
+    if (app.bf_finish_on_writable) {
+        assert_int_equal(wan_grpc_server_backfill_finish(call, WAN_GRPC_OK, "all sent"), 0);
+    }
+}
+
+static void on_bf_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
+                         int grpc_status, const char *why)
+{
+    (void)arg;
+    assert_ptr_equal(call_arg, &app.bf_opens);
+    /* The call is going: nothing more can be queued on it. */
+    assert_int_equal(bf_send(call, 1), -EPIPE);
+    assert_int_equal(wan_grpc_server_backfill_finish(call, WAN_GRPC_OK, NULL), -EPIPE);
+    app.bf_closes++;
+    app.bf_close_status = grpc_status;
+    snprintf(app.bf_close_why, sizeof(app.bf_close_why), "%s", why);
+    if (call == app.bf_call) {
+        app.bf_call = NULL;
+    }
+}
+
 /* ---- the client side: an nghttp2 client session in memory ----------------------------------- */
 
 struct tstream {
@@ -170,6 +267,7 @@ struct tstream {
     int nmsgs;
     uint8_t *msgs[MAX_MSGS];
     size_t msg_lens[MAX_MSGS];
+    size_t data_bytes; /* DATA payload received */
     int closed;
     uint32_t close_error;
 };
@@ -262,6 +360,7 @@ static int tc_on_data(nghttp2_session *session, uint8_t flags, int32_t stream_id
     (void)session;
     (void)flags;
     assert_non_null(t);
+    t->data_bytes += len;
     while (pos < len) {
         const uint8_t *msg = NULL;
         size_t used = 0, msg_len = 0;
@@ -325,11 +424,16 @@ static void tc_pump(struct tc *tc)
     fail_msg("tc_pump: no quiescence");
 }
 
-static void tc_init(struct tc *tc, uint32_t max_message)
+/* client_window > 0: the client announces that stream window and gives window back only
+ * when the test says so (tc_consume); 0: nghttp2's defaults and automatic updates. */
+static void tc_init_with(struct tc *tc, uint32_t max_message, uint32_t backfill_high,
+                         uint32_t client_window, int with_backfill)
 {
     struct wan_grpc_server_config cfg;
     struct wan_grpc_server_callbacks cb;
     nghttp2_session_callbacks *cbs;
+    nghttp2_option *opt;
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, client_window}};
 
     memset(&app, 0, sizeof(app));
     app.auto_ack = 1;
@@ -338,6 +442,7 @@ static void tc_init(struct tc *tc, uint32_t max_message)
     assert_non_null(tc->base);
     memset(&cfg, 0, sizeof(cfg));
     cfg.max_message = max_message;
+    cfg.backfill_high = backfill_high;
     cfg.log = test_log;
     memset(&cb, 0, sizeof(cb));
     cb.ship_open = on_ship_open;
@@ -346,6 +451,11 @@ static void tc_init(struct tc *tc, uint32_t max_message)
     cb.ship_closed = on_ship_closed;
     cb.read = on_read;
     cb.health = on_health;
+    if (with_backfill) {
+        cb.backfill_open = on_bf_open;
+        cb.backfill_writable = on_bf_writable;
+        cb.backfill_closed = on_bf_closed;
+    }
     assert_int_equal(wan_grpc_server_create(&tc->srv, tc->base, &cfg, &cb, NULL), 0);
     assert_int_equal(wan_grpc_server_listen(tc->srv, "127.0.0.1:0", NULL), -EINVAL);
     assert_int_equal(wan_grpc_server_mem_open(tc->srv, "eu-west", &tc->conn), 0);
@@ -354,10 +464,19 @@ static void tc_init(struct tc *tc, uint32_t max_message)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, tc_on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, tc_on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, tc_on_close);
-    assert_int_equal(nghttp2_session_client_new(&tc->s, cbs, tc), 0);
+    assert_int_equal(nghttp2_option_new(&opt), 0);
+    nghttp2_option_set_no_auto_window_update(opt, client_window > 0);
+    assert_int_equal(nghttp2_session_client_new2(&tc->s, cbs, tc, opt), 0);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
-    assert_int_equal(nghttp2_submit_settings(tc->s, NGHTTP2_FLAG_NONE, NULL, 0), 0);
+    assert_int_equal(
+        nghttp2_submit_settings(tc->s, NGHTTP2_FLAG_NONE, iv, client_window > 0 ? 1 : 0), 0);
     tc_pump(tc);
+}
+
+static void tc_init(struct tc *tc, uint32_t max_message)
+{
+    tc_init_with(tc, max_message, 0, 0, 1);
 }
 
 static void tc_free(struct tc *tc)
@@ -951,6 +1070,320 @@ static void test_garbage(void **state)
     event_base_free(base);
 }
 
+/* ---- Backfill ---------------------------------------------------------------------------- */
+
+/* Open a Backfill call with prefix and rate, request sent and half-closed. */
+static struct tstream *bf_call(struct tc *tc, const char *prefix, uint32_t rate)
+{
+    Geogate__Wan__V1__BackfillRequest req = GEOGATE__WAN__V1__BACKFILL_REQUEST__INIT;
+    struct tstream *t = tc_open(tc, WAN_GRPC_PATH_BACKFILL);
+
+    req.prefix.data = (uint8_t *)prefix;
+    req.prefix.len = strlen(prefix);
+    req.rate = rate;
+    tc_send_msg(tc, t, &req.base);
+    tc_end(tc, t);
+    return t;
+}
+
+/* The client got batches 0 .. n-1, in order, each as one gRPC message. */
+static void bf_expect_batches(const struct tstream *t, int n)
+{
+    assert_int_equal(t->nmsgs, n);
+    for (int i = 0; i < n; i++) {
+        Geogate__Wan__V1__BackfillBatch *b =
+            geogate__wan__v1__backfill_batch__unpack(NULL, t->msg_lens[i], t->msgs[i]);
+        char cursor[32];
+
+        assert_non_null(b);
+        assert_int_equal(b->listed, (uint64_t)i);
+        assert_int_equal(b->n_items, 1);
+        snprintf(cursor, sizeof(cursor), "c%d", i);
+        assert_int_equal(b->cursor.len, strlen(cursor));
+        assert_memory_equal(b->cursor.data, cursor, b->cursor.len);
+        geogate__wan__v1__backfill_batch__free_unpacked(b, NULL);
+    }
+}
+
+static void test_backfill_ok(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+
+    (void)state;
+    tc_init(&tc, 4096);
+    app.bf_send_in_open = 1; /* the response HEADERS still go first */
+    t = bf_call(&tc, "user:", 500);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_opens, 1);
+    assert_string_equal(app.bf_prefix, "user:");
+    assert_int_equal(app.bf_rate, 500);
+    assert_non_null(app.bf_call);
+    assert_int_equal(t->http_status, 200);
+    assert_int_equal(t->headers_frames, 1);
+    assert_int_equal(t->nmsgs, 1);
+    assert_false(t->closed);
+
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(bf_send(app.bf_call, 100), 0);
+    }
+    assert_true(wan_grpc_server_backfill_queued(app.bf_call) > 400);
+    /* Over max_message: refused, nothing queued, the call goes on. */
+    assert_int_equal(bf_send(app.bf_call, 5000), -EMSGSIZE);
+    tc_pump(&tc);
+    assert_int_equal(wan_grpc_server_backfill_queued(app.bf_call), 0);
+    bf_expect_batches(t, 5);
+    assert_false(t->closed);
+
+    assert_int_equal(bf_send(app.bf_call, 10), 0); /* queued before finishing: still sent */
+    assert_int_equal(wan_grpc_server_backfill_finish(app.bf_call, WAN_GRPC_OK, NULL), 0);
+    assert_int_equal(wan_grpc_server_backfill_finish(app.bf_call, WAN_GRPC_OK, NULL), -EPIPE);
+    assert_int_equal(bf_send(app.bf_call, 10), -EPIPE);
+    tc_pump(&tc);
+    assert_true(t->closed);
+    assert_int_equal(t->close_error, NGHTTP2_NO_ERROR);
+    bf_expect_batches(t, 6);
+    assert_int_equal(t->grpc_status, WAN_GRPC_OK);
+    assert_false(t->trailers_only);
+    assert_int_equal(app.bf_closes, 1);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_OK);
+    assert_null(app.bf_call);
+    assert_int_equal(app.logs_warn, 0);
+    tc_free(&tc);
+}
+
+/* Everything from inside backfill_open: batches, then finish. */
+static void test_backfill_all_in_open(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+
+    (void)state;
+    tc_init(&tc, 0);
+    app.bf_send_in_open = 3;
+    app.bf_finish_in_open = 1;
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_true(t->closed);
+    assert_int_equal(t->http_status, 200);
+    bf_expect_batches(t, 3);
+    assert_int_equal(t->grpc_status, WAN_GRPC_OK);
+    assert_false(t->trailers_only);
+    assert_int_equal(app.bf_closes, 1);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_OK);
+    tc_free(&tc);
+}
+
+static void test_backfill_refused(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+
+    (void)state;
+    tc_init(&tc, 0);
+    app.bf_refuse = WAN_GRPC_RESOURCE_EXHAUSTED;
+    app.bf_send_in_open = 2; /* sent before refusing: dropped */
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_opens, 1);
+    assert_true(t->closed);
+    assert_true(t->trailers_only);
+    assert_int_equal(t->nmsgs, 0);
+    assert_int_equal(t->grpc_status, WAN_GRPC_RESOURCE_EXHAUSTED);
+    assert_int_equal(app.bf_closes, 0);
+    tc_free(&tc);
+
+    /* No backfill_open: UNIMPLEMENTED, like any unknown method. */
+    tc_init_with(&tc, 0, 0, 0, 0);
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_true(t->closed);
+    assert_true(t->trailers_only);
+    assert_int_equal(t->grpc_status, WAN_GRPC_UNIMPLEMENTED);
+    assert_int_equal(app.bf_opens, 0);
+    tc_free(&tc);
+}
+
+static void test_backfill_bad_request(void **state)
+{
+    struct tc tc;
+    struct tstream *t, *u, *v;
+    uint8_t bad[] = {0, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff};
+
+    (void)state;
+    tc_init(&tc, 0);
+    t = tc_open(&tc, WAN_GRPC_PATH_BACKFILL);
+    tc_send_raw(&tc, t, bad, sizeof(bad));
+    tc_end(&tc, t);
+    u = tc_open(&tc, WAN_GRPC_PATH_BACKFILL);
+    tc_end(&tc, u);
+    v = tc_open(&tc, WAN_GRPC_PATH_BACKFILL);
+    tc_send_raw(&tc, v, "\0\0\0\0\0\0\0\0\0\0", 10); /* two empty requests */
+    tc_end(&tc, v);
+    tc_pump(&tc);
+    assert_int_equal(t->grpc_status, WAN_GRPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(t->grpc_message, "malformed BackfillRequest (4 bytes)"));
+    assert_non_null(strstr(app.last_warn, "INVALID_ARGUMENT"));
+    assert_int_equal(u->grpc_status, WAN_GRPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(u->grpc_message, "no request message"));
+    assert_int_equal(v->grpc_status, WAN_GRPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(v->grpc_message, "more than one"));
+    assert_int_equal(app.bf_opens, 0);
+    assert_int_equal(app.bf_closes, 0);
+    tc_free(&tc);
+}
+
+/* The caller's window decides what leaves the queue; the high mark stops the application
+ * and backfill_writable starts it again. */
+static void test_backfill_flow_control(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+    size_t total;
+    int rc, sent = 0;
+
+    (void)state;
+    tc_init_with(&tc, 0, 8192, 4096, 1); /* low mark 2048; client window 4096, by hand */
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_non_null(app.bf_call);
+    while ((rc = bf_send(app.bf_call, 990)) == 0) {
+        sent++;
+    }
+    assert_int_equal(rc, -ENOBUFS);
+    assert_int_equal(bf_send(app.bf_call, 990), -ENOBUFS);
+    total = wan_grpc_server_backfill_queued(app.bf_call);
+    assert_true(total >= 8192 && total < 8192 + 1100);
+    assert_true(sent >= 8);
+
+    /* One window's worth leaves, the rest stays queued at the server. */
+    tc_pump(&tc);
+    assert_int_equal(t->data_bytes, 4096);
+    assert_int_equal(wan_grpc_server_backfill_queued(app.bf_call), total - 4096);
+    assert_int_equal(nghttp2_session_get_stream_effective_recv_data_length(tc.s, t->id), 4096);
+    tc_pump(&tc);
+    assert_int_equal(t->data_bytes, 4096);
+    assert_int_equal(app.bf_writables, 0); /* still above the low mark */
+
+    /* The caller takes what it got: another window's worth, and the queue is down to
+     * the low mark: writable. */
+    app.bf_finish_on_writable = 1;
+    assert_int_equal(nghttp2_session_consume(tc.s, t->id, 4096), 0);
+    tc_pump(&tc);
+    assert_int_equal(t->data_bytes, 8192);
+    assert_int_equal(app.bf_writables, 1);
+    assert_true(app.bf_queued_at_writable <= 2048);
+    assert_false(t->closed); /* the rest and the trailers wait for window */
+    assert_int_equal(nghttp2_session_consume(tc.s, t->id, 4096), 0);
+    tc_pump(&tc);
+    assert_true(t->closed);
+    assert_int_equal(t->data_bytes, total);
+    bf_expect_batches(t, sent);
+    assert_int_equal(t->grpc_status, WAN_GRPC_OK);
+    assert_string_equal(t->grpc_message, "all sent");
+    assert_int_equal(app.bf_writables, 1);
+    assert_int_equal(app.bf_closes, 1);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_OK);
+    tc_free(&tc);
+}
+
+static void test_backfill_reset(void **state)
+{
+    struct tc tc;
+    struct tstream *t;
+
+    (void)state;
+    tc_init_with(&tc, 0, 0, 4096, 1);
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_int_equal(bf_send(app.bf_call, 10), 0);
+    tc_pump(&tc);
+    nghttp2_submit_rst_stream(tc.s, NGHTTP2_FLAG_NONE, t->id, NGHTTP2_CANCEL);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_closes, 1);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_CANCELLED);
+    assert_non_null(strstr(app.bf_close_why, "reset by peer"));
+
+    /* Finished, but the trailers still wait behind batches the window holds back: a
+     * reset then is CANCELLED, not the status the caller never saw. */
+    t = bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(bf_send(app.bf_call, 990), 0);
+    }
+    assert_int_equal(wan_grpc_server_backfill_finish(app.bf_call, WAN_GRPC_OK, NULL), 0);
+    tc_pump(&tc);
+    assert_false(t->closed);
+    assert_true(wan_grpc_server_backfill_queued(app.bf_call) > 0);
+    nghttp2_submit_rst_stream(tc.s, NGHTTP2_FLAG_NONE, t->id, NGHTTP2_CANCEL);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_closes, 2);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_CANCELLED);
+    assert_false(wan_grpc_server_mem_closed(tc.conn)); /* the connection goes on */
+    tc_free(&tc);
+}
+
+static void tc_free_client(struct tc *tc)
+{
+    nghttp2_session_del(tc->s);
+    tc->s = NULL;
+    for (int i = 0; i < tc->n; i++) {
+        evbuffer_free(tc->st[i].send);
+        wan_grpc_deframer_free(&tc->st[i].df);
+        for (int m = 0; m < tc->st[i].nmsgs; m++) {
+            free(tc->st[i].msgs[m]);
+        }
+    }
+    tc->n = 0;
+}
+
+/* Calls open when the connection goes, or when the server is destroyed: backfill_closed
+ * with UNAVAILABLE, once each. */
+static void test_backfill_connection_lost(void **state)
+{
+    struct tc tc;
+    struct wan_grpc_server_conn *conn2;
+
+    (void)state;
+    tc_init_with(&tc, 0, 0, 4096, 1);
+    bf_call(&tc, "a", 0);
+    bf_call(&tc, "b", 0);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_opens, 2);
+    assert_int_equal(bf_send(app.bf_call, 5000), 0); /* more than the window: stays queued */
+    tc_pump(&tc);
+    wan_grpc_server_mem_close(tc.conn);
+    tc.conn = NULL;
+    assert_int_equal(app.bf_closes, 2);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_UNAVAILABLE);
+    assert_non_null(strstr(app.bf_close_why, "connection lost"));
+    tc_free_client(&tc);
+
+    /* A second connection, and the server destroyed under its open call. */
+    assert_int_equal(wan_grpc_server_mem_open(tc.srv, "eu-west", &conn2), 0);
+    tc.conn = conn2;
+    {
+        nghttp2_session_callbacks *cbs;
+
+        assert_int_equal(nghttp2_session_callbacks_new(&cbs), 0);
+        nghttp2_session_callbacks_set_on_header_callback(cbs, tc_on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, tc_on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, tc_on_data);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, tc_on_close);
+        assert_int_equal(nghttp2_session_client_new(&tc.s, cbs, &tc), 0);
+        nghttp2_session_callbacks_del(cbs);
+    }
+    nghttp2_submit_settings(tc.s, NGHTTP2_FLAG_NONE, NULL, 0);
+    bf_call(&tc, "", 0);
+    tc_pump(&tc);
+    assert_int_equal(app.bf_opens, 3);
+    wan_grpc_server_destroy(tc.srv);
+    assert_int_equal(app.bf_closes, 3);
+    assert_int_equal(app.bf_close_status, WAN_GRPC_UNAVAILABLE);
+    tc_free_client(&tc);
+    event_base_free(tc.base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -972,6 +1405,13 @@ int main(void)
         cmocka_unit_test(test_app_finishes_with_error),
         cmocka_unit_test(test_peer_reset_and_close),
         cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_backfill_ok),
+        cmocka_unit_test(test_backfill_all_in_open),
+        cmocka_unit_test(test_backfill_refused),
+        cmocka_unit_test(test_backfill_bad_request),
+        cmocka_unit_test(test_backfill_flow_control),
+        cmocka_unit_test(test_backfill_reset),
+        cmocka_unit_test(test_backfill_connection_lost),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
