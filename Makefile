@@ -163,6 +163,7 @@ bench: all
 	$(PYTHON) tests/bench/run_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_repl_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_failover_bench.py --out docs/BENCHMARKS.md
+	$(PYTHON) tests/bench/run_backfill_bench.py --out docs/BENCHMARKS.md
 
 # The three-region lab: first a write at one region read back at the others, then the
 # lab stays up (Ctrl-C stops it; DEMO_SECONDS=N for a bounded run).  `make demo-site`
@@ -181,4 +182,5 @@ clean:
 	rm -rf build bin proto/*.pb-c.c proto/*.pb-c.h
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/gateway/main.d $(WANEM_SRC:%.c=$(BUILD)/%.d) \
-	$(CTL_SRC:%.c=$(BUILD)/%.d)
+	$(CTL_SRC:%.c=$(BUILD)/%.d) $(BENCH_SRC:%.c=$(BUILD)/%.d) $(UNIT_SRC:%.c=$(BUILD)/%.d) \
+	$(BUILD)/tests/tools/wan_testd.d

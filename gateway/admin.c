@@ -40,6 +40,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 
+#include "gateway/backfill.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/log.h"
@@ -347,10 +348,11 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
             ", \"acked_seq\": %" PRIu64 ", \"spool_records\": %" PRIu64
             ", \"spool_bytes\": %" PRIu64 ", \"oldest_unacked_age_ms\": %" PRIu64
             ", \"lag_p50_ms\": %" PRIu64 ", \"lag_p99_ms\": %" PRIu64 ", \"shipped\": %" PRIu64
-            ", \"acked\": %" PRIu64 ", \"dropped\": %" PRIu64 ", \"reconnects\": %" PRIu64 "}",
+            ", \"acked\": %" PRIu64 ", \"dropped\": %" PRIu64 ", \"reconnects\": %" PRIu64
+            ", \"lost_from_peer\": %" PRIu64 "}",
             json_bool(p->link_up), json_bool(p->serving), p->priority, p->rtt_ms, p->acked_seq,
             p->spool_records, p->spool_bytes, p->oldest_unacked_age_ms, p->lag_p50_ms,
-            p->lag_p99_ms, p->shipped, p->acked, p->dropped, p->reconnects);
+            p->lag_p99_ms, p->shipped, p->acked, p->dropped, p->reconnects, p->lost_from_peer);
     }
     evbuffer_add_printf(b, "%s],\n", s->npeers ? "\n  " : "");
     evbuffer_add_printf(b,
@@ -368,7 +370,9 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
 #define ADMIN_JSON_COUNTER(name) evbuffer_add_printf(b, ", \"" #name "\": %" PRIu64, s->stats.name);
     GW_STATS_COUNTERS(ADMIN_JSON_COUNTER)
 #undef ADMIN_JSON_COUNTER
-    evbuffer_add_printf(b, "}\n}\n");
+    evbuffer_add_printf(b, "},\n  \"backfill\": ");
+    gw_backfill_json(srv, b);
+    evbuffer_add_printf(b, "\n}\n");
 }
 
 /* ---- Prometheus text format ----------------------------------------------------------- */
@@ -457,6 +461,11 @@ static double pv_acked(const struct gw_peer_status *p)
 {
     return (double)p->acked;
 }
+static double pv_lost_from_peer(const struct gw_peer_status *p)
+{
+    return (double)p->lost_from_peer;
+}
+
 static double pv_dropped(const struct gw_peer_status *p)
 {
     return (double)p->dropped;
@@ -603,6 +612,10 @@ static void admin_metrics_peers(struct gw_server *srv, const struct admin_snapsh
                      "Mutations the peer acknowledged.", pv_acked);
     prom_peer_family(b, s, "geogate_spool_dropped_total", "counter",
                      "Records dropped before the peer acknowledged them (spool full).", pv_dropped);
+    prom_peer_family(b, s, "geogate_peer_lost_records_total", "counter",
+                     "Records meant for this site that the peer said its spool lost (a backfill "
+                     "from it follows unless replication.auto_backfill is off).",
+                     pv_lost_from_peer);
     prom_peer_family(b, s, "geogate_peer_reconnects_total", "counter",
                      "Reconnections of the replication link to the peer.", pv_reconnects);
     if (s->npeers == 0) {
@@ -705,6 +718,7 @@ static void admin_metrics(struct gw_admin *a, struct evhttp_request *req)
     admin_metrics_nodes(a->srv, b);
     admin_metrics_peers(a->srv, s, b);
     admin_metrics_counters(s, b);
+    gw_backfill_metrics(a->srv, b);
     admin_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 done:
     if (b != NULL) {
@@ -858,6 +872,109 @@ static void admin_restore(struct gw_admin *a, struct evhttp_request *req, struct
 
 enum admin_route_kind { ADMIN_GET = 0, ADMIN_POST, ADMIN_ROUTE_KIND_MAX };
 
+/* GET /backfill: the running or last backfill job as JSON. */
+static void admin_backfill_status(struct gw_admin *a, struct evhttp_request *req)
+{
+    struct evbuffer *b = evbuffer_new();
+
+    if (b == NULL) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    gw_backfill_json(a->srv, b);
+    evbuffer_add(b, "\n", 1);
+    admin_send(req, 200, "application/json", b);
+    evbuffer_free(b);
+}
+
+/* POST /backfill?from=SITE[&rate=N][&prefix=P]: start pulling a peer's items. */
+static void admin_backfill(struct gw_admin *a, struct evhttp_request *req, struct evkeyvalq *q)
+{
+    const struct gw_config *cfg = a->srv->cfg;
+    const char *from = evhttp_find_header(q, "from");
+    const char *rate = evhttp_find_header(q, "rate");
+    struct gw_backfill_params p;
+    char err[256] = "", clean[80], peers[512];
+    int rc;
+
+    memset(&p, 0, sizeof(p));
+    p.rate = -1;
+    for (struct evkeyval *kv = q->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
+        if (strcmp(kv->key, "from") != 0 && strcmp(kv->key, "rate") != 0 &&
+            strcmp(kv->key, "prefix") != 0) {
+            admin_text(req, 400,
+                       "unknown parameter '%s': POST /backfill takes from=SITE, rate=ITEMS_PER_S, "
+                       "prefix=P",
+                       admin_clean(kv->key, clean, sizeof(clean)));
+            return;
+        }
+    }
+    if (from == NULL || from[0] == '\0') {
+        admin_text(req, 400, "from=SITE is required: the peer site to pull items from");
+        return;
+    }
+    if (strcmp(from, cfg->site) == 0) {
+        admin_text(req, 400, "'%s' is this gateway's own site: name a peer site",
+                   admin_clean(from, clean, sizeof(clean)));
+        return;
+    }
+    if (!admin_is_peer(cfg, from)) {
+        admin_peer_list(cfg, peers, sizeof(peers));
+        admin_text(req, 404, "unknown site '%s': not a configured peer (%s%s)",
+                   admin_clean(from, clean, sizeof(clean)),
+                   cfg->wan.npeers ? "peers: " : "this gateway has no peer sites",
+                   cfg->wan.npeers ? peers : "");
+        return;
+    }
+    if (rate != NULL) {
+        char *end = NULL;
+        unsigned long long v;
+        errno = 0;
+        v = strtoull(rate, &end, 10);
+        if (rate[0] < '0' || rate[0] > '9' || *end != '\0' || errno != 0 || v > 100000000ull) {
+            admin_text(req, 400, "rate must be a whole number of items per second (0 = no limit, "
+                                 "at most 100000000)");
+            return;
+        }
+        p.rate = (int64_t)v;
+    }
+    p.pool = a->srv->pool;
+    p.from = from;
+    p.prefix = evhttp_find_header(q, "prefix");
+    p.why = "requested on the admin listener";
+    rc = gw_backfill_start(a->srv, &p, err, sizeof(err));
+    switch (rc) {
+    case 0:
+        admin_backfill_status(a, req);
+        return;
+    case -EBUSY:
+        admin_text(req, 409, "%s", err);
+        return;
+    case -ENOENT:
+        admin_text(req, 404, "%s", err);
+        return;
+    case -EINVAL:
+    case -ENOTCONN:
+        admin_text(req, 400, "%s", err);
+        return;
+    default:
+        admin_text(req, 500, "%s", err);
+        return;
+    }
+}
+
+/* POST /backfill/cancel */
+static void admin_backfill_cancel(struct gw_admin *a, struct evhttp_request *req,
+                                  struct evkeyvalq *q)
+{
+    (void)q;
+    if (gw_backfill_cancel(a->srv) != 0) {
+        admin_text(req, 409, "no backfill is running");
+        return;
+    }
+    admin_text(req, 200, "backfill cancelled");
+}
+
 struct admin_route {
     const char *path;
     enum admin_route_kind kind;
@@ -874,6 +991,9 @@ static const struct admin_route admin_routes[] = {
     {"/failback", ADMIN_POST, NULL, admin_failback},
     {"/snapshot", ADMIN_GET, admin_snapshot, NULL},
     {"/restore", ADMIN_POST, NULL, admin_restore},
+    {"/backfill", ADMIN_GET, admin_backfill_status, NULL},
+    {"/backfill", ADMIN_POST, NULL, admin_backfill},
+    {"/backfill/cancel", ADMIN_POST, NULL, admin_backfill_cancel},
 };
 
 /* Actions only from loopback (see the top of the file).  Unix sockets count as local. */
@@ -916,14 +1036,18 @@ static void admin_request_cb(struct evhttp_request *req, void *arg)
     }
     for (size_t i = 0; i < sizeof(admin_routes) / sizeof(admin_routes[0]); i++) {
         if (strcmp(admin_routes[i].path, path) == 0) {
-            r = &admin_routes[i];
-            break;
+            /* A path with both a GET and a POST route: the method picks. */
+            bool post = cmd == EVHTTP_REQ_POST;
+            if (r == NULL || (admin_routes[i].kind == ADMIN_POST) == post) {
+                r = &admin_routes[i];
+            }
         }
     }
     if (r == NULL) {
         admin_text(req, 404,
-                   "unknown path %s: GET /health, /status, /metrics, /snapshot; POST /drain, "
-                   "/failover?to=SITE, /failback, /restore",
+                   "unknown path %s: GET /health, /status, /metrics, /snapshot, /backfill; "
+                   "POST /drain, /failover?to=SITE, /failback, /restore, /backfill?from=SITE, "
+                   "/backfill/cancel",
                    admin_clean(path, clean, sizeof(clean)));
         return;
     }

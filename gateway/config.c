@@ -852,6 +852,8 @@ static const struct gw_config_key gw_config_keys[] = {
      .unit = "seconds"},
     {.path = "replication.auto_backfill", .type = GW_CONFIG_T_BOOL,
      GW_CONFIG_CFG(replication.auto_backfill), .def = "true"},
+    {.path = "replication.backfill_rate", .type = GW_CONFIG_T_UINT,
+     GW_CONFIG_CFG(replication.backfill_rate), .def = "20000", .umin = 0, .umax = 100000000},
 };
 /* clang-format on */
 

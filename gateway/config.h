@@ -100,6 +100,8 @@ struct gw_config {
         bool flush;                /* default false */
         uint32_t tombstone_ttl_s;  /* tombstone_ttl, seconds, default 86400 */
         bool auto_backfill;        /* default true */
+        uint32_t backfill_rate;    /* items/s a peer may send us in a backfill when no rate is
+                                      given; 0 = no limit; default 20000 */
     } replication;
 };
 

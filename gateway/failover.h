@@ -46,6 +46,7 @@ struct gw_peer_status {
     uint64_t oldest_unacked_age_ms;
     uint64_t lag_p50_ms, lag_p99_ms;
     uint64_t shipped, acked, dropped, reconnects;
+    uint64_t lost_from_peer; /* records the peer said its spool lost for us */
 };
 
 struct gw_failover_status {

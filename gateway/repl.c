@@ -27,6 +27,7 @@
 #include <event2/event.h>
 
 #include "gateway/apply.h"
+#include "gateway/backfill.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/log.h"
@@ -86,6 +87,15 @@ struct gw_peer {
     uint32_t rtt_ms;
     int64_t health_sent_ms;
     int64_t health_due_ms;
+    /* records the spool lost for this peer (sent in ShipRequest.lost until acked) */
+    uint64_t lost;       /* refreshed from the spool's peer stats once a second */
+    uint64_t lost_seen;  /* what the peer's acks say it has taken note of */
+    int64_t lost_due_ms;
+    /* what this peer told us its spool lost for us (WAN thread; read by status) */
+    uint64_t in_lost;      /* the last ShipRequest.lost acted on */
+    uint64_t in_spool_id;
+    uint64_t in_lost_total; /* summed over gaps */
+    bool backfill_pending; /* a catch-up waits for the running backfill to end */
 };
 
 struct gw_inbound {
@@ -98,6 +108,7 @@ struct gw_inbound {
     uint64_t last_seq;
     uint64_t applied;
     uint64_t rejected;
+    uint64_t lost_seen; /* echoed in acks */
 };
 
 struct gw_repl {
@@ -481,6 +492,12 @@ static void peer_pump(struct gw_peer *p)
         }
         req.origin_site = repl->srv->cfg->site;
         req.gateway_id = repl->srv->cfg->gateway_id;
+        if (p->lost > p->lost_seen) {
+            struct wan_spool_stats ss;
+            wan_spool_stats(repl->spool, &ss);
+            req.lost = p->lost;
+            req.spool_id = ss.id;
+        }
         req.first_seq = first;
         req.last_seq = last;
         req.n_mutations = n;
@@ -595,6 +612,11 @@ static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
 
     if (ack->n_newer > 0) {
         apply_newer(p, ack);
+    }
+    if (ack->lost_seen > p->lost_seen && ack->lost_seen <= p->lost) {
+        p->lost_seen = ack->lost_seen;
+        log_info("peer %s: knows our spool lost %" PRIu64 " records meant for it", p->site,
+                 p->lost_seen);
     }
 
     if (ack->acked_seq <= p->acked) {
@@ -743,10 +765,13 @@ size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size
         s->shipped = __atomic_load_n(&p->shipped, __ATOMIC_RELAXED);
         s->acked = __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED);
         s->dropped = ps.dropped;
+        s->lost_from_peer = __atomic_load_n(&p->in_lost_total, __ATOMIC_RELAXED);
         s->reconnects = __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED);
     }
     return n;
 }
+
+static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why);
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -762,6 +787,16 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     for (size_t i = 0; i < repl->npeers; i++) {
         struct gw_peer *p = &repl->peers[i];
+        if (now >= p->lost_due_ms) {
+            struct wan_spool_peer_stats ps;
+            p->lost_due_ms = now + 1000;
+            if (wan_spool_peer_stats(repl->spool, i, &ps) == 0) {
+                p->lost = ps.dropped;
+            }
+        }
+        if (p->backfill_pending && !gw_backfill_running(repl->srv)) {
+            catch_up(repl, p, "catch-up held back by another backfill");
+        }
         if (!p->up && !p->connecting && now >= p->retry_at_ms) {
             peer_connect(p);
         } else if (p->up) {
@@ -773,6 +808,69 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* ---- receiving ---- */
+
+/* Start the automatic catch-up from p (WAN thread). */
+static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why)
+{
+    struct gw_backfill_params bp;
+    char err[256];
+    int rc;
+
+    memset(&bp, 0, sizeof(bp));
+    bp.pool = repl->w->pool;
+    bp.from = p->site;
+    bp.rate = -1;
+    bp.automatic = true;
+    bp.why = why;
+    rc = gw_backfill_start(repl->srv, &bp, err, sizeof(err));
+    p->backfill_pending = rc == -EBUSY;
+    if (rc != 0 && rc != -EBUSY) {
+        log_error("peer %s: cannot start the catch-up backfill: %s", p->site, err);
+    }
+}
+
+static struct gw_peer *peer_by_site(struct gw_repl *repl, const char *site)
+{
+    for (size_t i = 0; i < repl->npeers; i++) {
+        if (strcmp(repl->peers[i].site, site) == 0) {
+            return &repl->peers[i];
+        }
+    }
+    return NULL;
+}
+
+/* A batch says the sender's spool lost records meant for us: act once per new loss. */
+static void inbound_lost(struct gw_repl *repl, struct gw_inbound *in,
+                         const Geogate__Wan__V1__ShipRequest *req)
+{
+    struct gw_peer *p = peer_by_site(repl, in->site);
+    uint64_t gap;
+    char why[160];
+
+    in->lost_seen = req->lost;
+    if (p == NULL) {
+        return;
+    }
+    if (req->spool_id == p->in_spool_id && req->lost <= p->in_lost) {
+        return; /* known */
+    }
+    gap = req->spool_id == p->in_spool_id ? req->lost - p->in_lost : req->lost;
+    p->in_spool_id = req->spool_id;
+    p->in_lost = req->lost;
+    __atomic_add_fetch(&p->in_lost_total, gap, __ATOMIC_RELAXED);
+    if (!repl->srv->cfg->replication.auto_backfill) {
+        log_error("peer %s: its spool lost %" PRIu64 " records meant for this site; "
+                  "replication.auto_backfill is off: run `geogatectl backfill --from %s`",
+                  in->site, gap, in->site);
+        return;
+    }
+    log_warn("peer %s: its spool lost %" PRIu64 " records meant for this site; backfilling "
+             "from it",
+             in->site, gap);
+    snprintf(why, sizeof(why), "%s's spool lost %" PRIu64 " records meant for this site",
+             in->site, gap);
+    catch_up(repl, p, why);
+}
 
 static int srv_ship_open(void *arg, struct wan_grpc_ship_stream *st, const char *peer_site,
                          void **stream_arg)
@@ -821,6 +919,7 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool
     __atomic_add_fetch(&in->repl->in_applied, applied, __ATOMIC_RELAXED);
     __atomic_add_fetch(&in->repl->in_rejected, rejected, __ATOMIC_RELAXED);
     ack.acked_seq = in->last_seq;
+    ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
     wan_grpc_server_ship_ack(in->st, &ack);
@@ -845,6 +944,9 @@ static int srv_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_stre
     last = req->last_seq != 0 ? req->last_seq : req->first_seq + req->n_mutations - 1;
     if (req->n_mutations == 0 && req->last_seq == 0) {
         last = req->first_seq;
+    }
+    if (req->lost > 0) {
+        inbound_lost(repl, in, req);
     }
     in->busy = true;
     in->last_seq = last > in->last_seq ? last : in->last_seq;
@@ -891,6 +993,31 @@ static void srv_read(void *arg, struct wan_grpc_read_call *call, const char *pee
     gw_apply_read(repl->w, req, call);
 }
 
+static int srv_backfill_open(void *arg, struct wan_grpc_backfill_call *call,
+                             const char *peer_site, Geogate__Wan__V1__BackfillRequest *req,
+                             void **call_arg)
+{
+    struct gw_repl *repl = arg;
+
+    return gw_backfill_serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site, req,
+                                  call_arg);
+}
+
+static void srv_backfill_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)
+{
+    (void)arg;
+    (void)call;
+    gw_backfill_serve_writable(call_arg);
+}
+
+static void srv_backfill_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
+                                int grpc_status, const char *why)
+{
+    (void)arg;
+    (void)call;
+    gw_backfill_serve_closed(call_arg, grpc_status, why);
+}
+
 static int srv_health(void *arg, const char *service)
 {
     struct gw_repl *repl = arg;
@@ -921,6 +1048,9 @@ static int repl_start(void *arg)
         .ship_closed = srv_ship_closed,
         .read = srv_read,
         .health = srv_health,
+        .backfill_open = srv_backfill_open,
+        .backfill_writable = srv_backfill_writable,
+        .backfill_closed = srv_backfill_closed,
     };
     struct gw_repl *repl = arg;
     const struct gw_config *cfg = repl->srv->cfg;

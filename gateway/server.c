@@ -23,6 +23,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "gateway/admin.h"
+#include "gateway/backfill.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/log.h"
@@ -232,7 +233,8 @@ int gw_server_run(struct gw_config *cfg)
     srv.nworkers = (int)cfg->threads;
     srv.nthreads = srv.nworkers + (cfg->wan.enabled && cfg->wan.npeers > 0 ? 1 : 0);
     srv.workers = calloc((size_t)srv.nthreads, sizeof(*srv.workers));
-    if (srv.workers == NULL) {
+    if (srv.workers == NULL || gw_backfill_init(&srv) != 0) {
+        free(srv.workers);
         goto fail_workers;
     }
     for (started = 0; started < srv.nthreads; started++) {
@@ -272,6 +274,7 @@ int gw_server_run(struct gw_config *cfg)
     sd_notify(0, "READY=1");
     event_base_dispatch(srv.base);
     rc = 0;
+    gw_backfill_cancel(&srv); /* a job must not hold the drain up */
     if (srv.draining) {
         /* Wait for the workers, stopping them at the deadline if they linger. */
         int64_t deadline = gw_now_ms() + GW_DRAIN_DEADLINE_MS;
@@ -289,6 +292,7 @@ int gw_server_run(struct gw_config *cfg)
     log_info("stopped");
 
 fail_start:
+    gw_backfill_shutdown(&srv); /* its thread waits for the workers: before they stop */
     for (int i = 0; i < started; i++) {
         struct gw_msg msg = {.type = GW_MSG_STOP};
         if (!srv.workers[i].joined) {
@@ -309,6 +313,7 @@ fail_start:
     }
     gw_repl_destroy(&srv);
     gw_admin_stop(admin);
+    gw_backfill_free(&srv);
     if (srv.listener != NULL) {
         evconnlistener_free(srv.listener);
     }

@@ -43,6 +43,7 @@ struct gw_server {
     int nworkers;              /* the ones that take clients */
     int nthreads;              /* all of them */
     struct gw_repl *repl;      /* NULL unless replicating to peers */
+    struct gw_backfill *backfill; /* backfill.c's state */
     struct event_base *base;
     struct evconnlistener *listener;
     struct event *sig_term, *sig_int, *sig_hup;

@@ -136,6 +136,12 @@ int ctl_drill(const struct ctl_target *admin, int argc, char **argv);
  * (geogatectl.c). */
 void ctl_failover_path(const char *site, char *out, size_t len);
 
+/* Percent-encode s for a query string (geogatectl.c). */
+void ctl_urlencode(const char *s, char *out, size_t len);
+
+/* Cut trailing newlines off s in place; returns s (geogatectl.c). */
+const char *ctl_chomp(char *s);
+
 /* GET /status and parse it.  Returns 0 and *out, or a ctl_exit code (message printed). */
 int ctl_get_status(const struct ctl_target *admin, struct ctl_json **out);
 
@@ -145,5 +151,12 @@ int ctl_get_status(const struct ctl_target *admin, struct ctl_json **out);
  * command.  Return a ctl_exit code (1 also for a damaged file, with the offset printed). */
 int ctl_snapshot(const struct ctl_target *admin, int argc, char **argv);
 int ctl_restore(const struct ctl_target *admin, int argc, char **argv);
+
+/* ---- backfill (ctl_backfill.c) ---- */
+
+/* `geogatectl backfill --from SITE [--rate N] [--prefix P] [--interval MS] [--detach]`:
+ * start it, print progress until it ends, then a summary.  Returns a ctl_exit code (1 when
+ * it was refused, failed or was cancelled). */
+int ctl_backfill(const struct ctl_target *admin, int argc, char **argv);
 
 #endif

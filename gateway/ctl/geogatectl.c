@@ -8,6 +8,7 @@
  *   geogatectl --admin HOST:PORT drill [options]        (drill.c; `drill --help`)
  *   geogatectl --admin HOST:PORT snapshot --out FILE    (ctl_snap.c)
  *   geogatectl --admin HOST:PORT restore --in FILE
+ *   geogatectl --admin HOST:PORT backfill --from SITE [--rate N] [--prefix P]  (ctl_backfill.c)
  *
  * It only speaks HTTP to the admin listener (and memcached, for the drill's load); it never
  * reads the gateway's config or files.  Exit codes: 0 done, 1 the gateway refused (its
@@ -44,6 +45,10 @@ static void ctl_usage(FILE *f)
                "  restore --in FILE   apply a snapshot, newest version wins, expired items\n"
                "                      skipped; a damaged file stops at its first bad record\n"
                "                      (offset printed, nothing after it applied; exit 1)\n"
+               "  backfill --from SITE [--rate ITEMS_PER_S] [--prefix P] [--detach]\n"
+               "                      pull every live item of peer SITE (newest version wins),\n"
+               "                      printing progress until it ends; --rate 0: no limit\n"
+               "                      (default: the gateway's replication.backfill_rate)\n"
                "\n"
                "exit codes: 0 done, 1 refused by the gateway (its message is printed) or drill\n"
                "problem, 2 usage, 3 admin listener unreachable\n");
@@ -104,7 +109,7 @@ int ctl_split_addr(const char *s, char *host, size_t hostlen, char *port, size_t
 }
 
 /* Strip the trailing newline of a server message for printing. */
-static const char *ctl_chomp(char *s)
+const char *ctl_chomp(char *s)
 {
     size_t n = strlen(s);
 
@@ -297,7 +302,7 @@ static int ctl_post(const struct ctl_target *admin, const char *what, const char
 }
 
 /* Percent-encode a site name for a query string. */
-static void ctl_urlencode(const char *s, char *out, size_t len)
+void ctl_urlencode(const char *s, char *out, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = 0;
@@ -423,6 +428,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "restore") == 0) {
         return ctl_restore(&admin, cargc, cargv);
+    }
+    if (strcmp(cmd, "backfill") == 0) {
+        return ctl_backfill(&admin, cargc, cargv);
     }
     fprintf(stderr, "geogatectl: unknown command %s\n", cmd);
     ctl_usage(stderr);
