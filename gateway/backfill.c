@@ -448,7 +448,9 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
     s->srv = srv;
     s->call = call;
     snprintf(s->peer, sizeof(s->peer), "%s", peer_site);
-    memcpy(s->prefix, req->prefix.data, req->prefix.len);
+    if (req->prefix.len > 0) {
+        memcpy(s->prefix, req->prefix.data, req->prefix.len);
+    }
     s->prefix_len = req->prefix.len;
     s->rate = req->rate;
     if (req->resume.len > 0) {
