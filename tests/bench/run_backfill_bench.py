@@ -15,8 +15,9 @@ each, one replicating geogate per site, lab certificates, the WAN emulator betwe
      the whole time and records each latency;
   3. eu-west runs `POST /backfill?from=us-east&rate=R` for each R in --rates (0 = no
      limit); between runs eu-west's memcached nodes are flushed, so every run moves N items;
-  4. reported per run: items/s (items / the job's elapsed time), and the probe's p50/p99/max
-     during the run next to the probe's numbers with no backfill running.
+  4. reported per run: items/s (items / the job's elapsed time), and the probe's p50/p99
+     during the run next to the probe's numbers over the seconds right before it (no
+     backfill running); the runs of every rate are interleaved over --rounds rounds.
 
 The markdown report goes between `<!-- backfill-bench:start -->` and
 `<!-- backfill-bench:end -->` of --out.  Every child is stopped on exit; every wait is bounded.
@@ -125,71 +126,76 @@ def run(args):
         probe = Probe(lab.sites["us-east"].port, keys, args.probe_rate)
         probe.start()
         time.sleep(1.0)
-        b0 = time.monotonic()
-        time.sleep(args.idle)
-        baseline = probe.window(b0, time.monotonic())
-        log("probe with no backfill: %s" % baseline)
-        for rate in args.rates:
-            flush_site(lab, "eu-west")
-            time.sleep(0.5)
-            code, body = lab.admin("eu-west", "POST", "/backfill?from=us-east&rate=%d" % rate)
-            if code != 200:
-                raise RuntimeError("backfill refused: %d %s" % (code, body))
-            t0 = time.monotonic()
-            deadline = t0 + args.timeout
-            while True:
-                st = json.loads(lab.admin("eu-west", "GET", "/backfill")[1])
-                if st["state"] != "running":
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("backfill did not end within %ds" % args.timeout)
-                time.sleep(0.2)
-            t1 = time.monotonic()
-            during = probe.window(t0, t1)
-            res = {"rate": rate, "state": st["state"], "items": st["items"],
-                   "bytes": st["bytes"], "elapsed_ms": st["elapsed_ms"],
-                   "items_per_s": st["items"] * 1000.0 / max(1, st["elapsed_ms"]),
-                   "applied": st["applied"], "probe": during}
-            log("rate %s: %s" % (rate or "unlimited", res))
-            results.append(res)
-            time.sleep(1.0)
+        for rnd in range(args.rounds):
+            for rate in args.rates:
+                flush_site(lab, "eu-west")
+                b0 = time.monotonic()
+                time.sleep(args.idle)  # this run's own baseline, right before it
+                baseline = probe.window(b0, time.monotonic())
+                code, body = lab.admin("eu-west", "POST", "/backfill?from=us-east&rate=%d" % rate)
+                if code != 200:
+                    raise RuntimeError("backfill refused: %d %s" % (code, body))
+                t0 = time.monotonic()
+                deadline = t0 + args.timeout
+                while True:
+                    st = json.loads(lab.admin("eu-west", "GET", "/backfill")[1])
+                    if st["state"] != "running":
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("backfill did not end within %ds" % args.timeout)
+                    time.sleep(0.2)
+                during = probe.window(t0, time.monotonic())
+                if st["state"] != "done":
+                    raise RuntimeError("backfill %s: %s" % (st["state"], st.get("error")))
+                res = {"round": rnd, "rate": rate, "items": st["items"],
+                       "elapsed_ms": st["elapsed_ms"],
+                       "items_per_s": st["items"] * 1000.0 / max(1, st["elapsed_ms"]),
+                       "applied": st["applied"], "probe": during, "baseline": baseline}
+                log("round %d, rate %s: %s" % (rnd + 1, rate or "unlimited", res))
+                results.append(res)
         probe.stop_ev.set()
         probe.join(timeout=10)
-    return baseline, results
+    return results
 
 
-def render(args, info, baseline, results, took):
+def render(args, info, results, took):
+    def med(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if xs else None
+
     def ms(x):
-        return "%.2f" % x if isinstance(x, float) else "-"
+        return "%.2f" % x if x is not None else "-"
     out = []
     out.append("## Backfill (issue 5)\n")
     out.append("Command: `/usr/bin/python3 tests/bench/run_backfill_bench.py --keys %d --delay %d "
-               "--rates %s --out docs/BENCHMARKS.md` (part of `make bench`), %s, commit %s, "
-               "%s cores (%s), load average at the end %s; took %.0f s.\n"
-               % (args.keys, args.delay, ",".join(str(r) for r in args.rates), info["date"],
-                  info["commit"], info["nproc"], info["cpu"], info["load"], took))
+               "--rates %s --rounds %d --out docs/BENCHMARKS.md` (part of `make bench`), %s, "
+               "commit %s, %s cores (%s), load average at the end %s; took %.0f s.\n"
+               % (args.keys, args.delay, ",".join(str(r) for r in args.rates), args.rounds,
+                  info["date"], info["commit"], info["nproc"], info["cpu"], info["load"], took))
     out.append("Two sites on loopback through the WAN emulator (%d ms each way), two memcached "
                "nodes each; eu-west pulls %d keys (100-byte values) from us-east while a probe "
-               "client reads random keys at us-east, %d gets/s, one at a time.  eu-west's gateway and "
-               "memcached apply what arrives on the same 2 cores, work a real deployment does in "
-               "another region, so the probe's latency shows the whole machine's load.\n"
-               % (args.delay, args.keys, args.probe_rate))
-    out.append("| backfill rate limit | items | time | items/s | us-east probe p50 ms | p99 ms | max ms | probe errors |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    out.append("| no backfill running | - | %.0f s | - | %s | %s | %s | %d |" % (
-        args.idle, ms(baseline.get("p50")), ms(baseline.get("p99")), ms(baseline.get("max")),
-        baseline["errors"]))
-    for r in results:
-        p = r["probe"]
-        out.append("| %s | %d | %.1f s | %.0f | %s | %s | %s | %d |" % (
-            "%d items/s" % r["rate"] if r["rate"] else "none", r["items"], r["elapsed_ms"] / 1000.0,
-            r["items_per_s"], ms(p.get("p50")), ms(p.get("p99")), ms(p.get("max")), p["errors"]))
-    if baseline.get("p99") and all(r["probe"].get("p99") for r in results):
-        out.append("")
-        out.append("p99 of the peer's own reads relative to no backfill running: " + ", ".join(
-            "%.2fx %s" % (r["probe"]["p99"] / baseline["p99"],
-                          "at %d items/s" % r["rate"] if r["rate"] else "with no limit")
-            for r in results) + ".")
+               "client reads random keys at us-east, %d gets/s, one at a time.  eu-west's gateway "
+               "and memcached apply what arrives on the same 2 cores, work a real deployment does "
+               "in another region, so the probe's latency shows the whole machine's load.  Each "
+               "backfill run has its own baseline: the probe over the %.0f s right before it, with "
+               "no backfill running; runs of all rates are interleaved, %d rounds, medians shown.\n"
+               % (args.delay, args.keys, args.probe_rate, args.idle, args.rounds))
+    out.append("| backfill rate limit | items/s | time | probe p50 ms, no backfill | during | "
+               "probe p99 ms, no backfill | during | p99 during / before (per round) | probe errors |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    for rate in args.rates:
+        runs = [r for r in results if r["rate"] == rate]
+        ratios = [r["probe"]["p99"] / r["baseline"]["p99"] for r in runs
+                  if r["probe"].get("p99") and r["baseline"].get("p99")]
+        out.append("| %s | %.0f | %.1f s | %s | %s | %s | %s | **%.2fx** (%s) | %d |" % (
+            "%d items/s" % rate if rate else "none",
+            med([r["items_per_s"] for r in runs]), med([r["elapsed_ms"] for r in runs]) / 1000.0,
+            ms(med([r["baseline"].get("p50") for r in runs])),
+            ms(med([r["probe"].get("p50") for r in runs])),
+            ms(med([r["baseline"].get("p99") for r in runs])),
+            ms(med([r["probe"].get("p99") for r in runs])),
+            med(ratios) or 0, ", ".join("%.2f" % x for x in ratios),
+            sum(r["probe"]["errors"] for r in runs)))
     return "\n".join(out) + "\n"
 
 
@@ -200,7 +206,9 @@ def main():
     ap.add_argument("--delay", type=int, default=10, help="WAN delay each way, ms")
     ap.add_argument("--rates", default="0,20000,5000", help="comma-separated rate limits (0 = none)")
     ap.add_argument("--probe-rate", type=int, default=500)
-    ap.add_argument("--idle", type=float, default=5.0, help="seconds of probe with no backfill")
+    ap.add_argument("--idle", type=float, default=3.0,
+                    help="seconds of probe with no backfill before each run")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=int, default=300)
     args = ap.parse_args()
     args.rates = [int(x) for x in args.rates.split(",")]
@@ -213,10 +221,10 @@ def main():
     signal.alarm(900)
     t0 = time.time()
     try:
-        baseline, results = run(args)
+        results = run(args)
     finally:
         signal.alarm(0)
-    report = render(args, info, baseline, results, time.time() - t0)
+    report = render(args, info, results, time.time() - t0)
     print(report)
     if args.out:
         write_marked_section(args.out, "backfill-bench", report)
