@@ -730,9 +730,15 @@ static int cursor_place(struct wan_spool_cursor *c)
             return rc;
         }
     }
-    rc = cursor_open_seg(c, &sp->segs[i]);
-    if (rc != 0) {
-        return rc;
+    /* A seek within the segment already open (the shipper holds back a small batch and
+     * seeks back to its first record) keeps the file and what its reader has buffered: the
+     * bytes of a segment never change while gen does not (appends only add complete
+     * records).  Reopening here cost an openat, a close and fresh preads per seek. */
+    if (c->fd == -1 || c->gen != sp->gen || c->seg_name_seq != sp->segs[i].name_seq) {
+        rc = cursor_open_seg(c, &sp->segs[i]);
+        if (rc != 0) {
+            return rc;
+        }
     }
     c->off = pos.off;
     c->placed = true;

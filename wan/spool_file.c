@@ -152,6 +152,33 @@ int spool_rd_get(struct spool_rd *r, uint64_t off, size_t n, uint64_t limit, con
         *p = r->buf + (off - r->base);
         return 0;
     }
+    if (r->len > 0 && off >= r->base && off <= r->base + r->len &&
+        limit - r->base <= RD_CHUNK) {
+        /* A tail follower: the wanted bytes start inside (or right after) what is buffered
+         * and the file has grown since.  Read only the new bytes, after the old ones, so a
+         * reader that steps back within the buffer (a held-back batch) finds them there. */
+        uint64_t end = r->base + r->len;
+        size_t more = (size_t)(limit - end);
+        if ((size_t)(limit - r->base) > r->cap) {
+            uint8_t *nb = realloc(r->buf, RD_CHUNK);
+            if (nb == NULL) {
+                return -ENOMEM;
+            }
+            r->buf = nb;
+            r->cap = RD_CHUNK;
+        }
+        rc = spool_pread_all(r->fd, r->buf + r->len, more, end, &got);
+        if (rc != 0) {
+            r->len = 0;
+            return rc;
+        }
+        r->len += got;
+        if (off + n > r->base + r->len) {
+            return -EIO;
+        }
+        *p = r->buf + (off - r->base);
+        return 0;
+    }
     want = n > RD_CHUNK ? n : RD_CHUNK;
     if (want > limit - off) {
         want = (size_t)(limit - off);
@@ -392,6 +419,8 @@ void spool_segs_remove(struct wan_spool *sp, size_t i)
     sp->nsegs--;
 }
 
+#define LOCATE_CHUNK (64u << 10)
+
 int spool_seg_locate(struct wan_spool *sp, const struct spool_seg *s, uint64_t target,
                      struct spool_pos *pos)
 {
@@ -420,16 +449,29 @@ int spool_seg_locate(struct wan_spool *sp, const struct spool_seg *s, uint64_t t
     if (rc != 0) {
         return rc;
     }
+    /* Walk the record heads from the mark, reading the file in chunks (one pread per head
+     * made every ack's trim and every cursor seek cost dozens of syscalls). */
+    uint8_t *chunk = malloc(LOCATE_CHUNK);
+    uint64_t cbase = 0;
+    size_t clen = 0;
+    if (chunk == NULL) {
+        spool_seg_fd_put(sp, fd);
+        return -ENOMEM;
+    }
     while (off < s->size) {
-        uint8_t h[REC_PREFIX];
-        size_t got;
-        rc = spool_pread_all(fd, h, sizeof(h), off, &got);
-        if (rc == 0 && got != sizeof(h)) {
-            rc = -EIO;
+        const uint8_t *h;
+        if (off < cbase || off + REC_PREFIX > cbase + clen) {
+            size_t want = s->size - off < LOCATE_CHUNK ? (size_t)(s->size - off) : LOCATE_CHUNK;
+            rc = spool_pread_all(fd, chunk, want, off, &clen);
+            cbase = off;
+            if (rc == 0 && clen < REC_PREFIX) {
+                rc = -EIO;
+            }
+            if (rc != 0) {
+                break;
+            }
         }
-        if (rc != 0) {
-            break;
-        }
+        h = chunk + (off - cbase);
         if (get64(h + 8) >= target) {
             pos->found = true;
             pos->off = off;
@@ -441,6 +483,7 @@ int spool_seg_locate(struct wan_spool *sp, const struct spool_seg *s, uint64_t t
         off += FRAME_SIZE + get32(h);
         ordinal++;
     }
+    free(chunk);
     spool_seg_fd_put(sp, fd);
     return rc;
 }
