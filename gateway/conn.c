@@ -20,6 +20,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/repl.h"
 #include "gateway/types.h"
 
 #define GW_READ_CHUNK 16384
@@ -118,6 +119,7 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
+    gw_repl_spool_flush(conn->w); /* replies queued this pass leave after their records */
     if (gw_conn_flush(conn) != 0) {
         conn_fail(conn, false);
     }

@@ -186,7 +186,122 @@ static enum gw_repl_mode rule_for(const struct gw_config *cfg, const char *key, 
     return GW_REPL_COPY;
 }
 
-/* Pack one item as a Mutation and append it.  site_id 0 means "the shipper's own". */
+/* Records a worker spooled during this pass, appended together at its end
+ * (gw_repl_pass_end): one lock and one write for the whole pass instead of one per
+ * record.  Replies leave the process only after that (the end-of-pass flush comes after
+ * the pass end, and a socket flushed mid-pass flushes these first), so a reply the client
+ * saw always has its record written. */
+struct gw_spool_pending {
+    uint8_t *buf; /* keys and packed Mutations */
+    size_t len, cap;
+    struct pending_ent {
+        size_t koff, klen, doff, dlen;
+    } *ent;
+    struct wan_spool_item *items;
+    size_t n, max;
+};
+
+#define SPOOL_PENDING_MAX 4096 /* records before a pass appends early */
+
+static int pending_reserve(struct gw_spool_pending *sp, size_t bytes)
+{
+    if (sp->n == sp->max) {
+        size_t max = sp->max ? sp->max * 2 : 64;
+        struct pending_ent *e = realloc(sp->ent, max * sizeof(*e));
+        struct wan_spool_item *it = e != NULL ? realloc(sp->items, max * sizeof(*it)) : NULL;
+        if (e != NULL) {
+            sp->ent = e;
+        }
+        if (it == NULL) {
+            return -ENOMEM;
+        }
+        sp->items = it;
+        sp->max = max;
+    }
+    if (sp->cap - sp->len < bytes) {
+        size_t cap = sp->cap ? sp->cap : 16384;
+        uint8_t *nb;
+        while (cap - sp->len < bytes) {
+            cap *= 2;
+        }
+        nb = realloc(sp->buf, cap);
+        if (nb == NULL) {
+            return -ENOMEM;
+        }
+        sp->buf = nb;
+        sp->cap = cap;
+    }
+    return 0;
+}
+
+void gw_repl_spool_flush(struct gw_worker *w)
+{
+    struct gw_spool_pending *sp = w->spool_pending;
+    struct gw_repl *repl = w->srv->repl;
+    size_t done = 0;
+    int rc;
+
+    if (sp == NULL || sp->n == 0 || repl == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < sp->n; i++) {
+        sp->items[i] = (struct wan_spool_item){sp->buf + sp->ent[i].koff, sp->ent[i].klen,
+                                               sp->buf + sp->ent[i].doff, sp->ent[i].dlen};
+    }
+    rc = wan_spool_append_many(repl->spool, sp->items, sp->n, NULL, &done);
+    if (rc != 0) {
+        __atomic_add_fetch(&repl->spool_errors, sp->n - done, __ATOMIC_RELAXED);
+        log_error("spool append failed (%s): %zu of %zu mutations not shipped", strerror(-rc),
+                  sp->n - done, sp->n);
+    }
+    sp->n = 0;
+    sp->len = 0;
+}
+
+static void pending_free(struct gw_worker *w)
+{
+    struct gw_spool_pending *sp = w->spool_pending;
+
+    if (sp != NULL) {
+        free(sp->buf);
+        free(sp->ent);
+        free(sp->items);
+        free(sp);
+        w->spool_pending = NULL;
+    }
+}
+
+/* Pack m for key into the worker's pending records.  False when out of memory. */
+static bool pending_add(struct gw_worker *w, const char *key, uint32_t nkey,
+                        const Geogate__Wan__V1__Mutation *m)
+{
+    struct gw_spool_pending *sp = w->spool_pending;
+    size_t len = geogate__wan__v1__mutation__get_packed_size(m);
+    struct pending_ent *e;
+
+    if (sp == NULL && (sp = w->spool_pending = calloc(1, sizeof(*sp))) == NULL) {
+        return false;
+    }
+    if (sp->n >= SPOOL_PENDING_MAX) {
+        gw_repl_spool_flush(w);
+    }
+    if (pending_reserve(sp, nkey + len) != 0) {
+        return false;
+    }
+    e = &sp->ent[sp->n++];
+    e->koff = sp->len;
+    e->klen = nkey;
+    memcpy(sp->buf + sp->len, key, nkey);
+    sp->len += nkey;
+    e->doff = sp->len;
+    e->dlen = len;
+    geogate__wan__v1__mutation__pack(m, sp->buf + sp->len);
+    sp->len += len;
+    return true;
+}
+
+/* Pack one item as a Mutation and spool it: with seq, now (the caller waits for its ack);
+ * without, at the end of the pass.  site_id 0 means "the shipper's own". */
 static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombstone,
                        bool own, uint64_t *seq)
 {
@@ -212,6 +327,12 @@ static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombs
         m.site_id = it->hdr->version.site_id;
         m.gateway_id = it->hdr->version.gateway_id;
     }
+    if (seq == NULL && pending_add(w, it->key, it->nkey, &m)) {
+        w->repl_appended = true;
+        STAT_INCR(&w->stats, repl_queued);
+        return true;
+    }
+    gw_repl_spool_flush(w); /* keep the worker's records in order */
     len = geogate__wan__v1__mutation__get_packed_size(&m);
     if (len > sizeof(stackbuf)) {
         buf = malloc(len);
@@ -307,6 +428,8 @@ void gw_repl_worker_stop(struct gw_worker *w)
 {
     struct gw_ack_wait *a;
 
+    gw_repl_spool_flush(w);
+    pending_free(w);
     if (w->ack_waits == NULL) {
         return;
     }
@@ -367,6 +490,7 @@ void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
     m.expiry = delay > 0 ? gw_vop_expiry(delay, (uint32_t)time(NULL)) : 0;
     len = geogate__wan__v1__mutation__get_packed_size(&m);
     geogate__wan__v1__mutation__pack(&m, buf);
+    gw_repl_spool_flush(w); /* after the writes before it */
     rc = wan_spool_append(repl->spool, NULL, 0, buf, len, NULL); /* never compacted away */
     if (rc != 0) {
         log_error("spool append of a flush_all failed: %s", strerror(-rc));
@@ -397,6 +521,7 @@ void gw_repl_pass_end(struct gw_worker *w)
     if (repl == NULL || !w->repl_appended) {
         return;
     }
+    gw_repl_spool_flush(w);
     w->repl_appended = false;
     if (repl->fsync == GW_FSYNC_ALWAYS) {
         rc = wan_spool_sync(repl->spool);

@@ -73,6 +73,10 @@ bool gw_repl_hold(struct gw_worker *w, struct gw_req *r);
  * WAN thread.  Cheap when nothing was spooled. */
 void gw_repl_pass_end(struct gw_worker *w);
 
+/* Append the records this worker spooled so far in the pass (gw_repl_pass_end does; a
+ * socket flushed mid-pass must first, so no reply leaves before its record is written). */
+void gw_repl_spool_flush(struct gw_worker *w);
+
 /* The WAN thread applied or rejected a remote item: when the local one is newer, it
  * travels back to every peer.  (apply.c) */
 void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it);

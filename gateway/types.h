@@ -206,6 +206,7 @@ struct gw_worker {
     uint32_t nreq_free;
     char rbuf[16384];              /* reads land here first when a socket's input is empty */
     bool repl_appended;            /* this pass spooled something */
+    struct gw_spool_pending *spool_pending; /* records spooled at the end of the pass (repl.c) */
 };
 
 #endif

@@ -366,91 +366,185 @@ int wan_spool_close(struct wan_spool *sp)
 
 /* ---- append / sync / ack ----------------------------------------------------------- */
 
+/* Records framed under the lock and not written yet: one pwritev writes them all. */
+#define APPEND_RUN 256 /* records per write (3 iovecs each, under IOV_MAX) */
+
+struct append_run {
+    struct iovec iov[APPEND_RUN * 3];
+    uint8_t hdr[APPEND_RUN][REC_PREFIX];
+    struct {
+        uint64_t seq, off, size;
+    } rec[APPEND_RUN];
+    size_t n;
+    uint64_t bytes;
+};
+
+/* Write the run at the end of the active segment, then index its records.  On a failed
+ * write the records are taken back (file truncated, their seqs handed out again) and the
+ * error returned; *committed counts the records that made it. */
+static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t *committed)
+{
+    struct spool_seg *s = &sp->segs[sp->nsegs - 1];
+    uint64_t off0;
+    int rc = 0;
+
+    *committed = 0;
+    if (run->n == 0) {
+        return 0;
+    }
+    off0 = run->rec[0].off;
+    rc = spool_pwritev_all(sp->active_fd, run->iov, (int)(run->n * 3), off0);
+    if (rc != 0) {
+        /* take the partial write back, or a later append would land behind garbage */
+        if (ftruncate(sp->active_fd, (off_t)off0) == -1) {
+            sp->failed = -EIO;
+        }
+        spool_log(sp, WAN_SPOOL_LOG_ERROR,
+                  "spool: append of seq %" PRIu64 "..%" PRIu64 " failed: %s%s", run->rec[0].seq,
+                  run->rec[run->n - 1].seq, strerror(-rc), sp->failed ? "; refusing writes" : "");
+        sp->next_seq = run->rec[0].seq;
+        run->n = 0;
+        run->bytes = 0;
+        return rc;
+    }
+    for (size_t i = 0; i < run->n; i++) {
+        rc = spool_seg_note_record(s, run->rec[i].seq, run->rec[i].off, run->rec[i].size);
+        if (rc != 0) {
+            /* the index is incomplete but the data is fine: undo to keep them in step */
+            if (ftruncate(sp->active_fd, (off_t)run->rec[i].off) == -1) {
+                sp->failed = -EIO;
+            }
+            sp->next_seq = run->rec[i].seq;
+            break;
+        }
+        sp->total_bytes += run->rec[i].size;
+        sp->total_records++;
+        sp->st.appended++;
+        (*committed)++;
+    }
+    run->n = 0;
+    run->bytes = 0;
+    if (rc == 0 && sp->npeers == 0) {
+        rc = spool_recompute_live(sp);
+    }
+    return rc;
+}
+
+int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *items, size_t n,
+                          uint64_t *seqs, size_t *appended)
+{
+    struct append_run *run = malloc(sizeof(*run));
+    int first_rc = 0, rc = 0;
+    size_t done = 0, committed;
+
+    *appended = 0;
+    if (run == NULL) {
+        return -ENOMEM;
+    }
+    run->n = 0;
+    run->bytes = 0;
+    pthread_mutex_lock(&sp->mu);
+    for (size_t i = 0; i < n; i++) {
+        const struct wan_spool_item *it = &items[i];
+        struct spool_seg *s;
+        uint64_t size = REC_PREFIX + (uint64_t)it->key_len + it->len;
+        uint8_t *hdr;
+        uint32_t crc;
+
+        if (seqs != NULL) {
+            seqs[i] = 0;
+        }
+        if (it->key_len > WAN_SPOOL_KEY_MAX || (it->key == NULL && it->key_len) ||
+            (it->data == NULL && it->len)) {
+            first_rc = first_rc ? first_rc : -EINVAL;
+            continue;
+        }
+        if (it->len > WAN_SPOOL_DATA_MAX || (sp->max_bytes != 0 && size > sp->max_bytes)) {
+            first_rc = first_rc ? first_rc : -EFBIG;
+            continue;
+        }
+        rc = sp->failed;
+        s = &sp->segs[sp->nsegs - 1];
+        /* Room, a segment roll and the seq reservation work on indexed records only:
+         * write what is pending first when one of them is due. */
+        if (rc == 0 && run->n > 0 &&
+            (run->n == APPEND_RUN ||
+             (sp->max_bytes != 0 && sp->total_bytes + run->bytes + size > sp->max_bytes) ||
+             s->size + run->bytes + size > sp->segment_bytes || sp->next_seq > sp->reserved)) {
+            rc = append_run_write(sp, run, &committed);
+            done += committed;
+        }
+        if (rc == 0 && sp->max_bytes != 0) {
+            rc = spool_make_room(sp, size);
+        }
+        s = &sp->segs[sp->nsegs - 1];
+        if (rc == 0 && s->size > 0 && s->size + size > sp->segment_bytes) {
+            rc = spool_seg_roll(sp);
+            s = &sp->segs[sp->nsegs - 1];
+        }
+        if (rc == 0 && sp->next_seq > sp->reserved) {
+            uint64_t old = sp->reserved;
+            sp->reserved = sp->next_seq + SEQ_RESERVE - 1;
+            rc = spool_state_write(sp);
+            if (rc != 0) {
+                sp->reserved = old;
+            }
+        }
+        if (rc != 0) {
+            break;
+        }
+        hdr = run->hdr[run->n];
+        put32(hdr, (uint32_t)(size - FRAME_SIZE));
+        put64(hdr + 8, sp->next_seq);
+        put64(hdr + 16, spool_now(sp));
+        put16(hdr + 24, (uint16_t)it->key_len);
+        put16(hdr + 26, 0);
+        crc = wan_crc32c(0, hdr + FRAME_SIZE, REC_HDR_SIZE);
+        crc = wan_crc32c(crc, it->key, it->key_len);
+        crc = wan_crc32c(crc, it->data, it->len);
+        put32(hdr + 4, crc);
+        run->iov[run->n * 3] = (struct iovec){hdr, REC_PREFIX};
+        run->iov[run->n * 3 + 1] = (struct iovec){(void *)it->key, it->key_len};
+        run->iov[run->n * 3 + 2] = (struct iovec){(void *)it->data, it->len};
+        run->rec[run->n].seq = sp->next_seq;
+        run->rec[run->n].off = s->size + run->bytes;
+        run->rec[run->n].size = size;
+        run->n++;
+        run->bytes += size;
+        if (seqs != NULL) {
+            seqs[i] = sp->next_seq;
+        }
+        sp->next_seq++;
+    }
+    if (rc == 0) {
+        rc = append_run_write(sp, run, &committed);
+        done += committed;
+    }
+    if (rc != 0 && seqs != NULL) {
+        /* what was not written has no seq */
+        for (size_t i = 0; i < n; i++) {
+            if (seqs[i] >= sp->next_seq) {
+                seqs[i] = 0;
+            }
+        }
+    }
+    pthread_mutex_unlock(&sp->mu);
+    free(run);
+    *appended = done;
+    return rc != 0 ? rc : first_rc;
+}
+
 int wan_spool_append(struct wan_spool *sp, const void *key, size_t key_len, const void *data,
                      size_t len, uint64_t *seq)
 {
-    uint8_t hdr[REC_PREFIX];
-    struct iovec iov[3];
-    struct spool_seg *s;
-    uint64_t size, off;
-    uint32_t crc;
-    int rc;
+    struct wan_spool_item it = {key, key_len, data, len};
+    uint64_t s = 0;
+    size_t done;
+    int rc = wan_spool_append_many(sp, &it, 1, &s, &done);
 
-    if (key_len > WAN_SPOOL_KEY_MAX || (key == NULL && key_len) || (data == NULL && len)) {
-        return -EINVAL;
+    if (rc == 0 && seq != NULL) {
+        *seq = s;
     }
-    if (len > WAN_SPOOL_DATA_MAX) {
-        return -EFBIG;
-    }
-    size = REC_PREFIX + (uint64_t)key_len + len;
-    if (sp->max_bytes != 0 && size > sp->max_bytes) {
-        return -EFBIG;
-    }
-    pthread_mutex_lock(&sp->mu);
-    rc = sp->failed;
-    if (rc == 0 && sp->max_bytes != 0) {
-        rc = spool_make_room(sp, size);
-    }
-    s = &sp->segs[sp->nsegs - 1];
-    if (rc == 0 && s->size > 0 && s->size + size > sp->segment_bytes) {
-        rc = spool_seg_roll(sp);
-        s = &sp->segs[sp->nsegs - 1];
-    }
-    if (rc == 0 && sp->next_seq > sp->reserved) {
-        uint64_t old = sp->reserved;
-        sp->reserved = sp->next_seq + SEQ_RESERVE - 1;
-        rc = spool_state_write(sp);
-        if (rc != 0) {
-            sp->reserved = old;
-        }
-    }
-    if (rc != 0) {
-        goto out;
-    }
-
-    put32(hdr, (uint32_t)(size - FRAME_SIZE));
-    put64(hdr + 8, sp->next_seq);
-    put64(hdr + 16, spool_now(sp));
-    put16(hdr + 24, (uint16_t)key_len);
-    put16(hdr + 26, 0);
-    crc = wan_crc32c(0, hdr + FRAME_SIZE, REC_HDR_SIZE);
-    crc = wan_crc32c(crc, key, key_len);
-    crc = wan_crc32c(crc, data, len);
-    put32(hdr + 4, crc);
-    iov[0] = (struct iovec){hdr, sizeof(hdr)};
-    iov[1] = (struct iovec){(void *)key, key_len};
-    iov[2] = (struct iovec){(void *)data, len};
-    off = s->size;
-    rc = spool_pwritev_all(sp->active_fd, iov, 3, off);
-    if (rc != 0) {
-        /* take the partial record back, or a later append would land behind garbage */
-        if (ftruncate(sp->active_fd, (off_t)off) == -1) {
-            sp->failed = -EIO;
-        }
-        spool_log(sp, WAN_SPOOL_LOG_ERROR, "spool: append of seq %" PRIu64 " failed: %s%s",
-                  sp->next_seq, strerror(-rc), sp->failed ? "; refusing writes" : "");
-        goto out;
-    }
-    rc = spool_seg_note_record(s, sp->next_seq, off, size);
-    if (rc != 0) {
-        /* the index is incomplete but the data is fine: undo to keep them in step */
-        if (ftruncate(sp->active_fd, (off_t)off) == -1) {
-            sp->failed = -EIO;
-        }
-        goto out;
-    }
-    sp->total_bytes += size;
-    sp->total_records++;
-    sp->st.appended++;
-    if (seq != NULL) {
-        *seq = sp->next_seq;
-    }
-    sp->next_seq++;
-    if (sp->npeers == 0) {
-        rc = spool_recompute_live(sp);
-    }
-out:
-    pthread_mutex_unlock(&sp->mu);
     return rc;
 }
 

@@ -143,6 +143,24 @@ int wan_spool_close(struct wan_spool *sp);
 int wan_spool_append(struct wan_spool *sp, const void *key, size_t key_len, const void *data,
                      size_t len, uint64_t *seq);
 
+/* One record for wan_spool_append_many(): as wan_spool_append()'s arguments. */
+struct wan_spool_item {
+    const void *key;
+    size_t key_len;
+    const void *data;
+    size_t len;
+};
+
+/* Append n records in order, as many wan_spool_append() calls would, but under one lock
+ * and with one write per run of records (a segment roll, room-making or APPEND_RUN
+ * records start a new run).  seqs (may be NULL) gets each record's sequence number, 0 for
+ * a record not appended; *appended counts those appended.  A record that is invalid
+ * (-EINVAL) or too large (-EFBIG) is skipped and the others go on; a write error stops
+ * the rest (taken back: the file is truncated to the last record written).  Returns 0
+ * when every record was appended, else the first error. */
+int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *items, size_t n,
+                          uint64_t *seqs, size_t *appended);
+
 /* Group commit: one fsync covering every record appended (by any thread) before the
  * call.  Concurrent callers share an fsync in progress when it covers them.  Records only:
  * acks are written by wan_spool_ack() (always) or wan_spool_tick().  A no-op with fsync

@@ -232,7 +232,7 @@ class Target:
         return self.ok
 
 
-def start_servers(tmp, taken, children, binary):
+def start_servers(tmp, taken, children, binary, threads=2):
     mc_ports = [free_port(taken), free_port(taken)]
     nodes = []
     for i, port in enumerate(mc_ports):
@@ -267,18 +267,18 @@ def start_servers(tmp, taken, children, binary):
     children.append(nc.child)
     nc.child.wait_port(nc.port)
 
-    gg = Target("geogate", "geogate (threads: 2)", free_port(taken))
+    gg = Target("geogate", "geogate (threads: %d)" % threads, free_port(taken))
     gg_conf = os.path.join(tmp, "geogate.yml")
     with open(gg_conf, "w") as f:
         f.write("site: bench\n"
                 "listen: 127.0.0.1:%d\n"
-                "threads: 2\n"
+                "threads: %d\n"
                 "pool:\n"
                 "  distribution: ketama\n"
                 "  hash: md5\n"
                 "  servers:\n"
                 "    - 127.0.0.1:%d:1\n"
-                "    - 127.0.0.1:%d:1\n" % (gg.port, mc_ports[0], mc_ports[1]))
+                "    - 127.0.0.1:%d:1\n" % (gg.port, threads, mc_ports[0], mc_ports[1]))
     gg.config_text = open(gg_conf).read()
     if not os.access(binary, os.X_OK):
         gg.error = "%s does not exist (run `make`)" % os.path.relpath(binary, ROOT)
@@ -750,6 +750,8 @@ def main():
     ap.add_argument("--pipeline", type=int, default=16, help="depth of the pipelined row")
     ap.add_argument("--keys", type=int, default=100000)
     ap.add_argument("--idle-conns", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="geogate's `threads:` (worker threads; nutcracker has one)")
     ap.add_argument("--geogate", default=os.path.join(ROOT, "bin", "geogate"),
                     help="the geogate binary (default bin/geogate)")
     args = ap.parse_args()
@@ -802,7 +804,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="geogate-bench-")
     try:
         log("starting memcached x2, nutcracker, geogate (logs in %s)" % tmp)
-        nodes, targets = start_servers(tmp, taken, children, args.geogate)
+        nodes, targets = start_servers(tmp, taken, children, args.geogate, args.threads)
         for t in targets:
             if t.error:
                 log("  %s: %s" % (t.name, t.error))
