@@ -43,6 +43,7 @@
 #include "gateway/backfill.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
+#include "gateway/json.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/server.h"
@@ -254,22 +255,6 @@ static const char *admin_clean(const char *s, char *out, size_t outlen)
 
 /* ---- JSON ----------------------------------------------------------------------------- */
 
-static void json_str(struct evbuffer *b, const char *s)
-{
-    evbuffer_add(b, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            evbuffer_add_printf(b, "\\%c", c);
-        } else if (c < 0x20) {
-            evbuffer_add_printf(b, "\\u%04x", c);
-        } else {
-            evbuffer_add(b, s, 1);
-        }
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
 static const char *json_bool(bool v)
 {
     return v ? "true" : "false";
@@ -297,24 +282,24 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
     int64_t since = fo->since_ms != 0 ? fo->since_ms : (int64_t)srv->started * 1000;
 
     evbuffer_add_printf(b, "{\n  \"site\": ");
-    json_str(b, cfg->site);
+    gw_json_str(b, cfg->site);
     evbuffer_add_printf(b, ",\n  \"gateway_id\": %" PRIu32 ",\n  \"version\": ", cfg->gateway_id);
-    json_str(b, GW_VERSION);
+    gw_json_str(b, GW_VERSION);
     admin_addr_str(&cfg->listen, addr, sizeof(addr));
     evbuffer_add_printf(b, ",\n  \"listen\": ");
-    json_str(b, addr);
+    gw_json_str(b, addr);
     admin_addr_str(&cfg->admin, addr, sizeof(addr));
     evbuffer_add_printf(b, ",\n  \"admin\": ");
-    json_str(b, addr);
+    gw_json_str(b, addr);
     evbuffer_add_printf(b,
                         ",\n  \"time_ms\": %" PRId64 ",\n  \"started_ms\": %" PRId64
                         ",\n  \"health\": {\"ok\": %s, \"reason\": ",
                         s->now_ms, (int64_t)srv->started * 1000, json_bool(s->healthy));
-    json_str(b, s->reason);
+    gw_json_str(b, s->reason);
     evbuffer_add_printf(b, "},\n  \"draining\": %s,\n  \"mode\": ", json_bool(s->draining));
-    json_str(b, gw_site_mode_name(fo->mode));
+    gw_json_str(b, gw_site_mode_name(fo->mode));
     evbuffer_add_printf(b, ",\n  \"peer\": ");
-    json_str(b, fo->peer);
+    gw_json_str(b, fo->peer);
     evbuffer_add_printf(
         b, ",\n  \"forced\": %s,\n  \"since_ms\": %" PRId64 ",\n  \"switches\": %" PRIu64 ",\n",
         json_bool(fo->forced), since, fo->switches);
@@ -329,9 +314,9 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
         const struct gw_node *n = &pool->nodes[i];
         int st = __atomic_load_n(&n->state, __ATOMIC_RELAXED);
         evbuffer_add_printf(b, "%s\n    {\"node\": ", i ? "," : "");
-        json_str(b, n->label);
+        gw_json_str(b, n->label);
         evbuffer_add_printf(b, ", \"state\": ");
-        json_str(b, gw_node_state_name(st));
+        gw_json_str(b, gw_node_state_name(st));
         evbuffer_add_printf(
             b, ", \"up\": %s, \"failures\": %" PRIu32 ", \"down_events\": %" PRIu64 "}",
             json_bool(st == GW_NODE_UP), __atomic_load_n(&n->failures, __ATOMIC_RELAXED),
@@ -341,7 +326,7 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
     for (size_t i = 0; i < s->npeers; i++) {
         const struct gw_peer_status *p = &s->peers[i];
         evbuffer_add_printf(b, "%s\n    {\"site\": ", i ? "," : "");
-        json_str(b, p->site);
+        gw_json_str(b, p->site);
         evbuffer_add_printf(
             b,
             ", \"link_up\": %s, \"serving\": %s, \"priority\": %d, \"rtt_ms\": %" PRIu32

@@ -38,6 +38,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "gateway/config.h"
+#include "gateway/json.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/restore.h"
@@ -276,22 +277,6 @@ static void xfer_text(struct evhttp_request *req, int code, const char *fmt, ...
     evbuffer_free(b);
 }
 
-static void json_str(struct evbuffer *b, const char *s)
-{
-    evbuffer_add(b, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            evbuffer_add_printf(b, "\\%c", c);
-        } else if (c < 0x20 || c == 0x7f) {
-            evbuffer_add_printf(b, "\\u%04x", c);
-        } else {
-            evbuffer_add(b, s, 1);
-        }
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
 /* ---- GET /snapshot ---- */
 
 /* Producer thread: hand a piece to the main thread, waiting while the queue is full. */
@@ -496,7 +481,7 @@ static void *restore_thread(void *arg)
 static void restore_json(const struct gw_restore_result *res, double secs, struct evbuffer *b)
 {
     evbuffer_add_printf(b, "{\"status\": ");
-    json_str(b, gw_restore_status_name(res->status));
+    gw_json_str(b, gw_restore_status_name(res->status));
     evbuffer_add_printf(
         b,
         ", \"records\": %" PRIu64 ", \"applied\": %" PRIu64 ", \"skipped_expired\": %" PRIu64
@@ -509,7 +494,7 @@ static void restore_json(const struct gw_restore_result *res, double secs, struc
     }
     if (res->header.site[0] != '\0') {
         evbuffer_add_printf(b, ", \"site\": ");
-        json_str(b, res->header.site);
+        gw_json_str(b, res->header.site);
         evbuffer_add_printf(b, ", \"created\": %" PRIu64, res->header.created);
     }
     if (res->status != GW_RESTORE_OK) {
@@ -517,7 +502,7 @@ static void restore_json(const struct gw_restore_result *res, double secs, struc
             evbuffer_add_printf(b, ", \"bad_offset\": %" PRIu64, res->bad_offset);
         }
         evbuffer_add_printf(b, ", \"reason\": ");
-        json_str(b, res->reason);
+        gw_json_str(b, res->reason);
     }
     evbuffer_add_printf(b, "}\n");
 }

@@ -38,6 +38,7 @@
 
 #include "gateway/config.h"
 #include "gateway/ingest.h"
+#include "gateway/json.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/repl.h"
@@ -1029,22 +1030,6 @@ bool gw_backfill_running(struct gw_server *srv)
     return running;
 }
 
-static void json_str(struct evbuffer *out, const char *s)
-{
-    evbuffer_add(out, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            evbuffer_add_printf(out, "\\%c", c);
-        } else if (c < 0x20 || c >= 0x7f) {
-            evbuffer_add_printf(out, "\\u%04x", c);
-        } else {
-            evbuffer_add(out, s, 1);
-        }
-    }
-    evbuffer_add(out, "\"", 1);
-}
-
 void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
 {
     struct gw_backfill *bf = bf_of(srv);
@@ -1084,11 +1069,11 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
         eta = 0;
     }
     evbuffer_add_printf(out, "{\"state\":\"%s\",\"from\":", bf_state_names[j->state]);
-    json_str(out, j->from);
+    gw_json_str(out, j->from);
     evbuffer_add_printf(out, ",\"prefix\":");
-    json_str(out, j->prefix);
+    gw_json_str(out, j->prefix);
     evbuffer_add_printf(out, ",\"automatic\":%s,\"why\":", j->automatic ? "true" : "false");
-    json_str(out, j->why);
+    gw_json_str(out, j->why);
     evbuffer_add_printf(
         out,
         ",\"rate_limit\":%u,\"started\":%lld,\"elapsed_ms\":%" PRId64 ",\"items\":%" PRIu64
@@ -1099,7 +1084,7 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
         j->rate, (long long)j->started_unix, elapsed, j->items, j->tombstones, j->bytes,
         j->batches, j->peer_items, pct, rate, eta, j->resumes, j->counts.applied,
         j->counts.rejected_older, j->counts.skipped_expired);
-    json_str(out, j->error);
+    gw_json_str(out, j->error);
     evbuffer_add_printf(out, ",\"served_calls\":%" PRIu64 ",\"served_items\":%" PRIu64 "}",
                         __atomic_load_n(&bf->served.calls, __ATOMIC_RELAXED),
                         __atomic_load_n(&bf->served.items, __ATOMIC_RELAXED));

@@ -957,6 +957,86 @@ static int snap_node(struct snap_run *r, struct gw_mc_sock *s)
     return rc;
 }
 
+/* curr_items of s's node, from `stats`. */
+static int snap_curr_items(struct snap_run *r, struct gw_mc_sock *s, uint64_t *items)
+{
+    int rc = gw_mc_sock_send(s, "stats\r\n", 7);
+
+    *items = 0;
+    while (rc == 0) {
+        char *line;
+        size_t len;
+        rc = gw_mc_sock_line(s, &line, &len);
+        if (rc != 0) {
+            break;
+        }
+        if (strcmp(line, "END") == 0) {
+            return 0;
+        }
+        if (strncmp(line, "STAT curr_items ", 16) == 0) {
+            *items = strtoull(line + 16, NULL, 10);
+        } else if (strncmp(line, "STAT ", 5) != 0) {
+            snprintf(r->err, r->errlen, "node %s: unexpected answer to stats: %.100s", s->label,
+                     line);
+            return -EPROTO;
+        }
+    }
+    return snap_io_error(r, s, rc, "stats");
+}
+
+/* The start of every walk: r set up and one connection per node opened (with
+ * count_items, each node's curr_items summed into stats->node_items).  Returns 0 with
+ * *out (close it with snap_end), or an error with nothing left open. */
+static int snap_begin(struct snap_run *r, const struct gw_snapshot_source *src,
+                      atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err,
+                      size_t errlen, bool count_items, struct gw_mc_sock **out)
+{
+    struct gw_pool *pool = src->pool;
+    struct gw_mc_sock *socks;
+    int rc = 0;
+
+    memset(stats, 0, sizeof(*stats));
+    memset(r, 0, sizeof(*r));
+    r->src = src;
+    r->cancel = cancel;
+    r->st = stats;
+    r->err = err;
+    r->errlen = errlen;
+    err[0] = '\0';
+    *out = NULL;
+    socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*socks));
+    if (socks == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < pool->nnodes; i++) {
+        uint64_t items = 0;
+        rc = gw_mc_sock_open(&socks[i], pool, i, src->io_timeout_ms, err, errlen);
+        if (rc == 0 && count_items) {
+            rc = snap_curr_items(r, &socks[i], &items);
+        }
+        if (rc != 0) {
+            for (uint32_t j = 0; j <= i; j++) {
+                gw_mc_sock_close(&socks[j]);
+            }
+            free(socks);
+            return rc;
+        }
+        stats->node_items += items;
+    }
+    *out = socks;
+    return 0;
+}
+
+static void snap_end(struct snap_run *r, struct gw_mc_sock *socks)
+{
+    for (uint32_t i = 0; socks != NULL && i < r->src->pool->nnodes; i++) {
+        gw_mc_sock_close(&socks[i]);
+    }
+    free(socks);
+    free(r->out);
+}
+
 int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn write, void *arg,
                     atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen)
 {
@@ -965,30 +1045,13 @@ int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn w
     struct gw_mc_sock *socks;
     struct snap_run r;
     uint8_t end[GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD];
-    uint32_t opened = 0;
-    int rc = 0;
+    int rc = snap_begin(&r, src, cancel, stats, err, errlen, false, &socks);
 
-    memset(stats, 0, sizeof(*stats));
-    memset(&r, 0, sizeof(r));
-    r.src = src;
+    if (rc != 0) {
+        return rc;
+    }
     r.write = write;
     r.arg = arg;
-    r.cancel = cancel;
-    r.st = stats;
-    r.err = err;
-    r.errlen = errlen;
-    err[0] = '\0';
-    socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*socks));
-    if (socks == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    for (opened = 0; opened < pool->nnodes; opened++) {
-        rc = gw_mc_sock_open(&socks[opened], pool, opened, src->io_timeout_ms, err, errlen);
-        if (rc != 0) {
-            goto done;
-        }
-    }
     memset(&h, 0, sizeof(h));
     h.format = GW_SNAP_FORMAT;
     h.created = (uint64_t)time(NULL);
@@ -1022,85 +1085,25 @@ int gw_snapshot_run(const struct gw_snapshot_source *src, gw_snapshot_write_fn w
     }
 
 done:
-    for (uint32_t i = 0; i < opened; i++) {
-        gw_mc_sock_close(&socks[i]);
-    }
-    free(socks);
-    free(r.out);
+    snap_end(&r, socks);
     return rc;
-}
-
-/* curr_items of s's node, from `stats`. */
-static int snap_curr_items(struct snap_run *r, struct gw_mc_sock *s, uint64_t *items)
-{
-    int rc = gw_mc_sock_send(s, "stats\r\n", 7);
-
-    *items = 0;
-    while (rc == 0) {
-        char *line;
-        size_t len;
-        rc = gw_mc_sock_line(s, &line, &len);
-        if (rc != 0) {
-            break;
-        }
-        if (strcmp(line, "END") == 0) {
-            return 0;
-        }
-        if (strncmp(line, "STAT curr_items ", 16) == 0) {
-            *items = strtoull(line + 16, NULL, 10);
-        } else if (strncmp(line, "STAT ", 5) != 0) {
-            snprintf(r->err, r->errlen, "node %s: unexpected answer to stats: %.100s", s->label,
-                     line);
-            return -EPROTO;
-        }
-    }
-    return snap_io_error(r, s, rc, "stats");
 }
 
 int gw_enum_run(const struct gw_snapshot_source *src, const struct gw_enum_options *opt,
                 atomic_bool *cancel, struct gw_snapshot_stats *stats, char *err, size_t errlen)
 {
-    struct gw_pool *pool = src->pool;
     struct gw_mc_sock *socks;
     struct snap_run r;
-    uint32_t opened = 0;
-    int rc = 0;
+    int rc = snap_begin(&r, src, cancel, stats, err, errlen, true, &socks);
 
-    memset(stats, 0, sizeof(*stats));
-    memset(&r, 0, sizeof(r));
-    r.src = src;
+    if (rc != 0) {
+        return rc;
+    }
     r.opt = opt;
-    r.cancel = cancel;
-    r.st = stats;
-    r.err = err;
-    r.errlen = errlen;
-    err[0] = '\0';
-    socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*socks));
-    if (socks == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    for (opened = 0; opened < pool->nnodes; opened++) {
-        uint64_t items = 0;
-        rc = gw_mc_sock_open(&socks[opened], pool, opened, src->io_timeout_ms, err, errlen);
-        if (rc == 0) {
-            rc = snap_curr_items(&r, &socks[opened], &items);
-        }
-        if (rc != 0) {
-            opened++;
-            goto done;
-        }
-        stats->node_items += items;
-    }
-    for (uint32_t i = opt->start_node; rc == 0 && i < pool->nnodes; i++) {
+    for (uint32_t i = opt->start_node; rc == 0 && i < src->pool->nnodes; i++) {
         r.node = i;
         rc = snap_node(&r, &socks[i]);
     }
-
-done:
-    for (uint32_t i = 0; i < opened; i++) {
-        gw_mc_sock_close(&socks[i]);
-    }
-    free(socks);
+    snap_end(&r, socks);
     return rc;
 }

@@ -32,6 +32,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchdoc import write_marked_section  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WANT_NOFILE = 65536
@@ -702,33 +705,11 @@ def render(args, info, configs, targets, memory, soak, elapsed):
     return "\n".join(out)
 
 
-MARK_START = "<!-- proxy-bench:start -->"
-MARK_END = "<!-- proxy-bench:end -->"
 
 
 def write_section(path, text):
-    """Put text between this benchmark's markers in path; nothing outside them is touched.
-    Without the markers yet, the section goes right under the file's `# ` title (made if the
-    file has none), ahead of other benchmarks' sections."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = ""
-    block = MARK_START + "\n" + text.rstrip("\n") + "\n" + MARK_END
-    s = doc.find(MARK_START)
-    e = doc.find(MARK_END, s + 1) if s >= 0 else -1
-    if s >= 0 and e >= 0:
-        doc = doc[:s] + block + doc[e + len(MARK_END):]
-    elif doc.startswith("# "):
-        title, _, rest = doc.partition("\n")
-        doc = title + "\n\n" + block + "\n\n" + rest.lstrip("\n")
-    else:
-        doc = "# Benchmarks\n\n" + block + "\n" + ("\n" + doc if doc else "")
-    tmp = path + ".tmp-proxy-bench"
-    with open(tmp, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    """Replace this script's marked section of path (benchdoc.write_marked_section)."""
+    write_marked_section(path, "proxy-bench", text)
 
 
 def bench_common(args):

@@ -37,9 +37,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchdoc import write_marked_section  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MARK_START = "<!-- failover-bench:start -->"
-MARK_END = "<!-- failover-bench:end -->"
 SITES = ["us-east", "eu-west"]
 NKEYS = 20000
 THREADS = 4
@@ -398,25 +399,8 @@ def render(args, info, runs, hang, took, window_s):
 
 
 def write_section(path, text):
-    """Replace what is between the markers in path (append them at the end if missing)."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = ""
-    block = MARK_START + "\n" + text.rstrip("\n") + "\n" + MARK_END
-    s = doc.find(MARK_START)
-    e = doc.find(MARK_END, s + 1) if s >= 0 else -1
-    if s >= 0 and e >= 0:
-        doc = doc[:s] + block + doc[e + len(MARK_END):]
-    else:
-        if doc and not doc.endswith("\n"):
-            doc += "\n"
-        doc += ("\n" if doc else "") + block + "\n"
-    tmp = path + ".tmp-failover-bench"
-    with open(tmp, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    """Replace this script's marked section of path (benchdoc.write_marked_section)."""
+    write_marked_section(path, "failover-bench", text)
 
 
 def main():

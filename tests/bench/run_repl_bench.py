@@ -34,6 +34,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchdoc import write_marked_section  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402
@@ -41,8 +44,6 @@ from multisite import Lab, MCConn  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH = os.path.join(ROOT, "bin", "geogate-bench")
-MARK_START = "<!-- replication-bench:start -->"
-MARK_END = "<!-- replication-bench:end -->"
 
 # The issue's targets (issue 3, point 8).
 TARGET_RATIO = 0.85          # replicating throughput >= 0.85 x plain
@@ -1126,25 +1127,8 @@ def notes(args, res):
 
 
 def write_section(path, text):
-    """Replace what is between the markers in path (append them at the end if missing)."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = ""
-    block = MARK_START + "\n" + text.rstrip("\n") + "\n" + MARK_END
-    s = doc.find(MARK_START)
-    e = doc.find(MARK_END, s + 1) if s >= 0 else -1
-    if s >= 0 and e >= 0:
-        doc = doc[:s] + block + doc[e + len(MARK_END):]
-    else:
-        if doc and not doc.endswith("\n"):
-            doc += "\n"
-        doc += ("\n" if doc else "") + block + "\n"
-    tmp = path + ".tmp-repl-bench"
-    with open(tmp, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    """Replace this script's marked section of path (benchdoc.write_marked_section)."""
+    write_marked_section(path, "replication-bench", text)
 
 
 # ------------------------------------------------------------------------------------------
