@@ -101,6 +101,8 @@ struct gw_peer {
     uint64_t in_spool_id;
     uint64_t in_lost_total; /* summed over gaps */
     bool backfill_pending; /* a catch-up waits for the running backfill to end */
+    uint8_t *bbuf; /* the serialized ShipRequest being built (WAN thread) */
+    size_t blen, bcap;
 };
 
 struct gw_inbound {
@@ -576,18 +578,100 @@ static void lag_sample(struct gw_peer *p, uint64_t ms, uint32_t count)
     __atomic_add_fetch(&p->lag_count, count, __ATOMIC_RELAXED);
 }
 
+/* ---- a ShipRequest built from the spool's packed Mutations, never decoded ---- */
+
+#define PB_TAG(field, wire) ((uint8_t)((field) << 3 | (wire)))
+
+static size_t pb_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Room for n more bytes in the peer's batch buffer. */
+static int batch_room(struct gw_peer *p, size_t n)
+{
+    if (p->bcap - p->blen < n) {
+        size_t cap = p->bcap ? p->bcap : 65536;
+        uint8_t *nb;
+        while (cap - p->blen < n) {
+            cap *= 2;
+        }
+        nb = realloc(p->bbuf, cap);
+        if (nb == NULL) {
+            return -ENOMEM;
+        }
+        p->bbuf = nb;
+        p->bcap = cap;
+    }
+    return 0;
+}
+
+/* Field 4 (mutations) of ShipRequest: the record's bytes are a packed Mutation already. */
+static int batch_add_mutation(struct gw_peer *p, const uint8_t *data, size_t len)
+{
+    if (batch_room(p, 1 + 10 + len) != 0) {
+        return -ENOMEM;
+    }
+    p->bbuf[p->blen++] = PB_TAG(4, 2);
+    p->blen += pb_varint(p->bbuf + p->blen, len);
+    memcpy(p->bbuf + p->blen, data, len);
+    p->blen += len;
+    return 0;
+}
+
+/* The batch's other fields (field order is free in protobuf). */
+static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
+{
+    struct gw_repl *repl = p->repl;
+    const char *site = repl->srv->cfg->site;
+    size_t slen = strlen(site);
+
+    if (batch_room(p, 1 + 10 + slen + 5 * 11) != 0) {
+        return -ENOMEM;
+    }
+    p->bbuf[p->blen++] = PB_TAG(1, 2); /* origin_site */
+    p->blen += pb_varint(p->bbuf + p->blen, slen);
+    memcpy(p->bbuf + p->blen, site, slen);
+    p->blen += slen;
+    if (repl->srv->cfg->gateway_id != 0) {
+        p->bbuf[p->blen++] = PB_TAG(2, 0);
+        p->blen += pb_varint(p->bbuf + p->blen, repl->srv->cfg->gateway_id);
+    }
+    p->bbuf[p->blen++] = PB_TAG(3, 0); /* first_seq */
+    p->blen += pb_varint(p->bbuf + p->blen, first);
+    p->bbuf[p->blen++] = PB_TAG(5, 0); /* last_seq */
+    p->blen += pb_varint(p->bbuf + p->blen, last);
+    if (p->lost > p->lost_seen) {
+        struct wan_spool_stats ss;
+        wan_spool_stats(repl->spool, &ss);
+        p->bbuf[p->blen++] = PB_TAG(6, 0); /* lost */
+        p->blen += pb_varint(p->bbuf + p->blen, p->lost);
+        p->bbuf[p->blen++] = PB_TAG(7, 1); /* spool_id, fixed64 little-endian */
+        for (int i = 0; i < 8; i++) {
+            p->bbuf[p->blen++] = (uint8_t)(ss.id >> (8 * i));
+        }
+    }
+    return 0;
+}
+
 static void peer_pump(struct gw_peer *p)
 {
     struct gw_repl *repl = p->repl;
-    Geogate__Wan__V1__Mutation *muts[REPL_BATCH_MAX];
 
     while (p->up && p->inflight < REPL_INFLIGHT) {
-        Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
         struct wan_spool_record rec;
         uint64_t first = 0, last = 0, oldest = 0;
         size_t n = 0, bytes = 0;
-        int rc;
+        int rc = 0;
 
+        p->blen = 0;
         while (n < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES) {
             rc = wan_spool_cursor_next(p->cursor, &rec);
             if (rc == -EBADMSG) {
@@ -596,11 +680,10 @@ static void peer_pump(struct gw_peer *p)
             if (rc != 0) {
                 break;
             }
-            muts[n] = geogate__wan__v1__mutation__unpack(NULL, rec.len, rec.data);
-            if (muts[n] == NULL) {
-                log_warn("peer %s: spool record %" PRIu64 " is not a mutation; skipped", p->site,
-                         rec.seq);
-                continue;
+            /* rec is borrowed until the next call: its bytes go into the batch now */
+            rc = batch_add_mutation(p, rec.data, rec.len);
+            if (rc != 0) {
+                break;
             }
             if (first == 0) {
                 first = rec.seq;
@@ -609,6 +692,13 @@ static void peer_pump(struct gw_peer *p)
             last = rec.seq;
             bytes += rec.len;
             n++;
+        }
+        if (rc == -ENOMEM) {
+            log_warn("peer %s: out of memory building a batch; trying again", p->site);
+            if (first != 0) {
+                wan_spool_cursor_seek(p->cursor, first);
+            }
+            return;
         }
         if (n == 0) {
             return;
@@ -624,30 +714,15 @@ static void peer_pump(struct gw_peer *p)
              * added lag) instead of paying a whole batch exchange for one or two. */
             int64_t wait = (int64_t)oldest + hold - wall_ms();
             struct timeval tv = {0, (suseconds_t)((wait > 0 ? wait : 1) * 1000)};
-            for (size_t i = 0; i < n; i++) {
-                geogate__wan__v1__mutation__free_unpacked(muts[i], NULL);
-            }
             wan_spool_cursor_seek(p->cursor, first);
             if (p->coalesce_ev != NULL && !evtimer_pending(p->coalesce_ev, NULL)) {
                 evtimer_add(p->coalesce_ev, &tv);
             }
             return;
         }
-        req.origin_site = repl->srv->cfg->site;
-        req.gateway_id = repl->srv->cfg->gateway_id;
-        if (p->lost > p->lost_seen) {
-            struct wan_spool_stats ss;
-            wan_spool_stats(repl->spool, &ss);
-            req.lost = p->lost;
-            req.spool_id = ss.id;
-        }
-        req.first_seq = first;
-        req.last_seq = last;
-        req.n_mutations = n;
-        req.mutations = muts;
-        rc = wan_grpc_client_ship(p->client, &req);
-        for (size_t i = 0; i < n; i++) {
-            geogate__wan__v1__mutation__free_unpacked(muts[i], NULL);
+        rc = batch_finish(p, first, last);
+        if (rc == 0) {
+            rc = wan_grpc_client_ship_raw(p->client, p->bbuf, p->blen);
         }
         if (rc != 0) {
             /* Full (writable will call us back) or gone (down will): read again later. */
@@ -1264,6 +1339,7 @@ static int repl_stop(void *arg)
 static void repl_free(struct gw_repl *repl)
 {
     for (size_t i = 0; i < repl->npeers; i++) {
+        free(repl->peers[i].bbuf);
         if (repl->peers[i].cursor) {
             wan_spool_cursor_destroy(repl->peers[i].cursor);
         }

@@ -979,16 +979,15 @@ int wan_grpc_client_is_up(const struct wan_grpc_client *c)
     return c->conn != NULL && c->conn->state == CC_UP && !c->conn->h2.closing;
 }
 
-int wan_grpc_client_ship(struct wan_grpc_client *c, const Geogate__Wan__V1__ShipRequest *req)
+/* Room for one framed message of size bytes on the Ship queue.  0 with *v reserved, or
+ * -ENOTCONN / -EMSGSIZE / -ENOBUFS / -ENOMEM as wan_grpc_client_ship() says. */
+static int ship_reserve(struct wan_grpc_client *c, size_t size, struct evbuffer_iovec *v)
 {
     struct client_conn *cc = c->conn;
-    struct evbuffer_iovec v;
-    size_t size;
 
     if (!wan_grpc_client_is_up(c) || cc->ship_ending || cc->ship_id < 0) {
         return -ENOTCONN;
     }
-    size = wan_grpc_frame_size(&req->base);
     if (size - WAN_GRPC_FRAME_PREFIX > c->cfg.max_message) {
         return -EMSGSIZE;
     }
@@ -996,12 +995,18 @@ int wan_grpc_client_ship(struct wan_grpc_client *c, const Geogate__Wan__V1__Ship
         cc->want_writable = 1;
         return -ENOBUFS;
     }
-    if (evbuffer_reserve_space(cc->ship_out, (ev_ssize_t)size, &v, 1) < 1 || v.iov_len < size ||
-        wan_grpc_frame_write(&req->base, v.iov_base) != size) {
+    if (evbuffer_reserve_space(cc->ship_out, (ev_ssize_t)size, v, 1) < 1 || v->iov_len < size) {
         return -ENOMEM;
     }
-    v.iov_len = size;
-    if (evbuffer_commit_space(cc->ship_out, &v, 1) != 0) {
+    return 0;
+}
+
+static int ship_commit(struct wan_grpc_client *c, struct evbuffer_iovec *v, size_t size)
+{
+    struct client_conn *cc = c->conn;
+
+    v->iov_len = size;
+    if (evbuffer_commit_space(cc->ship_out, v, 1) != 0) {
         return -ENOMEM;
     }
     if (evbuffer_get_length(cc->ship_out) >= c->cfg.ship_high) {
@@ -1009,6 +1014,35 @@ int wan_grpc_client_ship(struct wan_grpc_client *c, const Geogate__Wan__V1__Ship
     }
     ship_wake(cc);
     return 0;
+}
+
+int wan_grpc_client_ship(struct wan_grpc_client *c, const Geogate__Wan__V1__ShipRequest *req)
+{
+    struct evbuffer_iovec v;
+    size_t size = wan_grpc_frame_size(&req->base);
+    int rc = ship_reserve(c, size, &v);
+
+    if (rc != 0) {
+        return rc;
+    }
+    if (wan_grpc_frame_write(&req->base, v.iov_base) != size) {
+        return -ENOMEM;
+    }
+    return ship_commit(c, &v, size);
+}
+
+int wan_grpc_client_ship_raw(struct wan_grpc_client *c, const uint8_t *msg, size_t len)
+{
+    struct evbuffer_iovec v;
+    size_t size = WAN_GRPC_FRAME_PREFIX + len;
+    int rc = len > UINT32_MAX ? -EMSGSIZE : ship_reserve(c, size, &v);
+
+    if (rc != 0) {
+        return rc;
+    }
+    wan_grpc_frame_prefix(v.iov_base, (uint32_t)len);
+    memcpy((uint8_t *)v.iov_base + WAN_GRPC_FRAME_PREFIX, msg, len);
+    return ship_commit(c, &v, size);
 }
 
 size_t wan_grpc_client_ship_queued(const struct wan_grpc_client *c)

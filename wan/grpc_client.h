@@ -149,6 +149,10 @@ int wan_grpc_client_is_up(const struct wan_grpc_client *c);
  * queued: wait for `writable`), -EMSGSIZE (packs to more than max_message) or -ENOMEM. */
 int wan_grpc_client_ship(struct wan_grpc_client *c, const Geogate__Wan__V1__ShipRequest *req);
 
+/* As wan_grpc_client_ship() for a ShipRequest already serialized (msg, len bytes): the
+ * shipper builds it from the spool's packed Mutations without decoding them. */
+int wan_grpc_client_ship_raw(struct wan_grpc_client *c, const uint8_t *msg, size_t len);
+
 /* Bytes queued on the Ship stream and not yet handed to HTTP/2 (waiting for the
  * peer's flow-control window or for the socket).  0 when not up. */
 size_t wan_grpc_client_ship_queued(const struct wan_grpc_client *c);
