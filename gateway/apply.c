@@ -24,7 +24,8 @@
 #include "wan/version.h"
 
 #define APPLY_MAX_TRIES 32
-#define APPLY_NEWER_MAX 1024 /* newer items carried back in one ack; the rest are spooled */
+#define APPLY_NEWER_MAX 1024
+#define APPLY_INLINE_VALUE 2048 /* values up to this go out with their command line */ /* newer items carried back in one ack; the rest are spooled */
 
 struct apply_batch {
     struct gw_worker *w;
@@ -108,35 +109,50 @@ static void op_write(struct apply_op *op)
 {
     struct gw_server *srv = op->b->w->srv;
     const Geogate__Wan__V1__Mutation *m = op->m;
-    uint8_t hdr[WAN_ITEM_HEADER_SIZE];
-    char line[MC_KEY_MAX_LENGTH + 96];
-    struct evbuffer *data = evbuffer_new();
+    char cmd[MC_KEY_MAX_LENGTH + 96 + WAN_ITEM_HEADER_SIZE + APPLY_INLINE_VALUE + 2];
     size_t vlen = op->nh.tombstone ? 0 : m->value.len;
     long exptime = op->nh.tombstone ? (long)srv->tombstone_ttl_s : (long)op->nh.expiry;
-    int n;
+    struct evbuffer *data = NULL;
+    size_t n;
 
+    if (op->cur.present) {
+        n = (size_t)snprintf(cmd, MC_KEY_MAX_LENGTH + 96, "cas %.*s %u %ld %zu %" PRIu64 "\r\n",
+                             (int)m->key.len, (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER,
+                             exptime, WAN_ITEM_HEADER_SIZE + vlen, op->cur.cas);
+    } else {
+        n = (size_t)snprintf(cmd, MC_KEY_MAX_LENGTH + 96, "add %.*s %u %ld %zu\r\n",
+                             (int)m->key.len, (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER,
+                             exptime, WAN_ITEM_HEADER_SIZE + vlen);
+    }
+    if (vlen <= APPLY_INLINE_VALUE) {
+        /* A small item goes out as one piece with its command line. */
+        wan_item_header_encode(&op->nh, (uint8_t *)cmd + n);
+        n += WAN_ITEM_HEADER_SIZE;
+        if (vlen > 0) {
+            memcpy(cmd + n, m->value.data, vlen);
+            n += vlen;
+        }
+        memcpy(cmd + n, "\r\n", 2);
+        n += 2;
+        op->writing = true;
+        op_send(op, cmd, n, NULL, false);
+        return;
+    }
+    data = evbuffer_new();
     if (data == NULL) {
         op->b->rejected++;
         op_free(op);
         return;
     }
-    wan_item_header_encode(&op->nh, hdr);
-    if (op->cur.present) {
-        n = snprintf(line, sizeof(line), "cas %.*s %u %ld %zu %" PRIu64 "\r\n",
-                     (int)m->key.len, (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER, exptime,
-                     WAN_ITEM_HEADER_SIZE + vlen, op->cur.cas);
-    } else {
-        n = snprintf(line, sizeof(line), "add %.*s %u %ld %zu\r\n", (int)m->key.len,
-                     (const char *)m->key.data, WAN_ITEM_FLAGS_MARKER, exptime,
-                     WAN_ITEM_HEADER_SIZE + vlen);
+    {
+        uint8_t hdr[WAN_ITEM_HEADER_SIZE];
+        wan_item_header_encode(&op->nh, hdr);
+        evbuffer_add(data, hdr, sizeof(hdr));
     }
-    evbuffer_add(data, hdr, sizeof(hdr));
-    if (vlen > 0) {
-        evbuffer_add(data, m->value.data, vlen);
-    }
+    evbuffer_add(data, m->value.data, vlen);
     evbuffer_add(data, "\r\n", 2);
     op->writing = true;
-    op_send(op, line, (size_t)n, data, false);
+    op_send(op, cmd, n, data, false);
     evbuffer_free(data);
 }
 
