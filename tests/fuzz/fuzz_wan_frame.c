@@ -18,6 +18,7 @@
  *   2  the deframer and the three unpackers on the bytes directly
  *   3  raw bytes without a preface (garbage handling)
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +142,40 @@ static void app_read(void *arg, struct wan_grpc_read_call *call, const char *pee
     calls[ncalls++] = call; /* answered later, perhaps after the caller is gone */
 }
 
+/* Backfill: accept, send one batch echoing the request's prefix, finish; refuse every
+ * third call.  The request and what is sent are the fuzzer's to shape. */
+static int app_backfill_open(void *arg, struct wan_grpc_backfill_call *call, const char *peer_site,
+                             Geogate__Wan__V1__BackfillRequest *req, void **call_arg)
+{
+    static unsigned long opens;
+    Geogate__Wan__V1__BackfillBatch b = GEOGATE__WAN__V1__BACKFILL_BATCH__INIT;
+    int rc;
+
+    (void)arg;
+    CHECK(strcmp(peer_site, "eu-west") == 0);
+    if (++opens % 3 == 0) {
+        geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+        return WAN_GRPC_UNAVAILABLE;
+    }
+    b.cursor = req->prefix;
+    b.peer_items = req->rate;
+    rc = wan_grpc_server_backfill_send(call, &b);
+    CHECK(rc == 0 || rc == -ENOBUFS || rc == -EMSGSIZE);
+    geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+    wan_grpc_server_backfill_finish(call, WAN_GRPC_OK, NULL);
+    *call_arg = &open_streams;
+    return 0;
+}
+
+static void app_backfill_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
+                                int status, const char *why)
+{
+    (void)arg;
+    (void)call;
+    CHECK(call_arg == &open_streams);
+    CHECK(status >= 0 && status < WAN_GRPC_STATUS_MAX && why != NULL);
+}
+
 static int app_health(void *arg, const char *service)
 {
     (void)arg;
@@ -169,6 +204,8 @@ static void setup(void)
     cb.ship_closed = app_closed;
     cb.read = app_read;
     cb.health = app_health;
+    cb.backfill_open = app_backfill_open;
+    cb.backfill_closed = app_backfill_closed;
     CHECK(wan_grpc_server_create(&srv, base, &cfg, &cb, NULL) == 0);
 }
 
