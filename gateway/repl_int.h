@@ -1,0 +1,119 @@
+/*
+ * repl_int — the replication state shared by repl.c (the WAN thread: shipping, receiving,
+ * set-up, stats) and repl_worker.c (the client workers: spooling writes, ack waits).
+ * Not for other files: they use repl.h.
+ */
+#ifndef GEOGATE_REPL_INT_H
+#define GEOGATE_REPL_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "gateway/config.h"
+#include "wan/grpc_client.h"
+#include "wan/grpc_server.h"
+#include "wan/spool.h"
+
+struct tls_ctx;
+
+#define REPL_INFLIGHT 64             /* batches in flight per peer */
+#define REPL_COALESCE_MS 8           /* with batches in flight, a small batch waits this long
+                                        for company (fewer WAN bytes per mutation) */
+#define REPL_IDLE_COALESCE_MS 5      /* with nothing in flight, a batch of fewer than
+                                        REPL_IDLE_BATCH waits this long for company (unless a
+                                        write waits for its ack): the per-batch exchange costs
+                                        ~89 WAN bytes, paid by ~3 mutations at 1000/s without */
+#define REPL_IDLE_BATCH 8
+#define REPL_BATCH_MAX 512           /* mutations per batch */
+#define REPL_BATCH_BYTES (512u << 10) /* bytes per batch */
+#define REPL_TICK_MS 100
+#define REPL_LAG_BUCKETS 24          /* 1 ms .. ~8 s, doubling */
+
+struct repl_batch {
+    uint64_t last_seq;
+    uint64_t oldest_ms;
+    uint32_t count;
+};
+
+struct gw_peer {
+    struct gw_repl *repl;
+    char *site;
+    const struct gw_peer_conf *conf;
+    struct wan_grpc_client *client;
+    size_t addr;
+    bool up;
+    bool connecting;
+    unsigned attempt;
+    int64_t retry_at_ms;
+    struct wan_spool_cursor *cursor;
+    uint64_t acked;
+    struct repl_batch batches[REPL_INFLIGHT];
+    uint32_t inflight;
+    /* counters, read by `stats peers` from other threads */
+    uint64_t shipped;
+    uint64_t acked_mutations;
+    uint64_t reconnects;
+    uint64_t newer_received; /* items the peer sent back because it held newer ones */
+    uint64_t lag[REPL_LAG_BUCKETS];
+    uint64_t lag_count;
+    int64_t up_since_ms;
+    char last_error[160];
+    struct event *coalesce_ev; /* fires when a held-back small batch is due */
+    /* health, from Health/Check every second while the link is up */
+    bool serving;
+    bool health_inflight;
+    uint32_t rtt_ms;
+    int64_t health_sent_ms;
+    int64_t health_due_ms;
+    /* records the spool lost for this peer (sent in ShipRequest.lost until acked) */
+    uint64_t lost;       /* refreshed from the spool's peer stats once a second */
+    uint64_t lost_seen;  /* what the peer's acks say it has taken note of */
+    int64_t lost_due_ms;
+    /* what this peer told us its spool lost for us (WAN thread; read by status) */
+    uint64_t in_lost;      /* the last ShipRequest.lost acted on */
+    uint64_t in_spool_id;
+    uint64_t in_lost_total; /* summed over gaps */
+    bool backfill_pending; /* a catch-up waits for the running backfill to end */
+    uint8_t *bbuf; /* the serialized ShipRequest being built (WAN thread) */
+    size_t blen, bcap;
+};
+
+struct gw_inbound {
+    struct gw_repl *repl;
+    struct wan_grpc_ship_stream *st;
+    char site[64];
+    bool busy;
+    bool ending;
+    bool closed;
+    uint64_t last_seq;
+    uint64_t applied;
+    uint64_t rejected;
+    uint64_t lost_seen; /* echoed in acks */
+};
+
+struct gw_repl {
+    struct gw_server *srv;
+    struct gw_worker *w; /* the WAN thread */
+    struct wan_spool *spool;
+    enum gw_fsync_mode fsync;
+    struct tls_ctx *tls_srv;
+    struct tls_ctx *tls_cli;
+    struct wan_grpc_server *server;
+    struct gw_peer *peers;
+    size_t npeers;
+    struct event *kick_ev;
+    struct event *tick_ev;
+    int kicked;
+    uint64_t rng;
+    /* inbound totals (WAN thread writes, others read) */
+    uint64_t in_batches;
+    uint64_t in_applied;
+    uint64_t in_rejected;
+    uint64_t spool_errors;
+    int ack_waiters; /* writes waiting for a peer's ack, all workers (atomic) */
+};
+
+#endif
