@@ -47,6 +47,7 @@
 #include "wan/grpc.h"
 #include "wan/grpc_client.h"
 #include "wan/grpc_server.h"
+#include "wan/le.h"
 
 #define BF_QUEUE 8                  /* batches a walker may have queued */
 #define BF_BATCH_BYTES (1u << 20)   /* a batch is sent once it holds this much */
@@ -69,10 +70,8 @@ size_t gw_backfill_cursor_encode(uint32_t node, const char *label, const char *k
     if (nkey > 250) {
         nkey = 250;
     }
-    out[n++] = (uint8_t)node;
-    out[n++] = (uint8_t)(node >> 8);
-    out[n++] = (uint8_t)(node >> 16);
-    out[n++] = (uint8_t)(node >> 24);
+    put32(out, node);
+    n = 4;
     out[n++] = (uint8_t)nlabel;
     memcpy(out + n, label, nlabel);
     n += nlabel;
@@ -89,8 +88,7 @@ int gw_backfill_cursor_decode(const uint8_t *buf, size_t len, uint32_t *node, co
     if (len < 6) {
         return -EINVAL;
     }
-    *node = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 |
-            (uint32_t)buf[3] << 24;
+    *node = get32(buf);
     n = 4;
     *nlabel = buf[n++];
     if (len < n + *nlabel + 1) {

@@ -44,6 +44,7 @@
 #include "tls/tls.h"
 #include "wan/grpc_client.h"
 #include "wan/grpc_server.h"
+#include "wan/le.h"
 #include "wan/spool.h"
 
 #include "gateway/repl_int.h"
@@ -181,9 +182,8 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
         p->bbuf[p->blen++] = PB_TAG(6, 0); /* lost */
         p->blen += pb_varint(p->bbuf + p->blen, p->lost);
         p->bbuf[p->blen++] = PB_TAG(7, 1); /* spool_id, fixed64 little-endian */
-        for (int i = 0; i < 8; i++) {
-            p->bbuf[p->blen++] = (uint8_t)(ss.id >> (8 * i));
-        }
+        put64(p->bbuf + p->blen, ss.id);
+        p->blen += 8;
     }
     return 0;
 }

@@ -26,6 +26,7 @@
 #include "gateway/server.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
+#include "wan/le.h"
 
 
 static const char *const restore_status_names[GW_RESTORE_STATUS_MAX] = {
@@ -54,16 +55,6 @@ static bool run_cancelled(const struct restore_run *r)
 }
 
 /* ---- reading the file ---- */
-
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
 
 static int bad_record(struct gw_restore_result *res, uint64_t off, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -106,10 +97,10 @@ static int read_end(struct restore_run *r, struct evbuffer *body, uint64_t off)
                           GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD);
     }
     p = evbuffer_pullup(body, GW_SNAP_RECORD_HEAD + GW_SNAP_END_PAYLOAD);
-    if (le32(p + 4) != wan_crc32c(0, p + GW_SNAP_RECORD_HEAD, GW_SNAP_END_PAYLOAD)) {
+    if (get32(p + 4) != wan_crc32c(0, p + GW_SNAP_RECORD_HEAD, GW_SNAP_END_PAYLOAD)) {
         return bad_record(res, off, "end record: CRC32C mismatch");
     }
-    count = le64(p + GW_SNAP_RECORD_HEAD);
+    count = get64(p + GW_SNAP_RECORD_HEAD);
     if (count != res->records) {
         return bad_record(res, off,
                           "end record counts %" PRIu64 " records but the file holds %" PRIu64,
@@ -149,7 +140,7 @@ static int read_records(struct restore_run *r, struct evbuffer *body, uint64_t o
                               left);
         }
         evbuffer_copyout(body, head, sizeof(head));
-        len = le32(head);
+        len = get32(head);
         if (len == GW_SNAP_END_MARK) {
             return read_end(r, body, off);
         }
@@ -168,11 +159,11 @@ static int read_records(struct restore_run *r, struct evbuffer *body, uint64_t o
             return -ENOMEM;
         }
         crc = wan_crc32c(0, p + GW_SNAP_RECORD_HEAD, len);
-        if (crc != le32(head + 4)) {
+        if (crc != get32(head + 4)) {
             return bad_record(res, off,
                               "CRC32C mismatch (record says %08" PRIx32 ", payload gives %08" PRIx32
                               ")",
-                              le32(head + 4), crc);
+                              get32(head + 4), crc);
         }
         m = geogate__wan__v1__mutation__unpack(NULL, len, p + GW_SNAP_RECORD_HEAD);
         if (m == NULL) {

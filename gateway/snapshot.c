@@ -52,6 +52,7 @@
 #include "gateway/pool.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
+#include "wan/le.h"
 #include "wan/version.h"
 
 #define SNAP_IO_TIMEOUT_MS 30000
@@ -60,43 +61,6 @@
 #define SNAP_LINE_MAX (64u << 10)
 #define SNAP_BUSY_WAIT_MS 10000 /* how long a busy crawler is retried */
 #define SNAP_KEY_MAX 250
-
-/* ---- little-endian helpers ---- */
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 /* ---- format ---- */
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "wan/crc32c.h"
+#include "wan/le.h"
 
 int wan_version_cmp(const struct wan_version *a, const struct wan_version *b)
 {
@@ -132,41 +133,6 @@ uint64_t wan_hlc_peek(struct wan_hlc *hlc)
 }
 
 /* ---- item header ------------------------------------------------------------------- */
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | ((uint64_t)get32(p + 4) << 32);
-}
 
 void wan_item_header_encode(const struct wan_item_header *h, uint8_t out[WAN_ITEM_HEADER_SIZE])
 {
