@@ -104,14 +104,6 @@ int gw_backfill_cursor_decode(const uint8_t *buf, size_t len, uint32_t *node, co
     return 0;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void sleep_ms(int64_t ms)
 {
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
@@ -323,7 +315,7 @@ static int serve_batch(void *arg, uint32_t node, const char *last_key, size_t la
     if (s->rate > 0) {
         /* Pace: the items so far may not have taken less than items / rate seconds. */
         int64_t due = s->started_ms + (int64_t)(s->sent_items * 1000 / s->rate);
-        for (int64_t now = mono_ms(); now < due && !atomic_load(&s->cancel); now = mono_ms()) {
+        for (int64_t now = gw_now_ms(); now < due && !atomic_load(&s->cancel); now = gw_now_ms()) {
             sleep_ms(due - now < BF_WAIT_SLICE_MS ? due - now : BF_WAIT_SLICE_MS);
         }
     }
@@ -353,7 +345,7 @@ static void *serve_thread(void *arg)
     opt.item = serve_item;
     opt.batch = serve_batch;
     opt.arg = s;
-    s->started_ms = mono_ms();
+    s->started_ms = gw_now_ms();
     s->stats = &st;
     rc = gw_enum_run(&src, &opt, &s->cancel, &st, err, sizeof(err));
     if (rc == 0) {
@@ -584,7 +576,7 @@ static void job_end(struct bf_job *j, enum bf_state state, const char *fmt, ...)
     pthread_mutex_lock(&j->bf->lock);
     if (j->state == BF_RUNNING) {
         j->state = state;
-        j->ended_ms = mono_ms();
+        j->ended_ms = gw_now_ms();
         snprintf(j->error, sizeof(j->error), "%s", msg);
     }
     pthread_mutex_unlock(&j->bf->lock);
@@ -683,7 +675,7 @@ static void job_done(void *arg, int status, const char *message)
     j->resumes++;
     snprintf(j->error, sizeof(j->error), "last interruption: %s", message != NULL ? message : "");
     pthread_mutex_unlock(&j->bf->lock);
-    j->retry_at_ms = mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+    j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
 }
 
 static void job_call(struct bf_job *j)
@@ -701,7 +693,7 @@ static void job_call(struct bf_job *j)
     if (rc != 0) {
         j->call = NULL;
         j->failures++;
-        j->retry_at_ms = mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -736,7 +728,7 @@ static void job_down(void *arg, int status, const char *reason)
     }
     j->addr = (j->addr + 1) % j->peer->naddresses;
     if (j->retry_at_ms == 0) {
-        j->retry_at_ms = mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -798,7 +790,7 @@ static void job_tick_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
-    if (j->retry_at_ms == 0 || mono_ms() < j->retry_at_ms) {
+    if (j->retry_at_ms == 0 || gw_now_ms() < j->retry_at_ms) {
         return;
     }
     j->retry_at_ms = 0;
@@ -806,7 +798,7 @@ static void job_tick_cb(evutil_socket_t fd, short what, void *arg)
         job_call(j);
     } else if (job_connect(j) != 0) {
         j->failures++;
-        j->retry_at_ms = mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -821,7 +813,7 @@ static void *job_thread(void *arg)
     if (j->base == NULL) {
         pthread_mutex_lock(&j->bf->lock);
         j->state = BF_FAILED;
-        j->ended_ms = mono_ms();
+        j->ended_ms = gw_now_ms();
         snprintf(j->error, sizeof(j->error), "out of memory");
         pthread_mutex_unlock(&j->bf->lock);
         goto out;
@@ -829,7 +821,7 @@ static void *job_thread(void *arg)
     j->tick = event_new(j->base, -1, EV_PERSIST, job_tick_cb, j);
     event_add(j->tick, &tick);
     if (job_connect(j) != 0) {
-        j->retry_at_ms = mono_ms() + 1000;
+        j->retry_at_ms = gw_now_ms() + 1000;
     }
     event_base_dispatch(j->base);
     if (j->client != NULL) {
@@ -964,10 +956,10 @@ int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p,
                           : (uint32_t)(p->rate > UINT32_MAX ? UINT32_MAX : p->rate);
     j->automatic = p->automatic;
     snprintf(j->why, sizeof(j->why), "%s", p->why != NULL ? p->why : "");
-    j->rng = (uint64_t)mono_ms() * 0x9e3779b97f4a7c15ull;
+    j->rng = (uint64_t)gw_now_ms() * 0x9e3779b97f4a7c15ull;
     atomic_init(&j->cancel, false);
     j->state = BF_RUNNING;
-    j->started_ms = mono_ms();
+    j->started_ms = gw_now_ms();
     j->started_unix = time(NULL);
 
     pthread_mutex_lock(&bf->lock);
@@ -1032,7 +1024,7 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
 {
     struct gw_backfill *bf = bf_of(srv);
     struct bf_job *j;
-    int64_t now = mono_ms(), elapsed;
+    int64_t now = gw_now_ms(), elapsed;
     double rate = 0, pct = -1, eta = -1;
 
     if (bf == NULL) {
