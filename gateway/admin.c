@@ -349,8 +349,9 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
                         cfg->failover.warmup_max_time_ms);
     evbuffer_add_printf(b,
                         "  \"failover_reads\": {\"peer_reads\": %" PRIu64
-                        ", \"peer_read_errors\": %" PRIu64 "},\n",
-                        fo->peer_reads, fo->peer_read_errors);
+                        ", \"peer_read_errors\": %" PRIu64 ", \"retried_at_peer\": %" PRIu64
+                        "},\n",
+                        fo->peer_reads, fo->peer_read_errors, fo->reads_retried);
     evbuffer_add_printf(b, "  \"counters\": {\"curr_connections\": %" PRId64, s->curr_connections);
 #define ADMIN_JSON_COUNTER(name) evbuffer_add_printf(b, ", \"" #name "\": %" PRIu64, s->stats.name);
     GW_STATS_COUNTERS(ADMIN_JSON_COUNTER)
@@ -533,6 +534,9 @@ static void admin_metrics_site(struct gw_server *srv, const struct admin_snapsho
                  "Reads served by a peer site (failed over or per-key fallback).", fo->peer_reads);
     prom_counter(b, "geogate_failover_peer_read_errors_total", "Reads a peer site failed to serve.",
                  fo->peer_read_errors);
+    prom_counter(b, "geogate_failover_reads_retried_total",
+                 "Reads whose local node failed under them, asked again at a peer site.",
+                 fo->reads_retried);
 }
 
 static void admin_metrics_nodes(struct gw_server *srv, struct evbuffer *b)

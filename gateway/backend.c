@@ -209,7 +209,7 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
             f->cb(f, NULL, be->node->err_io);
             continue;
         }
-        gw_req_frag_fail(f, be->node->err_io);
+        gw_req_frag_lost(f, be->node->err_io);
     }
 }
 

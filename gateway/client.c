@@ -393,6 +393,43 @@ static int write_peer(struct gw_worker *w, enum gw_route_kind kind)
     return kind == GW_ROUTE_DOWN ? fallback_peer(w) : -1;
 }
 
+bool gw_client_retry_read(struct gw_req *r)
+{
+    struct mc_token stack[64];
+    struct mc_token *keys = stack;
+    uint32_t n = 0;
+    int peer;
+
+    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) ||
+        r->keybuf == NULL || (peer = fallback_peer(r->w)) < 0 || r->nkeys == 0) {
+        return false;
+    }
+    if (r->nkeys > 64 && (keys = malloc(r->nkeys * sizeof(*keys))) == NULL) {
+        return false;
+    }
+    if (r->slots != NULL) {
+        for (; n < r->nslots; n++) {
+            keys[n].p = r->slots[n].key;
+            keys[n].len = r->slots[n].nkey;
+        }
+    } else {
+        for (char *p = r->keybuf; *p != '\0' && n < r->nkeys; n++) {
+            char *sp = strchr(p, ' ');
+            size_t kl = sp != NULL ? (size_t)(sp - p) : strlen(p);
+            keys[n].p = p;
+            keys[n].len = (uint32_t)kl;
+            p += kl + (sp != NULL);
+        }
+    }
+    log_debug("%s of %u keys: %s; asking peer %s", mc_cmd_name(r->cmd), n, r->error,
+              r->w->srv->cfg->wan.peers[peer].site);
+    gw_remote_retry(r, keys, n, peer);
+    if (keys != stack) {
+        free(keys);
+    }
+    return true;
+}
+
 /* Fail a request at once because its node is down. */
 static void fail_now(struct gw_client *c, enum mc_cmd cmd, bool noreply, const char *error)
 {
@@ -665,6 +702,15 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
     }
     r->nkeys = m->nkeys;
     r->pending = 1;
+    if (w->srv->repl != NULL && (m->cmd == MC_CMD_GET || m->cmd == MC_CMD_GETS)) {
+        /* kept for a retry at a peer should the node fail under this read */
+        size_t skip = strlen(wire_name(m->cmd)) + 1;
+        r->keybuf = malloc(len - skip - 1);
+        if (r->keybuf != NULL) {
+            memcpy(r->keybuf, w->out + skip, len - skip - 2);
+            r->keybuf[len - skip - 2] = '\0';
+        }
+    }
     gw_backend_send(gw_worker_backend(w, nodes[0]), &r->frag, w->out, len, NULL, 0);
 out:
     if (nodes != stack_nodes) {

@@ -27,6 +27,10 @@ void gw_client_barrier_release(struct gw_client *c);
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
 
+/* A get/gets whose node failed under it (req.c, r->node_lost): ask a serving peer site
+ * instead and answer r from there.  false: no peer, or not such a read; r fails. */
+bool gw_client_retry_read(struct gw_req *r);
+
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 

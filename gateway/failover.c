@@ -367,4 +367,5 @@ void gw_failover_status(struct gw_server *srv, struct gw_failover_status *out)
     out->warmup_filled = __atomic_load_n(&fo->warm_filled, __ATOMIC_RELAXED);
     out->peer_reads = __atomic_load_n(&fo->peer_reads, __ATOMIC_RELAXED);
     out->peer_read_errors = __atomic_load_n(&fo->peer_read_errors, __ATOMIC_RELAXED);
+    out->reads_retried = __atomic_load_n(&fo->reads_retried, __ATOMIC_RELAXED);
 }

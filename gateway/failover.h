@@ -63,6 +63,7 @@ struct gw_failover_status {
     double warmup_hit_ratio;
     /* failover reads */
     uint64_t peer_reads, peer_read_errors;
+    uint64_t reads_retried;
 };
 
 /* A snapshot (any thread). */

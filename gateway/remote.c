@@ -115,7 +115,7 @@ static void job_free(struct remote_job *j)
     free(j);
 }
 
-static struct remote_job *job_new(struct gw_client *c, const struct mc_request *m, int peer,
+static struct remote_job *job_new(struct gw_worker *w, const struct mc_request *m, int peer,
                                   bool warm)
 {
     struct remote_job *j = calloc(1, sizeof(*j));
@@ -141,7 +141,7 @@ static struct remote_job *job_new(struct gw_client *c, const struct mc_request *
         j->keys[i].len = m->keys[i].len;
         p += m->keys[i].len;
     }
-    j->w = c->w;
+    j->w = w;
     j->cmd = m->cmd;
     j->peer = peer;
     j->nkeys = m->nkeys;
@@ -540,7 +540,7 @@ void gw_remote_stop(struct gw_worker *w)
 
 void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int peer)
 {
-    struct remote_job *j = job_new(c, m, peer, false);
+    struct remote_job *j = job_new(c->w, m, peer, false);
 
     if (j == NULL) {
         gw_client_reply_error(c, "SERVER_ERROR out of memory");
@@ -552,6 +552,31 @@ void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int pe
         return;
     }
     j->r->pending = 1; /* a closing client orphans it */
+    job_start_read(j);
+}
+
+void gw_remote_retry(struct gw_req *r, const struct mc_token *keys, uint32_t nkeys, int peer)
+{
+    struct mc_request m = {.cmd = r->cmd, .keys = (struct mc_token *)keys, .nkeys = nkeys};
+    struct remote_job *j = job_new(r->w, &m, peer, false);
+
+    if (r->error_owned) {
+        free((char *)r->error);
+    }
+    r->failed = false;
+    r->node_lost = false;
+    r->error = NULL;
+    r->error_owned = false;
+    if (r->reply != NULL) {
+        evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
+    }
+    if (j == NULL) {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    __atomic_add_fetch(&r->w->srv->fo.reads_retried, 1, __ATOMIC_RELAXED);
+    j->r = r;
+    r->pending = 1; /* a closing client orphans it */
     job_start_read(j);
 }
 
@@ -671,7 +696,10 @@ static void warm_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
     uint32_t f = (uint32_t)(frag - j->frags);
 
     if (error != NULL) {
-        j->error = error;
+        /* the node failed under the read: its keys count as misses, the peer answers */
+        log_debug("warm-up read: %s; asking peer %s", error,
+                  j->w->srv->cfg->wan.peers[j->peer].site);
+        __atomic_add_fetch(&j->w->srv->fo.reads_retried, 1, __ATOMIC_RELAXED);
     } else {
         warm_parse(j, f, reply);
     }
@@ -683,7 +711,7 @@ static void warm_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
 void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer)
 {
     struct gw_worker *w = c->w;
-    struct remote_job *j = job_new(c, m, peer, true);
+    struct remote_job *j = job_new(c->w, m, peer, true);
     uint32_t nn = w->pool->nnodes;
 
     if (j == NULL) {

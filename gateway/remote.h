@@ -33,6 +33,10 @@ void gw_remote_read_key(struct gw_worker *w, int peer, const char *key, uint32_t
                                      const Geogate__Wan__V1__ReadItem *item),
                         void *arg);
 
+/* Answer r, a get/gets whose local node failed (its partial reply is discarded), from
+ * `peer` instead: keys are what it asked for, in the client's order. */
+void gw_remote_retry(struct gw_req *r, const struct mc_token *keys, uint32_t nkeys, int peer);
+
 /* Warm-up read: local first, misses from `peer`, filled locally. */
 void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
 

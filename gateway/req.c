@@ -194,6 +194,9 @@ static void req_complete(struct gw_req *r)
     struct evbuffer *b;
 
     if (r->failed) {
+        if (r->node_lost && !r->streamed && gw_client_retry_read(r)) {
+            return; /* a peer site answers it instead */
+        }
         if (mc_cmd_is_retrieval(r->cmd)) {
             STAT_INCR(&r->w->stats, get_errors);
         }
@@ -369,4 +372,10 @@ void gw_req_frag_fail(struct gw_frag *frag, const char *error)
 {
     set_failed(frag->req, error, false);
     frag_complete(frag);
+}
+
+void gw_req_frag_lost(struct gw_frag *frag, const char *error)
+{
+    frag->req->node_lost = true;
+    gw_req_frag_fail(frag, error);
 }

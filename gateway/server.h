@@ -29,6 +29,7 @@ struct gw_failover_state {
     uint64_t warm_hits, warm_misses, warm_filled; /* atomic */
     uint64_t warm_peer_hits;                      /* atomic: local misses the peer had */
     uint64_t peer_reads, peer_read_errors;        /* atomic */
+    uint64_t reads_retried; /* atomic: reads a local node failed, asked again at a peer */
     int best_peer; /* atomic: the best serving peer now (per-key fallback), -1 none */
 };
 

@@ -80,6 +80,7 @@ struct gw_req {
     bool quit;        /* close the client once this one is written */
     bool failed;
     bool streamed;    /* reply bytes went straight to the client's output */
+    bool node_lost;   /* failed because a node failed under it, not by a node's reply */
     bool barrier;     /* the client's later commands wait for this one */
     uint32_t pending; /* frags not yet answered */
     uint32_t nkeys;   /* retrievals: keys asked */
@@ -93,7 +94,8 @@ struct gw_req {
     uint32_t nfrags;
     struct gw_keyslot *slots;
     uint32_t nslots;
-    char *keybuf; /* owns the key bytes slots point to */
+    char *keybuf; /* owns the key bytes slots point to; a one-node read of a replicating
+                   * site without slots: its keys, space-separated (a retry at a peer) */
     uint32_t *slotidx;
     struct gw_req *next_free; /* in the worker's free list */
 };

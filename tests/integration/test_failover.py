@@ -471,8 +471,13 @@ class FailoverTest(unittest.TestCase):
         self.check(ok_peer is not None and ok_peer - t_kill < 1.5 * SLOW,
                    "first read served by the peer %s after the kill" %
                    ("%.0f ms" % ((ok_peer - t_kill) * 1000) if ok_peer else "never"))
-        self.check(not late_errs, "%d read errors later than 1 s after the kill: %s; first at +%.3fs"
-                   % (len(late_errs), _kinds(late_errs), (late_errs[0].t1 - t_kill) if late_errs else 0))
+        # Even reads in flight at the kill are answered: a read whose node fails under it
+        # is asked again at the serving peer (reads_retried).
+        self.check(not errs, "%d read errors after the kill: %s; first at +%.3fs"
+                   % (len(errs), _kinds(errs), (errs[0].t1 - t_kill) if errs else 0))
+        st = lab.site_status("us-east")
+        retried = st["failover_reads"]["retried_at_peer"] if st else None
+        say("reads retried at the peer after their node failed under them: %s", retried)
         self.check(during["lookups"] > 0 and during["hit_ratio"] >= before["hit_ratio"] - 0.03,
                    "hit ratio while failed over %s, before %s" % (during["hit_ratio"], before["hit_ratio"]))
         self.check(t_back is not None, "no failback ('-> warmup') within 15 s of restarting the nodes")
@@ -688,8 +693,8 @@ class FailoverTest(unittest.TestCase):
         self.check(mode == "local" and not changes, "site left LOCAL with one node of two down "
                    "(local_healthy_fraction 0.5): %s" % changes)
         self.check(t_down is not None, "the killed node was not marked down within 5 s")
-        self.check(not late, "%d read errors later than 1 s after the kill: %s"
-                   % (len(late), _kinds(late)))
+        self.check(not errs, "%d read errors after the kill (a read whose node fails under it "
+                   "is asked again at the peer): %s" % (len(errs), _kinds(errs)))
         self.check(not wrong_dead and not wrong_live and not missing,
                    "wrong source: %d dead-node keys not from the peer (%r), %d live-node keys not "
                    "local (%r), missing %r" % (len(wrong_dead), wrong_dead[:3], len(wrong_live),
