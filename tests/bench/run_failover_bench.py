@@ -344,15 +344,19 @@ def render(args, info, runs, hang, took, window_s):
     for r in [on, off] + ([hang] if hang else []):
         s = r["switch"]
         label = r["name"] if r is hang else "nodes killed (run: %s)" % r["name"]
-        w("| %s | %s ms | %s ms | %s ms | %d (%d / %d) | %s ms | %.0f ms | %s |" % (
+        last = s["last_error_ms"]
+        w("| %s | %s ms | %s ms | %s ms | %d (%d / %d) | %s | %.0f ms | %s |" % (
             label, fmt(s["to_peer_ms"]), fmt(s["to_switch_ms"]), fmt(s["threshold_to_switch_ms"]),
-            s["errors"], s["errors_1s"], s["errors_later"], fmt(s["last_error_ms"]),
+            s["errors"], s["errors_1s"], s["errors_later"],
+            "—" if last is None else "%s ms" % fmt(last),
             s["stall_ms"], s["error_kinds"] or "none"))
     w("")
     w("*threshold crossed*: the log line marking the second of two nodes down (healthy "
       "fraction 0 < 0.5); the failover tick runs every 100 ms. A node is marked down after "
       "`failure_limit` (3) failed requests: with killed nodes those fail at once (connection "
-      "refused / reset); with frozen nodes each waits `pool.timeout` (250 ms).")
+      "refused / reset); with frozen nodes each waits `pool.timeout` (250 ms). A read whose "
+      "node fails under it is asked again at eu-west rather than failed, so those requests "
+      "cost the client time (*longest client wait*), not errors.")
     w("")
     w("### Hit ratio around the failure and after failback")
     w("")
