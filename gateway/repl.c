@@ -188,7 +188,46 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
     return 0;
 }
 
+static void peer_pump_once(struct gw_peer *p);
+
+/* Whether a record appended now should wake the WAN thread: only when some peer would act
+ * on it at once.  A peer waiting on its coalescing timer, a full window or a reconnect
+ * comes back by itself, so while every peer is like that, workers append without a
+ * cross-thread wake-up (each one is an eventfd write, a lock and a context switch). */
+static bool kicks_wanted(struct gw_repl *repl)
+{
+    for (size_t i = 0; i < repl->npeers; i++) {
+        struct gw_peer *p = &repl->peers[i];
+        if (p->up && p->inflight < REPL_INFLIGHT &&
+            (p->coalesce_ev == NULL || !evtimer_pending(p->coalesce_ev, NULL))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* After the WAN thread pumped: turn worker kicks on or off (repl->kicked). */
+static void repl_rearm(struct gw_repl *repl)
+{
+    if (!kicks_wanted(repl)) {
+        __atomic_store_n(&repl->kicked, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    if (__atomic_exchange_n(&repl->kicked, 0, __ATOMIC_SEQ_CST) != 0) {
+        /* kicks were off: what was appended meanwhile woke nobody */
+        for (size_t i = 0; i < repl->npeers; i++) {
+            peer_pump_once(&repl->peers[i]);
+        }
+    }
+}
+
 static void peer_pump(struct gw_peer *p)
+{
+    peer_pump_once(p);
+    repl_rearm(p->repl);
+}
+
+static void peer_pump_once(struct gw_peer *p)
 {
     struct gw_repl *repl = p->repl;
 
@@ -444,10 +483,11 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    __atomic_store_n(&repl->kicked, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl->kicked, 0, __ATOMIC_SEQ_CST);
     for (size_t i = 0; i < repl->npeers; i++) {
-        peer_pump(&repl->peers[i]);
+        peer_pump_once(&repl->peers[i]);
     }
+    repl_rearm(repl);
 }
 
 static void health_done(void *arg, int status, const char *message, int serving)

@@ -106,7 +106,7 @@ struct gw_repl {
     size_t npeers;
     struct event *kick_ev;
     struct event *tick_ev;
-    int kicked;
+    int kicked; /* 1: workers do not wake the WAN thread (already woken, or not needed) */
     uint64_t rng;
     /* inbound totals (WAN thread writes, others read) */
     uint64_t in_batches;

@@ -402,7 +402,10 @@ void gw_repl_pass_end(struct gw_worker *w)
         }
         gw_req_finish(r);
     }
-    if (!__atomic_exchange_n(&repl->kicked, 1, __ATOMIC_ACQ_REL)) {
+    /* Wake the WAN thread unless it comes back by itself (repl.c, kicks_wanted); a write
+     * that waits for a peer's ack always does, so it need not wait out a coalescing. */
+    if (!__atomic_exchange_n(&repl->kicked, 1, __ATOMIC_SEQ_CST) ||
+        __atomic_load_n(&repl->ack_waiters, __ATOMIC_RELAXED) > 0) {
         event_active(repl->kick_ev, EV_READ, 0);
     }
 }
