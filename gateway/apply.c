@@ -24,8 +24,9 @@
 #include "wan/version.h"
 
 #define APPLY_MAX_TRIES 32
-#define APPLY_NEWER_MAX 1024
-#define APPLY_INLINE_VALUE 2048 /* values up to this go out with their command line */ /* newer items carried back in one ack; the rest are spooled */
+#define APPLY_NEWER_MAX 1024 /* newer items carried back in one ack; the rest are spooled */
+#define APPLY_INLINE_VALUE 2048 /* values up to this go out with their command line */
+#define APPLY_GETS_KEYS 64      /* keys per batched `gets` to one node */
 
 struct apply_batch {
     struct gw_worker *w;
@@ -51,6 +52,15 @@ struct apply_op {
     struct gw_frag frag;
     struct evbuffer *cap;
     struct gw_cur cur;
+};
+
+/* One `gets` of many keys to one node: the current items of a batch's ops there. */
+struct apply_gets {
+    struct gw_frag frag;
+    struct evbuffer *cap;
+    uint32_t node;
+    uint32_t n;
+    struct apply_op *ops[APPLY_GETS_KEYS];
 };
 
 static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error);
@@ -87,6 +97,10 @@ static void op_send(struct apply_op *op, const char *line, size_t len, struct ev
     memset(&op->frag, 0, sizeof(op->frag));
     op->frag.cb = op_cb;
     op->frag.cb_arg = op;
+    if (op->cap == NULL && (op->cap = evbuffer_new()) == NULL) {
+        op_cb(&op->frag, NULL, "SERVER_ERROR out of memory");
+        return;
+    }
     op->frag.capture = op->cap;
     op->frag.cb_values = values;
     evbuffer_drain(op->cap, evbuffer_get_length(op->cap));
@@ -293,6 +307,115 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
     op_free(op);
 }
 
+/* ---- the first read of a batch's keys: one `gets` per node for up to
+ * APPLY_GETS_KEYS of them, instead of one round trip to memcached per key ---- */
+
+static bool op_key_is(const struct apply_op *op, const struct mc_reply *mr)
+{
+    return op->m->key.len == mr->nkey && memcmp(op->m->key.data, mr->key, mr->nkey) == 0;
+}
+
+static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct apply_gets *g = frag->cb_arg;
+    const char *why = error;
+    uint32_t k = 0;
+    char err[256];
+
+    if (error == NULL) {
+        size_t len = evbuffer_get_length(reply);
+        const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
+        size_t pos = 0;
+
+        why = "SERVER_ERROR unexpected reply from node";
+        while (pos < len) {
+            const char *line = p + pos;
+            const char *eol = memchr(line, '\n', len - pos);
+            struct mc_reply mr;
+
+            if (eol == NULL || eol == line || eol[-1] != '\r') {
+                break;
+            }
+            if (eol - line == 4 && memcmp(line, "END", 3) == 0) {
+                why = NULL;
+                break;
+            }
+            mc_reply_parse(line, (size_t)(eol - line - 1), &mr);
+            if (mr.kind != MC_REPLY_VALUE || (size_t)(eol + 1 - p) + mr.bytes + 2 > len) {
+                break;
+            }
+            /* memcached answers in the order asked: keys before this one are absent */
+            while (k < g->n && !op_key_is(g->ops[k], &mr)) {
+                op_decide(g->ops[k++]);
+            }
+            if (k == g->n) {
+                break;
+            }
+            if (gw_cur_from_value(&g->ops[k]->cur, &mr, (const uint8_t *)eol + 1, mr.bytes, err,
+                                  sizeof(err)) != 0) {
+                log_warn("apply of key %.*s: %s", (int)mr.nkey, mr.key, err);
+                g->ops[k]->b->rejected++;
+                op_free(g->ops[k++]);
+            } else {
+                op_decide(g->ops[k++]);
+            }
+            pos = (size_t)(eol + 1 - p) + mr.bytes + 2;
+        }
+    }
+    for (; k < g->n; k++) {
+        struct apply_op *op = g->ops[k];
+        if (why == NULL) {
+            op_decide(op); /* after END: absent */
+        } else if (error != NULL) {
+            log_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
+                     (const char *)op->m->key.data, error);
+            op->b->failed = true; /* not acked: the peer ships it again */
+            op_free(op);
+        } else {
+            log_warn("apply of key %.*s: %s", (int)op->m->key.len,
+                     (const char *)op->m->key.data, why);
+            op->b->rejected++;
+            op_free(op);
+        }
+    }
+    if (g->cap != NULL) {
+        evbuffer_free(g->cap);
+    }
+    free(g);
+}
+
+static void gets_send(struct gw_worker *w, struct apply_gets *g)
+{
+    size_t need = 8;
+    char *line;
+    size_t n = 0;
+
+    for (uint32_t i = 0; i < g->n; i++) {
+        need += g->ops[i]->m->key.len + 1;
+    }
+    g->frag.cb = gets_cb;
+    g->frag.cb_arg = g;
+    line = malloc(need);
+    if (line == NULL || (g->cap = evbuffer_new()) == NULL) {
+        free(line);
+        gets_cb(&g->frag, NULL, "SERVER_ERROR out of memory");
+        return;
+    }
+    memcpy(line, "gets", 4);
+    n = 4;
+    for (uint32_t i = 0; i < g->n; i++) {
+        line[n++] = ' ';
+        memcpy(line + n, g->ops[i]->m->key.data, g->ops[i]->m->key.len);
+        n += g->ops[i]->m->key.len;
+    }
+    line[n++] = '\r';
+    line[n++] = '\n';
+    g->frag.capture = g->cap;
+    g->frag.cb_values = true;
+    gw_backend_send(gw_worker_backend(w, g->node), &g->frag, line, n, NULL, 0);
+    free(line);
+}
+
 /* A peer's flush_all (replication.flush: true): flush every local node, as memcached
  * does — everything goes, whatever its version. */
 struct flush_op {
@@ -380,8 +503,10 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     uint32_t now = (uint32_t)time(NULL);
     Geogate__Wan__V1__Mutation **ms = NULL;
     size_t n = req->n_mutations;
+    struct apply_gets **gets = calloc(w->pool->nnodes, sizeof(*gets));
 
     if (b == NULL) {
+        free(gets);
         done(arg, 0, n, true, NULL, 0);
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
         return;
@@ -395,6 +520,7 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     if (n > 0) {
         ms = malloc(n * sizeof(*ms));
         if (ms == NULL) {
+            free(gets);
             b->rejected = n;
             batch_op_done(b);
             return;
@@ -426,8 +552,7 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
             continue;
         }
         op = calloc(1, sizeof(*op));
-        if (op == NULL || (op->cap = evbuffer_new()) == NULL) {
-            free(op);
+        if (op == NULL) {
             b->rejected++;
             continue;
         }
@@ -447,8 +572,27 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
         wan_hlc_observe(&srv->hlc, m->hlc, &seen);
         op->node = gw_pool_route(w->pool, (const char *)m->key.data, (uint32_t)m->key.len);
         b->pending++;
-        op_gets(op);
+        if (gets == NULL) {
+            op_gets(op); /* out of memory for the grouping: one key at a time */
+            continue;
+        }
+        if (gets[op->node] == NULL && (gets[op->node] = calloc(1, sizeof(**gets))) == NULL) {
+            op_gets(op);
+            continue;
+        }
+        gets[op->node]->node = op->node;
+        gets[op->node]->ops[gets[op->node]->n++] = op;
+        if (gets[op->node]->n == APPLY_GETS_KEYS) {
+            gets_send(w, gets[op->node]);
+            gets[op->node] = NULL;
+        }
     }
+    for (uint32_t i = 0; gets != NULL && i < w->pool->nnodes; i++) {
+        if (gets[i] != NULL) {
+            gets_send(w, gets[i]);
+        }
+    }
+    free(gets);
     free(ms);
     batch_op_done(b);
 }

@@ -262,8 +262,6 @@ int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t e
     const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
     const char *eol;
     struct mc_reply mr;
-    const uint8_t *val;
-    size_t vlen;
 
     gw_cur_release(cur);
     if (len >= 5 && memcmp(p, "END\r\n", 5) == 0) {
@@ -279,16 +277,24 @@ int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t e
         return -1;
     }
     mc_reply_parse(p, (size_t)(eol - p - 1), &mr);
-    if (mr.kind != MC_REPLY_VALUE || !mr.has_cas ||
-        (size_t)(eol - p + 1) + mr.bytes + 2 > len) {
+    if (mr.kind != MC_REPLY_VALUE || (size_t)(eol - p + 1) + mr.bytes + 2 > len) {
+        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
+        return -1;
+    }
+    return gw_cur_from_value(cur, &mr, (const uint8_t *)eol + 1, mr.bytes, err, errlen);
+}
+
+int gw_cur_from_value(struct gw_cur *cur, const struct mc_reply *mr, const uint8_t *val,
+                      size_t vlen, char *err, size_t errlen)
+{
+    gw_cur_release(cur);
+    if (!mr->has_cas) {
         snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
         return -1;
     }
     cur->present = true;
-    cur->cas = mr.cas;
-    val = (const uint8_t *)eol + 1;
-    vlen = mr.bytes;
-    if (wan_item_decode(mr.flags, val, vlen, &cur->hdr, &val, &vlen) == 0) {
+    cur->cas = mr->cas;
+    if (wan_item_decode(mr->flags, val, vlen, &cur->hdr, &val, &vlen) == 0) {
         cur->versioned = true;
         if (cur->hdr.tombstone) {
             return 0; /* a tombstone is an absence */
@@ -296,7 +302,7 @@ int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t e
     } else {
         /* Written before geogate or by another tool: version 0, served as is. */
         memset(&cur->hdr, 0, sizeof(cur->hdr));
-        cur->hdr.client_flags = mr.flags;
+        cur->hdr.client_flags = mr->flags;
     }
     cur->val = malloc(vlen + 1);
     if (cur->val == NULL) {

@@ -29,6 +29,12 @@ struct gw_cur {
 int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen);
 void gw_cur_release(struct gw_cur *cur);
 
+struct mc_reply;
+/* Fill cur (released first) from one VALUE block of a `gets` reply: mr is its parsed line
+ * (with a cas), val its vlen data bytes.  0, or -1 with the line to answer in err. */
+int gw_cur_from_value(struct gw_cur *cur, const struct mc_reply *mr, const uint8_t *val,
+                      size_t vlen, char *err, size_t errlen);
+
 /* A storage command whose data block (vlen bytes incl. CRLF, already checked) is at
  * the front of in.  Consumes it.  The reply goes into r (already queued on c). */
 void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_pending *st,
