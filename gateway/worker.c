@@ -289,7 +289,18 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
     TAILQ_INIT(&w->sync_wait);
-    w->base = event_base_new();
+    if (id >= srv->nworkers) {
+        /* The WAN thread: its batches wait on millisecond timers (coalescing) with no
+         * other wake-up to cut them short, and epoll's own timeout rounds up a whole ms. */
+        struct event_config *ec = event_config_new();
+        if (ec != NULL) {
+            event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+            w->base = event_base_new_with_config(ec);
+            event_config_free(ec);
+        }
+    } else {
+        w->base = event_base_new();
+    }
     if (w->base == NULL) {
         goto fail_base;
     }
