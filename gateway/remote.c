@@ -560,16 +560,7 @@ void gw_remote_retry(struct gw_req *r, const struct mc_token *keys, uint32_t nke
     struct mc_request m = {.cmd = r->cmd, .keys = (struct mc_token *)keys, .nkeys = nkeys};
     struct remote_job *j = job_new(r->w, &m, peer, false);
 
-    if (r->error_owned) {
-        free((char *)r->error);
-    }
-    r->failed = false;
-    r->node_lost = false;
-    r->error = NULL;
-    r->error_owned = false;
-    if (r->reply != NULL) {
-        evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
-    }
+    gw_req_clear_failure(r);
     if (j == NULL) {
         gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;

@@ -125,20 +125,7 @@ static size_t pb_varint(uint8_t *out, uint64_t v)
 /* Room for n more bytes in the peer's batch buffer. */
 static int batch_room(struct gw_peer *p, size_t n)
 {
-    if (p->bcap - p->blen < n) {
-        size_t cap = p->bcap ? p->bcap : 65536;
-        uint8_t *nb;
-        while (cap - p->blen < n) {
-            cap *= 2;
-        }
-        nb = realloc(p->bbuf, cap);
-        if (nb == NULL) {
-            return -ENOMEM;
-        }
-        p->bbuf = nb;
-        p->bcap = cap;
-    }
-    return 0;
+    return repl_buf_room(&p->bbuf, &p->bcap, p->blen, n, 65536);
 }
 
 /* Field 4 (mutations) of ShipRequest: the record's bytes are a packed Mutation already. */

@@ -17,6 +17,29 @@
 #include "wan/grpc_server.h"
 #include "wan/spool.h"
 
+#include <errno.h>
+#include <stdlib.h>
+
+/* Room for `need` more bytes after `len` in a doubling buffer (first size `first`). */
+static inline int repl_buf_room(uint8_t **buf, size_t *cap, size_t len, size_t need,
+                                size_t first)
+{
+    if (*cap - len < need) {
+        size_t c = *cap ? *cap : first;
+        uint8_t *nb;
+        while (c - len < need) {
+            c *= 2;
+        }
+        nb = realloc(*buf, c);
+        if (nb == NULL) {
+            return -ENOMEM;
+        }
+        *buf = nb;
+        *cap = c;
+    }
+    return 0;
+}
+
 struct tls_ctx;
 
 #define REPL_INFLIGHT 64             /* batches in flight per peer */

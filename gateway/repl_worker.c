@@ -72,20 +72,7 @@ static int pending_reserve(struct gw_spool_pending *sp, size_t bytes)
         sp->items = it;
         sp->max = max;
     }
-    if (sp->cap - sp->len < bytes) {
-        size_t cap = sp->cap ? sp->cap : 16384;
-        uint8_t *nb;
-        while (cap - sp->len < bytes) {
-            cap *= 2;
-        }
-        nb = realloc(sp->buf, cap);
-        if (nb == NULL) {
-            return -ENOMEM;
-        }
-        sp->buf = nb;
-        sp->cap = cap;
-    }
-    return 0;
+    return repl_buf_room(&sp->buf, &sp->cap, sp->len, bytes, 16384);
 }
 
 void gw_repl_spool_flush(struct gw_worker *w)

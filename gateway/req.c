@@ -172,6 +172,20 @@ static void set_failed(struct gw_req *r, const char *error, bool owned)
     r->error_owned = owned;
 }
 
+void gw_req_clear_failure(struct gw_req *r)
+{
+    if (r->failed && r->error_owned) {
+        free((char *)r->error);
+    }
+    r->failed = false;
+    r->node_lost = false;
+    r->error = NULL;
+    r->error_owned = false;
+    if (r->reply != NULL) {
+        evbuffer_drain(r->reply, evbuffer_get_length(r->reply));
+    }
+}
+
 static void count_retrieval(struct gw_req *r)
 {
     struct gw_stats *st = &r->w->stats;

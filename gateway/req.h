@@ -40,6 +40,9 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
 /* frag will get no reply: the node failed or is down. */
 void gw_req_frag_fail(struct gw_frag *frag, const char *error);
 
+/* Forget r's failure and any partial reply, to answer it another way (a retry). */
+void gw_req_clear_failure(struct gw_req *r);
+
 /* frag will get no reply because its node failed under it (timeout, lost connection):
  * a read may still be answered by a peer site (gw_client_retry_read). */
 void gw_req_frag_lost(struct gw_frag *frag, const char *error);
