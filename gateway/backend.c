@@ -7,6 +7,12 @@
  * Replies come back in the order requests were written, so the head of `pending` is
  * always the frag being answered.  A VALUE data block is moved chain by chain into
  * its destination as it arrives, however large it is.
+ *
+ * One-key gets queued back to back leave as one `get k1 k2 ...` (gw_backend_send_get):
+ * memcached writes each pipelined get's reply on its own, a multi-key get's in one
+ * go.  Its reply holds a VALUE for each hit, in the order asked, then one END; a
+ * merged frag is answered by its VALUE, or as a miss once a later key's VALUE or
+ * the END shows it was skipped.
  */
 #include "gateway/backend.h"
 
@@ -27,6 +33,10 @@
 
 /* A reply line longer than this means we are out of sync with the node. */
 #define GW_BE_MAX_LINE 4096
+
+/* A multi-key get made of one-key gets: at most this many keys and line bytes. */
+#define GW_BE_GROUP_KEYS 64
+#define GW_BE_GROUP_LINE 4096
 
 static void be_fail(struct gw_backend *be, const char *why, bool count_failure);
 
@@ -56,6 +66,7 @@ void gw_backend_destroy(struct gw_backend *be)
     if (be->ping_cap != NULL) {
         evbuffer_free(be->ping_cap);
     }
+    free(be->gline);
     free(be);
 }
 
@@ -84,6 +95,28 @@ static void be_error(struct gw_conn *conn, void *arg, bool eof)
     be_fail(be, be->state == GW_BE_CONNECTING ? "connect failed" : "connection error", true);
 }
 
+/* The multi-key get being built joins the output, after everything queued before it. */
+static void be_group_close(struct gw_backend *be)
+{
+    if (be->gkeys == 0) {
+        return;
+    }
+    be->glast->group_last = true;
+    if (be->open) {
+        evbuffer_add(be->conn.out, be->gline, be->glen);
+        evbuffer_add(be->conn.out, "\r\n", 2);
+    }
+    be->gkeys = 0;
+    be->glen = 0;
+    be->gfirst = be->glast = NULL;
+}
+
+static void be_on_flush(struct gw_conn *conn, void *arg)
+{
+    (void)conn;
+    be_group_close(arg);
+}
+
 static void be_connect(struct gw_backend *be)
 {
     be->state = GW_BE_CONNECTING;
@@ -95,6 +128,7 @@ static void be_connect(struct gw_backend *be)
         be->connect_started_ms = 0;
         return;
     }
+    be->conn.on_flush = be_on_flush;
     be->open = true;
 }
 
@@ -106,7 +140,10 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
     if (!be->open && be->state == GW_BE_IDLE) {
         be_connect(be);
     }
+    be_group_close(be);
     frag->be = be;
+    frag->merged = false;
+    frag->group_last = false;
     if (TAILQ_EMPTY(&be->pending)) {
         be->last_progress_ms = gw_now_ms();
     }
@@ -124,6 +161,68 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
     if (data != NULL && ndata > 0) {
         evbuffer_remove_buffer(data, out, ndata);
     }
+    gw_conn_want_flush(&be->conn);
+}
+
+/* Whether key is already one of the multi-key get's (a server may answer a key asked
+ * twice only once, and then the second frag could not tell its reply from a miss). */
+static bool be_group_has(const struct gw_backend *be, const char *key, uint32_t nkey)
+{
+    for (const struct gw_frag *f = be->gfirst; f != NULL; f = TAILQ_NEXT(f, link)) {
+        if (f->nmkey == nkey && memcmp(f->mkey, key, nkey) == 0) {
+            return true;
+        }
+        if (f == be->glast) {
+            break;
+        }
+    }
+    return false;
+}
+
+void gw_backend_send_get(struct gw_backend *be, struct gw_frag *frag, enum mc_cmd cmd,
+                         const char *key, uint32_t nkey)
+{
+    const char *name = cmd == MC_CMD_GETS ? "gets" : "get";
+    size_t nname = cmd == MC_CMD_GETS ? 4 : 3;
+
+    if (!be->open && be->state == GW_BE_IDLE) {
+        be_connect(be);
+    }
+    if (!be->open || (be->gline == NULL && (be->gline = malloc(GW_BE_GROUP_LINE)) == NULL)) {
+        char line[8 + MC_KEY_MAX_LENGTH];
+        int n = snprintf(line, sizeof(line), "%s %.*s\r\n", name, (int)nkey, key);
+        gw_backend_send(be, frag, line, (size_t)n, NULL, 0);
+        return;
+    }
+    if (be->gkeys > 0 && (be->gcmd != cmd || be->gkeys >= GW_BE_GROUP_KEYS ||
+                          be->glen + 1 + nkey > GW_BE_GROUP_LINE ||
+                          be_group_has(be, key, nkey))) {
+        be_group_close(be);
+    }
+    if (be->gkeys > 0) {
+        STAT_INCR(&be->w->stats, backend_gets_merged);
+    } else {
+        memcpy(be->gline, name, nname);
+        be->glen = (uint32_t)nname;
+        be->gcmd = cmd;
+        be->gfirst = frag;
+    }
+    be->gline[be->glen++] = ' ';
+    memcpy(be->gline + be->glen, key, nkey);
+    be->glen += nkey;
+    be->gkeys++;
+    be->glast = frag;
+    frag->be = be;
+    frag->merged = true;
+    frag->group_last = false;
+    frag->mkey = key;
+    frag->nmkey = (uint8_t)nkey;
+    if (TAILQ_EMPTY(&be->pending)) {
+        be->last_progress_ms = gw_now_ms();
+    }
+    TAILQ_INSERT_TAIL(&be->pending, frag, link);
+    be->npending++;
+    STAT_INCR(&be->w->stats, backend_requests);
     gw_conn_want_flush(&be->conn);
 }
 
@@ -186,6 +285,11 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
     be->state = GW_BE_IDLE;
     be->in_data = false;
     be->dst = NULL;
+    be->value_frag = NULL;
+    be->await_end = false;
+    be->gkeys = 0;
+    be->glen = 0;
+    be->gfirst = be->glast = NULL;
     if (be->open) {
         gw_conn_close(&be->conn);
         be->open = false;
@@ -299,6 +403,118 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
     return 1;
 }
 
+/* A VALUE line for frag: its header goes where the request wants it and the data
+ * block follows (be->in_data).  Returns 0, or 1 to wait for more input. */
+static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
+                          const char *line, size_t len, const struct mc_reply *r)
+{
+    struct evbuffer *dst;
+
+    if (r->flags == WAN_ITEM_FLAGS_MARKER && r->bytes >= WAN_ITEM_HEADER_SIZE &&
+        be->w->srv->versioned) {
+        int rc = be_versioned_value(be, frag, in, line, len, r);
+        if (rc != 0) {
+            return rc > 0 ? 0 : 1;
+        }
+    }
+    dst = gw_req_value_dst(frag, r->key, r->nkey);
+    if (dst != NULL) {
+        evbuffer_remove_buffer(in, dst, len + 2);
+    } else {
+        evbuffer_drain(in, len + 2);
+    }
+    be->in_data = true;
+    be->data_left = r->bytes + 2;
+    be->dst = dst;
+    return 0;
+}
+
+/* Take frag, a merged one-key get at the head of pending, off the queue: answered by
+ * its VALUE (moved already) or, when it was skipped, as a miss.  Returns 0, or -1
+ * when the connection failed meanwhile. */
+static int be_merged_answered(struct gw_backend *be, struct gw_frag *frag, uint64_t gen)
+{
+    TAILQ_REMOVE(&be->pending, frag, link);
+    be->npending--;
+    gw_node_success(be->node);
+    gw_req_frag_end(frag);
+    return be->conn_gen == gen ? 0 : -1;
+}
+
+/*
+ * A reply line to the multi-key get the head frag belongs to.  Returns 0 when the line
+ * was consumed, 1 to wait for more input, -1 when the connection failed.
+ */
+static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char *line,
+                          size_t len, uint64_t gen)
+{
+    struct gw_frag *frag = TAILQ_FIRST(&be->pending);
+    struct mc_reply r;
+
+    if (be->gkeys > 0 && frag == be->gfirst) {
+        /* that get has not even been written yet */
+        log_warn("node %s sent %zu bytes nobody asked for", be->node->label, len + 2);
+        be_fail(be, "unexpected data", true);
+        return -1;
+    }
+    if (len >= 6 && memcmp(line, "VALUE ", 6) == 0) {
+        mc_reply_parse(line, len, &r);
+        if (r.kind != MC_REPLY_VALUE) {
+            log_warn("node %s: malformed VALUE line; closing", be->node->label);
+            be_fail(be, "protocol error", true);
+            return -1;
+        }
+        /* keys before this one had no VALUE: misses */
+        while (frag->nmkey != r.nkey || memcmp(frag->mkey, r.key, r.nkey) != 0) {
+            if (frag->group_last) {
+                log_warn("node %s sent a VALUE for a key it was not asked for; closing",
+                         be->node->label);
+                be_fail(be, "protocol error", true);
+                return -1;
+            }
+            if (be_merged_answered(be, frag, gen) != 0) {
+                return -1;
+            }
+            frag = TAILQ_FIRST(&be->pending);
+        }
+        be->value_frag = frag;
+        return be_value_start(be, frag, in, line, len, &r);
+    }
+    /* END (the rest were misses) or an error line, which answers every key left */
+    {
+        char copy[GW_BE_MAX_LINE + 1];
+        bool end = len == 3 && memcmp(line, "END", 3) == 0;
+        bool last;
+
+        memcpy(copy, line, len);
+        copy[len] = '\0';
+        evbuffer_drain(in, len + 2);
+        do {
+            last = frag->group_last;
+            if (end) {
+                if (be_merged_answered(be, frag, gen) != 0) {
+                    return -1;
+                }
+            } else {
+                TAILQ_REMOVE(&be->pending, frag, link);
+                be->npending--;
+                gw_node_success(be->node);
+                gw_req_frag_line(frag, in, copy, len, 0);
+                if (be->conn_gen != gen) {
+                    return -1;
+                }
+            }
+            frag = TAILQ_FIRST(&be->pending);
+        } while (!last && frag != NULL);
+        if (!last) {
+            log_warn("node %s: a multi-key get lost its frags; closing", be->node->label);
+            be_fail(be, "protocol error", true);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void be_read(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
@@ -329,10 +545,18 @@ static void be_read(struct gw_conn *conn, void *arg)
                 return;
             }
             be->in_data = false;
+            if (be->value_frag != NULL) {
+                frag = be->value_frag;
+                be->value_frag = NULL;
+                be->await_end = frag->group_last;
+                if (be_merged_answered(be, frag, gen) != 0) {
+                    return;
+                }
+            }
             continue;
         }
         frag = TAILQ_FIRST(&be->pending);
-        if (frag == NULL) {
+        if (frag == NULL && !be->await_end) {
             log_warn("node %s sent %zu bytes nobody asked for", be->node->label, avail);
             be_fail(be, "unexpected data", true);
             return;
@@ -347,6 +571,22 @@ static void be_read(struct gw_conn *conn, void *arg)
         }
         len = (size_t)eol.pos;
         line = (const char *)evbuffer_pullup(in, (ssize_t)(len + 2));
+        if (be->await_end) {
+            if (len != 3 || memcmp(line, "END", 3) != 0) {
+                log_warn("node %s: no END after a multi-key get; closing", be->node->label);
+                be_fail(be, "protocol error", true);
+                return;
+            }
+            be->await_end = false;
+            evbuffer_drain(in, len + 2);
+            continue;
+        }
+        if (frag->merged) {
+            if (be_merged_line(be, in, line, len, gen) != 0) {
+                return;
+            }
+            continue;
+        }
         if (frag == &be->probe) {
             be_probe_reply(be, in, line, len, len + 2);
             continue;
@@ -378,7 +618,6 @@ static void be_read(struct gw_conn *conn, void *arg)
         }
         if (mc_cmd_is_retrieval(frag->req->cmd) && len >= 6 && memcmp(line, "VALUE ", 6) == 0) {
             struct mc_reply r;
-            struct evbuffer *dst;
 
             mc_reply_parse(line, len, &r);
             if (r.kind != MC_REPLY_VALUE) {
@@ -386,25 +625,9 @@ static void be_read(struct gw_conn *conn, void *arg)
                 be_fail(be, "protocol error", true);
                 return;
             }
-            if (r.flags == WAN_ITEM_FLAGS_MARKER && r.bytes >= WAN_ITEM_HEADER_SIZE &&
-                be->w->srv->versioned) {
-                int rc = be_versioned_value(be, frag, in, line, len, &r);
-                if (rc > 0) {
-                    continue;
-                }
-                if (rc < 0) {
-                    return; /* wait for the header bytes */
-                }
+            if (be_value_start(be, frag, in, line, len, &r) != 0) {
+                return; /* wait for the header bytes */
             }
-            dst = gw_req_value_dst(frag, r.key, r.nkey);
-            if (dst != NULL) {
-                evbuffer_remove_buffer(in, dst, len + 2);
-            } else {
-                evbuffer_drain(in, len + 2);
-            }
-            be->in_data = true;
-            be->data_left = r.bytes + 2;
-            be->dst = dst;
             continue;
         }
         TAILQ_REMOVE(&be->pending, frag, link);

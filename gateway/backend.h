@@ -29,6 +29,14 @@ void gw_backend_destroy(struct gw_backend *be);
 void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
                      struct evbuffer *data, size_t ndata);
 
+/*
+ * Queue frag, a one-key get or gets (cmd) of key, which frag->req owns until the frag
+ * is answered.  One-key reads queued back to back in one loop iteration leave as one
+ * multi-key command: memcached answers that with one write instead of one per key.
+ */
+void gw_backend_send_get(struct gw_backend *be, struct gw_frag *frag, enum mc_cmd cmd,
+                         const char *key, uint32_t nkey);
+
 /* Timeouts and retirement; called by the worker's tick. */
 void gw_backend_tick(struct gw_backend *be, int64_t now_ms);
 

@@ -484,6 +484,26 @@ static size_t build_retrieval(struct gw_worker *w, const struct mc_request *m,
 static void forward_retrieval_multi(struct gw_client *c, const struct mc_request *m,
                                     uint32_t *nodes);
 
+/* A one-key get or gets: it may leave merged with its neighbours (gw_backend_send_get). */
+static void forward_get_one(struct gw_client *c, const struct mc_request *m, uint32_t node)
+{
+    struct gw_worker *w = c->w;
+    uint32_t nkey = m->keys[0].len;
+    struct gw_req *r = client_req(c, m->cmd, false);
+
+    if (r == NULL) {
+        return;
+    }
+    r->nkeys = 1;
+    r->pending = 1;
+    memcpy(r->key1, m->keys[0].p, nkey);
+    if (w->srv->repl != NULL) {
+        /* kept for a retry at a peer should the node fail under this read */
+        r->keybuf = strndup(r->key1, nkey);
+    }
+    gw_backend_send_get(gw_worker_backend(w, node), &r->frag, m->cmd, r->key1, nkey);
+}
+
 /*
  * gat/gats on a replicating gateway: the new expiry must reach the version header and
  * ship, so each key is touched by read-modify-write (vop.c), which also hands back the
@@ -694,6 +714,10 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
     }
     if (!single) {
         forward_retrieval_multi(c, m, nodes);
+        goto out;
+    }
+    if (m->nkeys == 1 && (m->cmd == MC_CMD_GET || m->cmd == MC_CMD_GETS)) {
+        forward_get_one(c, m, nodes[0]);
         goto out;
     }
     len = build_retrieval(w, m, m->keys, NULL, m->nkeys);

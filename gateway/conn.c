@@ -207,6 +207,9 @@ int gw_conn_flush(struct gw_conn *conn)
 {
     size_t left;
 
+    if (conn->on_flush != NULL && !conn->failed) {
+        conn->on_flush(conn, conn->arg);
+    }
     if (conn->connecting || conn->failed || conn->fd < 0) {
         return 0;
     }

@@ -39,6 +39,7 @@ struct gw_conn {
     gw_conn_error_fn on_error;
     gw_conn_event_fn on_drain;     /* optional */
     gw_conn_event_fn on_connected; /* optional */
+    gw_conn_event_fn on_flush;     /* optional: the output is about to be written */
     void *arg;
     uint64_t *bytes_in;  /* optional counters, owned by the worker */
     uint64_t *bytes_out;

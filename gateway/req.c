@@ -382,6 +382,19 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
     frag_complete(frag);
 }
 
+void gw_req_frag_end(struct gw_frag *frag)
+{
+    struct gw_req *r = frag->req;
+
+    if (r->slots == NULL && !r->failed && r->client != NULL) {
+        struct evbuffer *b = req_sink(r);
+        if (b != NULL) {
+            evbuffer_add(b, "END\r\n", 5);
+        }
+    }
+    frag_complete(frag);
+}
+
 void gw_req_frag_fail(struct gw_frag *frag, const char *error)
 {
     set_failed(frag->req, error, false);

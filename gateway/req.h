@@ -37,6 +37,10 @@ struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_
 void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,
                       size_t consumed);
 
+/* A retrieval frag's reply ended with an END that was not its own (a merged one-key
+ * get): as gw_req_frag_line with END, the END written here. */
+void gw_req_frag_end(struct gw_frag *frag);
+
 /* frag will get no reply: the node failed or is down. */
 void gw_req_frag_fail(struct gw_frag *frag, const char *error);
 

@@ -34,6 +34,7 @@
     X(client_errors)                                                                         \
     X(server_errors)                                                                         \
     X(backend_requests)                                                                      \
+    X(backend_gets_merged)                                                                   \
     X(backend_failures)                                                                      \
     X(backend_timeouts)                                                                      \
     X(repl_queued)                                                                           \

@@ -65,6 +65,12 @@ struct gw_frag {
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
     uint32_t nslots;
     uint32_t cursor; /* next slot a VALUE reply can belong to */
+    /* A one-key get/gets sent inside a multi-key get with its neighbours in the
+     * queue (backend.c, gw_backend_send_get): its key tells its VALUE apart. */
+    bool merged;
+    bool group_last; /* the last key of that multi-key get */
+    uint8_t nmkey;
+    const char *mkey;
 };
 
 TAILQ_HEAD(gw_frag_queue, gw_frag);
@@ -90,6 +96,7 @@ struct gw_req {
     bool error_owned;  /* error was allocated for this request */
     struct evbuffer *reply;
     struct gw_frag frag;   /* the only frag of a single-node request */
+    char key1[MC_KEY_MAX_LENGTH]; /* a one-key get/gets: its key (frag.mkey) */
     struct gw_frag *frags; /* several nodes: one frag per node */
     uint32_t nfrags;
     struct gw_keyslot *slots;
@@ -118,7 +125,17 @@ struct gw_backend {
     uint32_t npending;
     int64_t connect_started_ms;
     int64_t last_progress_ms;
+    /* The multi-key get being built from one-key gets (gw_backend_send_get); it
+     * joins the output when anything else is queued or the output is written. */
+    char *gline;
+    uint32_t glen;
+    uint32_t gkeys;
+    enum mc_cmd gcmd;
+    struct gw_frag *gfirst; /* its first and last frags in pending */
+    struct gw_frag *glast;
     /* reply parser */
+    struct gw_frag *value_frag; /* the merged frag the data block being moved ends */
+    bool await_end; /* a multi-key get's frags are all answered; its END is next */
     bool in_data;        /* inside a VALUE data block */
     uint32_t data_left;  /* bytes of it still to move */
     struct evbuffer *dst; /* where the data block goes (NULL: dropped) */
