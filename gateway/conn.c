@@ -38,6 +38,22 @@ static void conn_fail(struct gw_conn *conn, bool eof)
     conn->on_error(conn, conn->arg, eof);
 }
 
+/* Reads are edge-triggered: epoll reports a socket once per arrival, not at every
+ * wait while bytes remain, which saves polling each ready socket a second time.  So a
+ * read that filled its buffer, which may have left bytes behind, comes round again. */
+static void conn_read_more(struct gw_conn *conn)
+{
+    if (conn->reading) {
+        event_active(&conn->rev, EV_READ, 1);
+    }
+}
+
+static void conn_start_read(struct gw_conn *conn)
+{
+    event_add(&conn->rev, NULL);
+    conn->reading = true;
+}
+
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_conn *conn = arg;
@@ -53,6 +69,9 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
          * buffer allocate (and, once drained, free) a 16 KiB chain on every read. */
         n = read(fd, conn->w->rbuf, sizeof(conn->w->rbuf));
         if (n > 0) {
+            if ((size_t)n == sizeof(conn->w->rbuf)) {
+                conn_read_more(conn);
+            }
             evbuffer_add(conn->in, conn->w->rbuf, (size_t)n);
             if (conn->bytes_in != NULL) {
                 __atomic_store_n(conn->bytes_in, *conn->bytes_in + (uint64_t)n,
@@ -78,6 +97,13 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     n = readv(fd, iov, nvec);
     if (n > 0) {
         size_t left = (size_t)n;
+        size_t room = 0;
+        for (int i = 0; i < nvec; i++) {
+            room += iov[i].iov_len;
+        }
+        if ((size_t)n == room) {
+            conn_read_more(conn);
+        }
         for (int i = 0; i < nvec; i++) {
             size_t take = left < vec[i].iov_len ? left : vec[i].iov_len;
             vec[i].iov_len = take;
@@ -139,8 +165,9 @@ static int conn_setup(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn
     if (conn->in == NULL || conn->out == NULL) {
         goto fail;
     }
-    if (event_assign(&conn->rev, w->base, fd, EV_READ | EV_PERSIST, conn_read_cb, conn) != 0 ||
-        event_assign(&conn->wev, w->base, fd, EV_WRITE, conn_write_cb, conn) != 0) {
+    if (event_assign(&conn->rev, w->base, fd, EV_READ | EV_PERSIST | EV_ET, conn_read_cb,
+                     conn) != 0 ||
+        event_assign(&conn->wev, w->base, fd, EV_WRITE | EV_ET, conn_write_cb, conn) != 0) {
         goto fail;
     }
     return 0;
@@ -164,7 +191,7 @@ int gw_conn_open(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn_read
         return -1;
     }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    gw_conn_resume_read(conn);
+    conn_start_read(conn);
     return 0;
 }
 
@@ -185,7 +212,7 @@ int gw_conn_connect(struct gw_conn *conn, struct gw_worker *w, const struct sock
     conn->on_connected = on_connected;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     conn->connecting = true;
-    gw_conn_resume_read(conn);
+    conn_start_read(conn);
     if (connect(fd, sa, salen) == -1 && errno != EINPROGRESS) {
         /* Reported through on_error from the write event, never synchronously. */
         conn->connecting = true;
@@ -276,8 +303,9 @@ void gw_conn_pause_read(struct gw_conn *conn)
 void gw_conn_resume_read(struct gw_conn *conn)
 {
     if (!conn->reading && !conn->failed && conn->fd >= 0) {
-        event_add(&conn->rev, NULL);
-        conn->reading = true;
+        conn_start_read(conn);
+        /* bytes that arrived while paused raised no new edge */
+        conn_read_more(conn);
     }
 }
 

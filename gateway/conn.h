@@ -1,7 +1,7 @@
 /*
  * conn — a non-blocking TCP socket with an input and an output evbuffer, cheaper than
- * a bufferevent on the request path: the read event is registered once and never
- * toggled, reads go straight into the input buffer (no FIONREAD ioctl), and writes
+ * a bufferevent on the request path: the read event is registered once, edge-triggered,
+ * and never toggled, reads go straight into the input buffer (no FIONREAD ioctl), and writes
  * are deferred to the end of the loop iteration (gw_conn_want_flush) so that
  * everything queued for one socket during one iteration leaves in one writev.  A
  * write event is armed only when the kernel pushes back.  Runs on its worker's loop.

@@ -123,6 +123,7 @@ struct gw_backend {
     int state; /* enum gw_be_state */
     struct gw_frag_queue pending;
     uint32_t npending;
+    uint32_t nunsent; /* of those, queued here but not yet handed to the kernel */
     int64_t connect_started_ms;
     int64_t last_progress_ms;
     /* The multi-key get being built from one-key gets (gw_backend_send_get); it
