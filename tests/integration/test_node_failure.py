@@ -191,6 +191,23 @@ def failures(records, keys=None, since=None, until=None, allowed=("ok",)):
             (until is None or r[0] < until) and r[3] not in allowed]
 
 
+def wait_stopped(pid, timeout=5.0):
+    """Wait until every thread of pid is stopped (state T); return that moment."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue
+        if states and all(st in ("T", "t") for st in states):
+            return time.time()
+        time.sleep(0.002)
+    raise AssertionError("memcached %d did not stop within %.0fs" % (pid, timeout))
+
+
 def slow(records, bound=REPLY_BOUND):
     return [r for r in records if r[4] > bound]
 
@@ -314,8 +331,10 @@ class NodeFailureTest(unittest.TestCase):
         load_other = self.start_load(self.other_keys, "load-healthy")
         load_victim = self.start_load(self.victim_keys, "load-victim")
         time.sleep(1.0)
-        t_fail = time.time()
         victim.signal(signal.SIGSTOP)
+        # the outage starts when every thread of the node has stopped: on a loaded
+        # machine a thread can go on serving for a while after the signal was sent
+        t_fail = wait_stopped(victim.pid)
         time.sleep(4.0)
         t_back = time.time()
         victim.signal(signal.SIGCONT)
