@@ -14,6 +14,7 @@
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -24,6 +25,28 @@
 #include "gateway/types.h"
 
 #define GW_READ_CHUNK 16384
+#define GW_WRITE_IOV 64
+
+/*
+ * The request path's socket calls, made without libc's wrappers: read and writev are
+ * cancellation points there, and each call pays to switch asynchronous cancellation
+ * on and off around the syscall (about 1% of the gateway's CPU in the proxy
+ * benchmark).  geogate never cancels its threads.
+ */
+static ssize_t gw_sys_read(int fd, void *buf, size_t len)
+{
+    return syscall(SYS_read, fd, buf, len);
+}
+
+static ssize_t gw_sys_readv(int fd, const struct iovec *iov, int n)
+{
+    return syscall(SYS_readv, fd, iov, n);
+}
+
+static ssize_t gw_sys_writev(int fd, const struct iovec *iov, int n)
+{
+    return syscall(SYS_writev, fd, iov, n);
+}
 
 static void conn_fail(struct gw_conn *conn, bool eof)
 {
@@ -67,7 +90,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
         /* The common case, a request or a reply that fits one read: read into the
          * worker's buffer and copy the few bytes over, instead of making the input
          * buffer allocate (and, once drained, free) a 16 KiB chain on every read. */
-        n = read(fd, conn->w->rbuf, sizeof(conn->w->rbuf));
+        n = gw_sys_read(fd, conn->w->rbuf, sizeof(conn->w->rbuf));
         if (n > 0) {
             if ((size_t)n == sizeof(conn->w->rbuf)) {
                 conn_read_more(conn);
@@ -94,7 +117,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
         iov[i].iov_base = vec[i].iov_base;
         iov[i].iov_len = vec[i].iov_len;
     }
-    n = readv(fd, iov, nvec);
+    n = gw_sys_readv(fd, iov, nvec);
     if (n > 0) {
         size_t left = (size_t)n;
         size_t room = 0;
@@ -122,6 +145,30 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         conn_fail(conn, false);
     }
+}
+
+/* Write up to GW_WRITE_IOV chains of out in one writev and take what the kernel took. */
+static ssize_t conn_write(struct gw_conn *conn, size_t left, size_t *offered)
+{
+    struct evbuffer_iovec vec[GW_WRITE_IOV];
+    struct iovec iov[GW_WRITE_IOV];
+    int n = evbuffer_peek(conn->out, (ev_ssize_t)left, NULL, vec, GW_WRITE_IOV);
+    ssize_t done;
+
+    if (n > GW_WRITE_IOV) {
+        n = GW_WRITE_IOV;
+    }
+    *offered = 0;
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = vec[i].iov_base;
+        iov[i].iov_len = vec[i].iov_len;
+        *offered += vec[i].iov_len;
+    }
+    done = gw_sys_writev(conn->fd, iov, n);
+    if (done > 0) {
+        evbuffer_drain(conn->out, (size_t)done);
+    }
+    return done;
 }
 
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
@@ -241,7 +288,8 @@ int gw_conn_flush(struct gw_conn *conn)
         return 0;
     }
     while ((left = evbuffer_get_length(conn->out)) > 0) {
-        int n = evbuffer_write(conn->out, conn->fd);
+        size_t offered;
+        ssize_t n = conn_write(conn, left, &offered);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 break;
@@ -254,7 +302,7 @@ int gw_conn_flush(struct gw_conn *conn)
         if (conn->bytes_out != NULL) {
             __atomic_store_n(conn->bytes_out, *conn->bytes_out + (uint64_t)n, __ATOMIC_RELAXED);
         }
-        if ((size_t)n < left) {
+        if ((size_t)n < offered) {
             break; /* the kernel took what it could; wait for EV_WRITE */
         }
     }

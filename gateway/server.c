@@ -127,7 +127,8 @@ static void drain_deadline(struct gw_server *srv)
     for (int i = 0; i < srv->nthreads; i++) {
         struct gw_msg msg = {.type = GW_MSG_STOP};
         if (gw_worker_send(&srv->workers[i], &msg) != 0) {
-            event_base_loopbreak(srv->workers[i].base);
+            /* its base has no lock to take from here: it sees this within a tick */
+            __atomic_store_n(&srv->workers[i].stop, true, __ATOMIC_RELEASE);
         }
     }
 }

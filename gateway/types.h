@@ -216,7 +216,7 @@ struct gw_worker {
     char *out; /* building lines for backends */
     size_t out_cap;
     bool draining;
-    bool stop;
+    bool stop; /* set by another thread when notify_fd failed: leave the loop */
     int64_t now_ms;
     struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
     struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */

@@ -242,7 +242,7 @@ static void *worker_main(void *arg)
 {
     struct gw_worker *w = arg;
 
-    while (!w->stop) {
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0) {
             break;
         }
@@ -289,17 +289,23 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
     TAILQ_INIT(&w->sync_wait);
-    if (id >= srv->nworkers) {
-        /* The WAN thread: its batches wait on millisecond timers (coalescing) with no
-         * other wake-up to cut them short, and epoll's own timeout rounds up a whole ms. */
+    {
         struct event_config *ec = event_config_new();
         if (ec != NULL) {
-            event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+            if (id >= srv->nworkers) {
+                /* The WAN thread: its batches wait on millisecond timers (coalescing)
+                 * with no other wake-up to cut them short, and epoll's own timeout
+                 * rounds up a whole ms.  Client workers wake it (event_active) from
+                 * their threads, so its base keeps its lock. */
+                event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+            } else {
+                /* A client worker's base is touched by its own thread only (others
+                 * reach it through notify_fd), so it needs no lock. */
+                event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+            }
             w->base = event_base_new_with_config(ec);
             event_config_free(ec);
         }
-    } else {
-        w->base = event_base_new();
     }
     if (w->base == NULL) {
         goto fail_base;
