@@ -105,6 +105,14 @@ static void be_error(struct gw_conn *conn, void *arg, bool eof)
     be_fail(be, be->state == GW_BE_CONNECTING ? "connect failed" : "connection error", true);
 }
 
+/* No multi-key get is being built. */
+static void be_group_reset(struct gw_backend *be)
+{
+    be->gkeys = 0;
+    be->glen = 0;
+    be->gfirst = be->glast = NULL;
+}
+
 /* The multi-key get being built joins the output, after everything queued before it. */
 static void be_group_close(struct gw_backend *be)
 {
@@ -116,9 +124,7 @@ static void be_group_close(struct gw_backend *be)
         evbuffer_add(be->conn.out, be->gline, be->glen);
         evbuffer_add(be->conn.out, "\r\n", 2);
     }
-    be->gkeys = 0;
-    be->glen = 0;
-    be->gfirst = be->glast = NULL;
+    be_group_reset(be);
 }
 
 static void be_on_flush(struct gw_conn *conn, void *arg)
@@ -128,6 +134,22 @@ static void be_on_flush(struct gw_conn *conn, void *arg)
     (void)conn;
     be_group_close(be);
     be->nunsent = 0; /* all of it is the kernel's from here on */
+}
+
+/* frag joins pending, before `before` (NULL: at the end), in the order of the output. */
+static void be_enqueue(struct gw_backend *be, struct gw_frag *frag, struct gw_frag *before)
+{
+    frag->be = be;
+    if (TAILQ_EMPTY(&be->pending)) {
+        be->last_progress_ms = gw_now_ms();
+    }
+    if (before != NULL) {
+        TAILQ_INSERT_BEFORE(before, frag, link);
+    } else {
+        TAILQ_INSERT_TAIL(&be->pending, frag, link);
+    }
+    be->npending++;
+    STAT_INCR(&be->w->stats, backend_requests);
 }
 
 /* One more request is queued: write it this pass, or hold it while a batch is at the
@@ -194,19 +216,9 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
     if (!ahead) {
         be_group_close(be);
     }
-    frag->be = be;
     frag->merged = false;
     frag->group_last = false;
-    if (TAILQ_EMPTY(&be->pending)) {
-        be->last_progress_ms = gw_now_ms();
-    }
-    if (ahead) {
-        TAILQ_INSERT_BEFORE(be->gfirst, frag, link);
-    } else {
-        TAILQ_INSERT_TAIL(&be->pending, frag, link);
-    }
-    be->npending++;
-    STAT_INCR(&be->w->stats, backend_requests);
+    be_enqueue(be, frag, ahead ? be->gfirst : NULL);
     if (!be->open) {
         if (data != NULL && ndata > 0) {
             evbuffer_drain(data, ndata); /* the tick fails the frag */
@@ -269,17 +281,11 @@ void gw_backend_send_get(struct gw_backend *be, struct gw_frag *frag, enum mc_cm
     be->glen += nkey;
     be->gkeys++;
     be->glast = frag;
-    frag->be = be;
     frag->merged = true;
     frag->group_last = false;
     frag->mkey = key;
     frag->nmkey = (uint8_t)nkey;
-    if (TAILQ_EMPTY(&be->pending)) {
-        be->last_progress_ms = gw_now_ms();
-    }
-    TAILQ_INSERT_TAIL(&be->pending, frag, link);
-    be->npending++;
-    STAT_INCR(&be->w->stats, backend_requests);
+    be_enqueue(be, frag, NULL);
     be_queued(be);
 }
 
@@ -345,9 +351,7 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
     be->value_frag = NULL;
     be->await_end = false;
     be->nunsent = 0;
-    be->gkeys = 0;
-    be->glen = 0;
-    be->gfirst = be->glast = NULL;
+    be_group_reset(be);
     if (be->open) {
         gw_conn_close(&be->conn);
         be->open = false;
