@@ -42,6 +42,11 @@ struct ring {
     size_t npoints;
     uint32_t *values; /* sorted point values: what the binary search reads */
     uint32_t *owners; /* owners[i] = server index of values[i] */
+    /* Where the search starts: first[b] is the first point >= b << (32 - bucket_bits),
+     * and first[1 << bucket_bits] = npoints, so a lookup scans the few points of one
+     * bucket instead of searching the whole continuum. */
+    uint32_t *first;
+    unsigned bucket_bits;
 };
 
 static const char *const ring_hash_names[RING_HASH_MAX] = {
@@ -251,9 +256,30 @@ int ring_create(struct ring **out, const struct ring_server *servers, size_t nse
     if (ring->owners == NULL) {
         goto fail_owners;
     }
+    /* about two buckets per point, at most 64k of them */
+    ring->bucket_bits = 1;
+    while (ring->bucket_bits < 16 && ((size_t)1 << ring->bucket_bits) < 2 * npoints) {
+        ring->bucket_bits++;
+    }
+    ring->first = malloc((((size_t)1 << ring->bucket_bits) + 1) * sizeof(*ring->first));
+    if (ring->first == NULL) {
+        goto fail_first;
+    }
     for (size_t i = 0; i < npoints; i++) {
         ring->values[i] = points[i].value;
         ring->owners[i] = points[i].server;
+    }
+    {
+        size_t nb = (size_t)1 << ring->bucket_bits;
+        size_t i = 0;
+        for (size_t b = 0; b < nb; b++) {
+            uint64_t start = (uint64_t)b << (32 - ring->bucket_bits);
+            while (i < npoints && ring->values[i] < start) {
+                i++;
+            }
+            ring->first[b] = (uint32_t)i;
+        }
+        ring->first[nb] = (uint32_t)npoints;
     }
     ring->hash = hash;
     ring->nservers = (uint32_t)nservers;
@@ -262,6 +288,8 @@ int ring_create(struct ring **out, const struct ring_server *servers, size_t nse
     *out = ring;
     return 0;
 
+fail_first:
+    free(ring->owners);
 fail_owners:
     free(ring->values);
 fail_values:
@@ -277,6 +305,7 @@ void ring_destroy(struct ring *ring)
     if (ring == NULL) {
         return;
     }
+    free(ring->first);
     free(ring->owners);
     free(ring->values);
     free(ring);
@@ -284,16 +313,15 @@ void ring_destroy(struct ring *ring)
 
 uint32_t ring_lookup_hash(const struct ring *ring, uint32_t hash)
 {
-    const uint32_t *base = ring->values;
-    size_t n = ring->npoints;
+    uint32_t b = hash >> (32 - ring->bucket_bits);
+    uint32_t i = ring->first[b];
+    uint32_t end = ring->first[b + 1];
 
-    /* Branch-free lower bound: first value >= hash (twemproxy: middle->value < hash). */
-    while (n > 1) {
-        size_t half = n / 2;
-        base = (base[half - 1] < hash) ? base + half : base;
-        n -= half;
+    /* First value >= hash (twemproxy: middle->value < hash); it lies in this bucket or
+     * is the first point of a later one, which is where i stops. */
+    while (i < end && ring->values[i] < hash) {
+        i++;
     }
-    size_t i = (size_t)(base - ring->values) + (*base < hash);
     if (i == ring->npoints) {
         i = 0; /* past the last point: wrap to the first */
     }

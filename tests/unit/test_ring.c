@@ -174,6 +174,57 @@ static void test_lookup_boundaries_and_wraparound(void **state)
     ring_destroy(ring);
 }
 
+/* The owner a plain lower bound over the points gives (the reference for the lookup). */
+static uint32_t reference_owner(const struct ring *ring, uint32_t hash)
+{
+    size_t n = ring_npoints(ring);
+    uint32_t value, owner;
+
+    for (size_t i = 0; i < n; i++) {
+        ring_point_at(ring, i, &value, &owner);
+        if (value >= hash) {
+            return owner;
+        }
+    }
+    ring_point_at(ring, 0, NULL, &owner);
+    return owner;
+}
+
+/* The lookup agrees with a plain lower bound for rings of many sizes, at random hashes
+ * and at every power-of-two boundary its start table could be cut at. */
+static void test_lookup_matches_lower_bound(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {2, 3, 7, 40};
+    uint32_t weights[64];
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+
+    for (size_t i = 0; i < 64; i++) {
+        weights[i] = 1 + (uint32_t)(i % 3);
+    }
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        for (int h = 0; h < RING_HASH_MAX; h++) {
+            struct ring *ring = make_ring(weights, sizes[s], (enum ring_hash)h);
+            for (int i = 0; i < 20000; i++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                uint32_t hash = (uint32_t)x;
+                assert_int_equal(ring_lookup_hash(ring, hash), reference_owner(ring, hash));
+            }
+            for (unsigned bits = 1; bits <= 16; bits++) {
+                for (uint64_t b = 0; b < ((uint64_t)1 << bits); b += 1 + (b >> 4)) {
+                    uint32_t at = (uint32_t)(b << (32 - bits));
+                    assert_int_equal(ring_lookup_hash(ring, at), reference_owner(ring, at));
+                    assert_int_equal(ring_lookup_hash(ring, at - 1), reference_owner(ring, at - 1));
+                    assert_int_equal(ring_lookup_hash(ring, at + 1), reference_owner(ring, at + 1));
+                }
+            }
+            ring_destroy(ring);
+        }
+    }
+}
+
 static void test_single_server(void **state)
 {
     (void)state;
@@ -451,6 +502,7 @@ int main(void)
         cmocka_unit_test(test_nutcracker_vectors),
         cmocka_unit_test(test_point_counts),
         cmocka_unit_test(test_lookup_boundaries_and_wraparound),
+        cmocka_unit_test(test_lookup_matches_lower_bound),
         cmocka_unit_test(test_single_server),
         cmocka_unit_test(test_weights),
         cmocka_unit_test(test_hash_names),
