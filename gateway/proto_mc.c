@@ -69,10 +69,38 @@ static bool number_tail_ok(const char *s, const char *end)
     return isspace((unsigned char)*end) || (*end == '\0' && end != s);
 }
 
+/* The common case, 1 to 9 plain digits up to the token's end: the value strtoul would
+ * read, without its locale and sign handling.  False for anything else, which the
+ * libc call then judges. */
+static bool small_decimal(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    int n = 0;
+
+    while (s[n] >= '0' && s[n] <= '9') {
+        if (n == 9) {
+            return false;
+        }
+        v = v * 10 + (uint32_t)(s[n] - '0');
+        n++;
+    }
+    if (n == 0 || !number_tail_ok(s, s + n)) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
 bool mc_strtoull(const char *s, uint64_t *out)
 {
     char *end;
     unsigned long long v;
+    uint32_t small;
+
+    if (small_decimal(s, &small)) {
+        *out = small;
+        return true;
+    }
 
     errno = 0;
     *out = 0;
@@ -92,6 +120,10 @@ bool mc_strtoul(const char *s, uint32_t *out)
     char *end;
     unsigned long v;
 
+    if (small_decimal(s, out)) {
+        return true;
+    }
+
     errno = 0;
     *out = 0;
     v = strtoul(s, &end, 10);
@@ -109,6 +141,12 @@ bool mc_strtol(const char *s, int32_t *out)
 {
     char *end;
     long v;
+    uint32_t small;
+
+    if (small_decimal(s, &small)) {
+        *out = (int32_t)small;
+        return true;
+    }
 
     errno = 0;
     *out = 0;
