@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gateway/config.h"
+#include "gateway/evmem.h"
 #include "gateway/log.h"
 #include "gateway/server.h"
 
@@ -35,6 +36,7 @@ int main(int argc, char **argv)
     char err[1024];
     int opt, rc;
 
+    gw_evmem_install();
     while ((opt = getopt_long(argc, argv, "c:kVh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
