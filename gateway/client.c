@@ -1093,7 +1093,7 @@ static bool scratch_reserve(struct gw_worker *w, size_t need)
     return true;
 }
 
-static bool backlogged(struct gw_client *c)
+static bool backlogged(const struct gw_client *c)
 {
     return c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
            evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH;
@@ -1111,6 +1111,23 @@ static void pause_reading(struct gw_client *c)
     }
 }
 
+/* A command line, without its "\n", is in the worker's scratch: parse and dispatch it. */
+static void client_line(struct gw_client *c, size_t raw)
+{
+    struct gw_worker *w = c->w;
+    struct mc_request m;
+    size_t len = raw;
+
+    if (len > 1 && w->scratch[len - 1] == '\r') {
+        len--;
+    }
+    if (mc_parse(&w->parser, w->scratch, len, w->srv->max_value_bytes, &m) != 0) {
+        reply_line(c, "SERVER_ERROR out of memory");
+        return;
+    }
+    dispatch(c, &m);
+}
+
 static void client_process_once(struct gw_client *c)
 {
     struct gw_worker *w = c->w;
@@ -1120,8 +1137,7 @@ static void client_process_once(struct gw_client *c)
     for (;;) {
         size_t avail;
         struct evbuffer_ptr eol;
-        struct mc_request m;
-        size_t raw, len;
+        size_t raw;
 
         if (c->closing || c->quitting || c->quit_seen) {
             return;
@@ -1185,16 +1201,51 @@ static void client_process_once(struct gw_client *c)
         }
         evbuffer_copyout(in, w->scratch, raw);
         evbuffer_drain(in, raw + 1);
-        len = raw;
-        if (len > 1 && w->scratch[len - 1] == '\r') {
-            len--;
-        }
-        if (mc_parse(&w->parser, w->scratch, len, srv->max_value_bytes, &m) != 0) {
-            reply_line(c, "SERVER_ERROR out of memory");
-            continue;
-        }
-        dispatch(c, &m);
+        client_line(c, raw);
     }
+}
+
+/* Whether the next command line may be read now (the checks client_process_once
+ * makes before it looks for one). */
+static bool client_takes_lines(const struct gw_client *c)
+{
+    return !c->closing && !c->quitting && !c->quit_seen && c->in_state == GW_IN_LINE &&
+           c->barrier == 0 && !c->draining && !backlogged(c);
+}
+
+/*
+ * conn on_data: the command lines of a read that found the input buffer empty, parsed
+ * straight from the read buffer.  It stops at a storage command's data block, at a
+ * line cut short, or wherever client_process_once would stop; the rest goes through
+ * the input buffer and client_process as before.
+ */
+static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t n)
+{
+    struct gw_client *c = arg;
+    size_t used = 0;
+
+    (void)conn;
+    if (c->in_process) {
+        return 0;
+    }
+    c->in_process = true;
+    while (used < n && client_takes_lines(c)) {
+        const char *eol = memchr(p + used, '\n', n - used);
+        size_t raw;
+
+        if (eol == NULL) {
+            break;
+        }
+        raw = (size_t)(eol - (p + used));
+        if (!scratch_reserve(c->w, raw + 1)) {
+            break; /* client_process_once answers it */
+        }
+        memcpy(c->w->scratch, p + used, raw);
+        used += raw + 1;
+        client_line(c, raw);
+    }
+    c->in_process = false;
+    return used;
 }
 
 static void client_process(struct gw_client *c)
@@ -1237,6 +1288,7 @@ void gw_client_accept(struct gw_worker *w, int fd)
         return;
     }
     c->conn.on_drain = client_drained;
+    c->conn.on_data = client_take;
     c->conn.bytes_in = &w->stats.bytes_read;
     c->conn.bytes_out = &w->stats.bytes_written;
     c->w = w;

@@ -86,19 +86,34 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     ssize_t n;
 
     (void)what;
-    if (evbuffer_get_length(conn->in) == 0) {
+    if (evbuffer_get_length(conn->in) == 0 && !conn->w->rbuf_busy) {
         /* The common case, a request or a reply that fits one read: read into the
-         * worker's buffer and copy the few bytes over, instead of making the input
-         * buffer allocate (and, once drained, free) a 16 KiB chain on every read. */
-        n = gw_sys_read(fd, conn->w->rbuf, sizeof(conn->w->rbuf));
+         * worker's buffer, let on_data take the whole commands straight from there,
+         * and copy only what is left over, instead of making the input buffer
+         * allocate (and, once drained, free) a chain on every read.  rbuf_busy keeps
+         * a read nested inside on_data off the bytes it is still reading. */
+        struct gw_worker *w = conn->w;
+        size_t used = 0;
+
+        n = gw_sys_read(fd, w->rbuf, sizeof(w->rbuf));
         if (n > 0) {
-            if ((size_t)n == sizeof(conn->w->rbuf)) {
+            if ((size_t)n == sizeof(w->rbuf)) {
                 conn_read_more(conn);
             }
-            evbuffer_add(conn->in, conn->w->rbuf, (size_t)n);
             if (conn->bytes_in != NULL) {
                 __atomic_store_n(conn->bytes_in, *conn->bytes_in + (uint64_t)n,
                                  __ATOMIC_RELAXED);
+            }
+            if (conn->on_data != NULL) {
+                w->rbuf_busy = true;
+                used = conn->on_data(conn, conn->arg, w->rbuf, (size_t)n);
+                w->rbuf_busy = false;
+                if (conn->in == NULL) {
+                    return; /* closed under it */
+                }
+            }
+            if (used < (size_t)n) {
+                evbuffer_add(conn->in, w->rbuf + used, (size_t)n - used);
             }
             conn->on_read(conn, conn->arg);
         } else if (n == 0) {

@@ -22,6 +22,9 @@ struct gw_conn;
 
 /* Called on the owner after new input arrived. */
 typedef void (*gw_conn_read_fn)(struct gw_conn *conn, void *arg);
+/* Optional, before on_read: a read's bytes while the input buffer is empty.  Returns
+ * how many it took; the rest is appended to the input buffer for on_read. */
+typedef size_t (*gw_conn_data_fn)(struct gw_conn *conn, void *arg, const char *p, size_t n);
 /* The socket is finished (EOF, error, or connect failure); `connecting` tells which.
  * The owner must call gw_conn_close (now or later in the iteration). */
 typedef void (*gw_conn_error_fn)(struct gw_conn *conn, void *arg, bool eof);
@@ -36,6 +39,7 @@ struct gw_conn {
     struct evbuffer *in;
     struct evbuffer *out;
     gw_conn_read_fn on_read;
+    gw_conn_data_fn on_data; /* optional */
     gw_conn_error_fn on_error;
     gw_conn_event_fn on_drain;     /* optional */
     gw_conn_event_fn on_connected; /* optional */

@@ -6,6 +6,7 @@
  */
 #include "gateway/req.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,7 +33,7 @@ struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd 
     if (r != NULL) {
         w->req_free = r->next_free;
         w->nreq_free--;
-        memset(r, 0, sizeof(*r));
+        memset(r, 0, offsetof(struct gw_req, key1));
     } else {
         r = calloc(1, sizeof(*r));
         if (r == NULL) {

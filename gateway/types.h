@@ -96,7 +96,6 @@ struct gw_req {
     bool error_owned;  /* error was allocated for this request */
     struct evbuffer *reply;
     struct gw_frag frag;   /* the only frag of a single-node request */
-    char key1[MC_KEY_MAX_LENGTH]; /* a one-key get/gets: its key (frag.mkey) */
     struct gw_frag *frags; /* several nodes: one frag per node */
     uint32_t nfrags;
     struct gw_keyslot *slots;
@@ -105,6 +104,8 @@ struct gw_req {
                    * site without slots: its keys, space-separated (a retry at a peer) */
     uint32_t *slotidx;
     struct gw_req *next_free; /* in the worker's free list */
+    /* Last, and not cleared when a request is reused (gw_req_new): */
+    char key1[MC_KEY_MAX_LENGTH]; /* a one-key get/gets: its key (frag.mkey) */
 };
 
 TAILQ_HEAD(gw_req_queue, gw_req);
@@ -134,6 +135,7 @@ struct gw_backend {
     enum mc_cmd gcmd;
     struct gw_frag *gfirst; /* its first and last frags in pending */
     struct gw_frag *glast;
+    uint64_t gkeybits; /* one bit per key in it (be_key_bit): most repeats fail this */
     /* reply parser */
     struct gw_frag *value_frag; /* the merged frag the data block being moved ends */
     bool await_end; /* a multi-key get's frags are all answered; its END is next */
@@ -225,6 +227,7 @@ struct gw_worker {
     struct gw_req *req_free;       /* requests kept for reuse (req.c) */
     uint32_t nreq_free;
     char rbuf[16384];              /* reads land here first when a socket's input is empty */
+    bool rbuf_busy;                /* an on_data callback is reading rbuf */
     bool repl_appended;            /* this pass spooled something */
     struct gw_spool_pending *spool_pending; /* records spooled at the end of the pass (repl.c) */
 };
