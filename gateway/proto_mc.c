@@ -264,6 +264,25 @@ static size_t next_token(const char *line, size_t len, size_t i, size_t *tlen)
     return i;
 }
 
+/* Room for n keys in the parser's key array. */
+static int reserve_keys(struct mc_parser *p, size_t n)
+{
+    if (n > p->cap) {
+        uint32_t cap = p->cap ? p->cap : 32;
+        struct mc_token *keys;
+        while (cap < n) {
+            cap *= 2;
+        }
+        keys = realloc(p->keys, cap * sizeof(*keys));
+        if (keys == NULL) {
+            return -1;
+        }
+        p->keys = keys;
+        p->cap = cap;
+    }
+    return 0;
+}
+
 /* Make room for every key of a multi-get and fill them in. */
 static int collect_keys(struct mc_parser *p, char *line, size_t len, size_t first,
                         struct mc_request *req)
@@ -277,18 +296,8 @@ static int collect_keys(struct mc_parser *p, char *line, size_t len, size_t firs
             n++;
         }
     }
-    if (n > p->cap) {
-        uint32_t cap = p->cap ? p->cap : 32;
-        struct mc_token *keys;
-        while (cap < n) {
-            cap *= 2;
-        }
-        keys = realloc(p->keys, cap * sizeof(*keys));
-        if (keys == NULL) {
-            return -1;
-        }
-        p->keys = keys;
-        p->cap = cap;
+    if (reserve_keys(p, n) != 0) {
+        return -1;
     }
     ntok = 0;
     n = 0;
@@ -317,8 +326,21 @@ static void parse_retrieval(struct mc_parser *p, char *line, size_t len, struct 
         }
         first = 2;
     }
-    (void)ntok;
-    if (collect_keys(p, line, len, first, req) != 0) {
+    if (ntok < MC_TOKENS_ON_STACK - 1) {
+        /* every token is in tok[] already (mc_parse caps ntok below that when not):
+         * no second walk over the line */
+        if (ntok <= first) {
+            req->keys = p->keys;
+            req->nkeys = 0;
+        } else if (reserve_keys(p, ntok - first) != 0) {
+            *rc = -1;
+            return;
+        } else {
+            memcpy(p->keys, tok + first, (ntok - first) * sizeof(*tok));
+            req->keys = p->keys;
+            req->nkeys = (uint32_t)(ntok - first);
+        }
+    } else if (collect_keys(p, line, len, first, req) != 0) {
         *rc = -1;
         return;
     }

@@ -422,6 +422,35 @@ static void test_parse_get_stops_at_nul(void **state)
     free(copy);
 }
 
+/* Around the token array's size, where the keys stop being taken from it and the line
+ * is walked again instead: every key is there, in order, for get and gat. */
+static void test_parse_keys_at_token_limit(void **state)
+{
+    char line[1024];
+    struct mc_request req;
+    char *copy;
+    (void)state;
+
+    for (int gat = 0; gat < 2; gat++) {
+        for (int n = 18; n <= 28; n++) {
+            size_t len = (size_t)snprintf(line, sizeof(line), gat ? "gat 5" : "get");
+            for (int i = 0; i < n; i++) {
+                len += (size_t)snprintf(line + len, sizeof(line) - len, "  k%d", i);
+            }
+            assert_int_equal(parse(line, len, &req, &copy), 0);
+            assert_int_equal(req.action, MC_ACT_FORWARD);
+            assert_int_equal(req.nkeys, n);
+            for (int i = 0; i < n; i++) {
+                char want[16];
+                int w = snprintf(want, sizeof(want), "k%d", i);
+                assert_int_equal(req.keys[i].len, w);
+                assert_memory_equal(req.keys[i].p, want, (size_t)w);
+            }
+            free(copy);
+        }
+    }
+}
+
 /* Far more keys than memcached's 24 tokens: memcached re-tokenizes; every key counts. */
 static void test_parse_many_keys(void **state)
 {
@@ -1103,6 +1132,7 @@ int main(void)
         cmocka_unit_test(test_parse_retrieval),
         cmocka_unit_test(test_parse_get_keys),
         cmocka_unit_test(test_parse_get_stops_at_nul),
+        cmocka_unit_test(test_parse_keys_at_token_limit),
         cmocka_unit_test(test_parse_many_keys),
         cmocka_unit_test(test_parse_storage),
         cmocka_unit_test(test_parse_cas),
