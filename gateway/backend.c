@@ -434,22 +434,6 @@ static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const cha
     gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
 }
 
-/* The decimal digits of v at p; returns how many (at most 20). */
-static size_t put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++) {
-        p[i] = tmp[n - 1 - i];
-    }
-    return n;
-}
-
 /*
  * A VALUE whose item carries a version header (replicating gateways only): hide the
  * header from the client, and hide tombstones altogether.  Returns 1 when handled, 0
@@ -487,12 +471,12 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
         memcpy(head + n, r->key, r->nkey);
         n += (int)r->nkey;
         head[n++] = ' ';
-        n += (int)put_u64(head + n, h.client_flags);
+        n += (int)mc_put_u64(head + n, h.client_flags);
         head[n++] = ' ';
-        n += (int)put_u64(head + n, r->bytes - WAN_ITEM_HEADER_SIZE);
+        n += (int)mc_put_u64(head + n, r->bytes - WAN_ITEM_HEADER_SIZE);
         if (r->has_cas) {
             head[n++] = ' ';
-            n += (int)put_u64(head + n, r->cas);
+            n += (int)mc_put_u64(head + n, r->cas);
         }
         head[n++] = '\r';
         head[n++] = '\n';

@@ -70,28 +70,13 @@ static size_t put_str(char *p, const char *s, size_t n)
     return n;
 }
 
-static size_t put_u64(char *p, uint64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++) {
-        p[i] = tmp[n - 1 - i];
-    }
-    return n;
-}
-
 static size_t put_i64(char *p, int64_t v)
 {
     if (v < 0) {
         p[0] = '-';
-        return 1 + put_u64(p + 1, (uint64_t)(-(v + 1)) + 1);
+        return 1 + mc_put_u64(p + 1, (uint64_t)(-(v + 1)) + 1);
     }
-    return put_u64(p, (uint64_t)v);
+    return mc_put_u64(p, (uint64_t)v);
 }
 
 /* ---- replies the gateway writes itself ---- */
@@ -869,14 +854,14 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->hdr[len++] = ' ';
     len += put_str(st->hdr + len, m->key, m->nkey);
     st->hdr[len++] = ' ';
-    len += put_u64(st->hdr + len, m->flags);
+    len += mc_put_u64(st->hdr + len, m->flags);
     st->hdr[len++] = ' ';
     len += put_i64(st->hdr + len, m->exptime);
     st->hdr[len++] = ' ';
-    len += put_u64(st->hdr + len, (uint64_t)m->vlen);
+    len += mc_put_u64(st->hdr + len, (uint64_t)m->vlen);
     if (m->cmd == MC_CMD_CAS) {
         st->hdr[len++] = ' ';
-        len += put_u64(st->hdr + len, m->cas_unique);
+        len += mc_put_u64(st->hdr + len, m->cas_unique);
     }
     st->hdr[len++] = '\r';
     st->hdr[len++] = '\n';
@@ -956,7 +941,7 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
     len += put_str(w->out + len, m->key, m->nkey);
     if (m->cmd == MC_CMD_INCR || m->cmd == MC_CMD_DECR) {
         w->out[len++] = ' ';
-        len += put_u64(w->out + len, m->delta);
+        len += mc_put_u64(w->out + len, m->delta);
     } else if (m->cmd == MC_CMD_TOUCH) {
         w->out[len++] = ' ';
         len += put_i64(w->out + len, m->exptime);

@@ -158,6 +158,21 @@ bool mc_strtol(const char *s, int32_t *out)
     return true;
 }
 
+size_t mc_put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
 /* ---- framing ---- */
 
 enum mc_frame mc_frame_line(const char *buf, size_t len, size_t max_line, size_t *line_len,

@@ -137,6 +137,9 @@ const char *mc_cmd_name(enum mc_cmd cmd);
  * (trailing whitespace allowed), no '-' on unsigned values that wrap. */
 bool mc_strtoul(const char *s, uint32_t *out);
 bool mc_strtol(const char *s, int32_t *out);
+
+/* Write v's decimal digits at p (no NUL); returns how many, at most 20. */
+size_t mc_put_u64(char *p, uint64_t v);
 bool mc_strtoull(const char *s, uint64_t *out);
 
 /* ---- backend replies ---- */
