@@ -496,6 +496,7 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct ev
                           const char *line, size_t len, const struct mc_reply *r)
 {
     struct evbuffer *dst;
+    size_t move;
 
     if (r->flags == WAN_ITEM_FLAGS_MARKER && r->bytes >= WAN_ITEM_HEADER_SIZE &&
         be->w->srv->versioned) {
@@ -505,13 +506,20 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct ev
         }
     }
     dst = gw_req_value_dst(frag, r->key, r->nkey);
+    move = len + 2;
+    be->data_left = r->bytes + 2;
+    if (evbuffer_get_length(in) >= move + be->data_left) {
+        /* the data block is here already (the usual small value): line and block
+         * leave in one move, and be_read finds the block done */
+        move += be->data_left;
+        be->data_left = 0;
+    }
     if (dst != NULL) {
-        evbuffer_remove_buffer(in, dst, len + 2);
+        evbuffer_remove_buffer(in, dst, move);
     } else {
-        evbuffer_drain(in, len + 2);
+        evbuffer_drain(in, move);
     }
     be->in_data = true;
-    be->data_left = r->bytes + 2;
     be->dst = dst;
     return 0;
 }
@@ -602,6 +610,32 @@ static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char
     return 0;
 }
 
+/* The reply line at the head of in, contiguous, and its length without the CRLF; NULL
+ * while no whole line is there.  A line nearly always lies in the first chain, where
+ * memchr finds its end; a line across chains, or one after a bare LF, takes libevent's
+ * search and a pullup. */
+static const char *be_next_line(struct evbuffer *in, size_t *len)
+{
+    struct evbuffer_iovec v;
+    struct evbuffer_ptr eol;
+    size_t eol_len = 0;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) > 0) {
+        const char *p = v.iov_base;
+        const char *nl = memchr(p, '\n', v.iov_len);
+        if (nl != NULL && nl > p && nl[-1] == '\r') {
+            *len = (size_t)(nl - p) - 1;
+            return p;
+        }
+    }
+    eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
+    if (eol.pos < 0) {
+        return NULL;
+    }
+    *len = (size_t)eol.pos;
+    return (const char *)evbuffer_pullup(in, (ssize_t)(*len + 2));
+}
+
 static void be_read(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
@@ -612,19 +646,14 @@ static void be_read(struct gw_conn *conn, void *arg)
     for (;;) {
         size_t avail = evbuffer_get_length(in);
         struct gw_frag *frag;
-        struct evbuffer_ptr eol;
-        size_t eol_len = 0;
         size_t len;
         const char *line;
 
-        if (avail == 0) {
-            return;
-        }
         if (be->in_data) {
             size_t n = avail < be->data_left ? avail : be->data_left;
-            if (be->dst != NULL) {
+            if (n > 0 && be->dst != NULL) {
                 evbuffer_remove_buffer(in, be->dst, n);
-            } else {
+            } else if (n > 0) {
                 evbuffer_drain(in, n);
             }
             be->data_left -= (uint32_t)n;
@@ -642,22 +671,23 @@ static void be_read(struct gw_conn *conn, void *arg)
             }
             continue;
         }
+        if (avail == 0) {
+            return;
+        }
         frag = TAILQ_FIRST(&be->pending);
         if (frag == NULL && !be->await_end) {
             log_warn("node %s sent %zu bytes nobody asked for", be->node->label, avail);
             be_fail(be, "unexpected data", true);
             return;
         }
-        eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
-        if (eol.pos < 0) {
+        line = be_next_line(in, &len);
+        if (line == NULL) {
             if (avail > GW_BE_MAX_LINE) {
                 log_warn("node %s: reply line too long; closing", be->node->label);
                 be_fail(be, "protocol error", true);
             }
             return;
         }
-        len = (size_t)eol.pos;
-        line = (const char *)evbuffer_pullup(in, (ssize_t)(len + 2));
         if (be->await_end) {
             if (len != 3 || memcmp(line, "END", 3) != 0) {
                 log_warn("node %s: no END after a multi-key get; closing", be->node->label);

@@ -306,7 +306,8 @@ int gw_conn_flush(struct gw_conn *conn)
     if (conn->connecting || conn->failed || conn->fd < 0) {
         return 0;
     }
-    while ((left = evbuffer_get_length(conn->out)) > 0) {
+    left = evbuffer_get_length(conn->out);
+    while (left > 0) {
         size_t offered;
         ssize_t n = conn_write(conn, left, &offered);
         if (n < 0) {
@@ -321,11 +322,11 @@ int gw_conn_flush(struct gw_conn *conn)
         if (conn->bytes_out != NULL) {
             __atomic_store_n(conn->bytes_out, *conn->bytes_out + (uint64_t)n, __ATOMIC_RELAXED);
         }
+        left -= (size_t)n; /* conn_write drained what the kernel took */
         if ((size_t)n < offered) {
             break; /* the kernel took what it could; wait for EV_WRITE */
         }
     }
-    left = evbuffer_get_length(conn->out);
     if (left > 0 && !conn->wev_armed) {
         event_add(&conn->wev, NULL);
         conn->wev_armed = true;

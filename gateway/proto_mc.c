@@ -634,19 +634,34 @@ void mc_reply_parse(const char *line, size_t len, struct mc_reply *out)
     out->nkey = (uint32_t)(q - p);
     for (int field = 0; q < end; field++) {
         const char *s = q + 1;
-        const char *e = memchr(s, ' ', (size_t)(end - s));
+        const char *e = s;
         size_t n;
-        if (e == NULL) {
-            e = end;
+
+        /* the usual field, up to 9 plain digits, read in place; anything else goes
+         * through mc_strtoull, which decides what memcached would accept */
+        v = 0;
+        while (e < end && *e >= '0' && *e <= '9' && e - s < 9) {
+            v = v * 10 + (uint64_t)(*e - '0');
+            e++;
         }
-        n = (size_t)(e - s);
-        if (field > 2 || n == 0 || n >= sizeof(num)) {
-            out->kind = MC_REPLY_BAD;
-            return;
+        if (e == s || (e < end && *e != ' ')) {
+            e = memchr(s, ' ', (size_t)(end - s));
+            if (e == NULL) {
+                e = end;
+            }
+            n = (size_t)(e - s);
+            if (n == 0 || n >= sizeof(num)) {
+                out->kind = MC_REPLY_BAD;
+                return;
+            }
+            memcpy(num, s, n);
+            num[n] = '\0';
+            if (!mc_strtoull(num, &v)) {
+                out->kind = MC_REPLY_BAD;
+                return;
+            }
         }
-        memcpy(num, s, n);
-        num[n] = '\0';
-        if (!mc_strtoull(num, &v)) {
+        if (field > 2) {
             out->kind = MC_REPLY_BAD;
             return;
         }

@@ -389,6 +389,18 @@ static void test_md5_rfc1321(void **state)
     ring_md5_final(&ctx, pieces);
     assert_memory_equal(one, pieces, RING_MD5_DIGEST_LEN);
 
+    /* every short length, where ring_md5 builds its single block directly, equals
+     * the digest fed a byte at a time through the context */
+    for (size_t len = 0; len <= 130; len++) {
+        ring_md5(buf, len, one);
+        ring_md5_init(&ctx);
+        for (size_t i = 0; i < len; i++) {
+            ring_md5_update(&ctx, buf + i, 1);
+        }
+        ring_md5_final(&ctx, pieces);
+        assert_memory_equal(one, pieces, RING_MD5_DIGEST_LEN);
+    }
+
     /* lengths around the 55/56/64-byte padding edges */
     static const char *const edges[] = {
         /* md5 of 55, 56, 63, 64, 65 'a's */
