@@ -201,8 +201,10 @@ static void be_connect(struct gw_backend *be)
     be->open = true;
 }
 
-void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
-                     struct evbuffer *data, size_t ndata)
+/* gw_backend_send's work: the data comes out of the evbuffer data or, when that is
+ * NULL, from memory at bytes. */
+static void be_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
+                    struct evbuffer *data, const void *bytes, size_t ndata)
 {
     struct evbuffer *out;
     bool ahead;
@@ -230,8 +232,22 @@ void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *li
     evbuffer_add(out, line, len);
     if (data != NULL && ndata > 0) {
         evbuffer_remove_buffer(data, out, ndata);
+    } else if (bytes != NULL && ndata > 0) {
+        evbuffer_add(out, bytes, ndata);
     }
     be_queued(be);
+}
+
+void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
+                     struct evbuffer *data, size_t ndata)
+{
+    be_send(be, frag, line, len, data, NULL, ndata);
+}
+
+void gw_backend_send_bytes(struct gw_backend *be, struct gw_frag *frag, const char *line,
+                           size_t len, const void *data, size_t ndata)
+{
+    be_send(be, frag, line, len, NULL, data, ndata);
 }
 
 /* Whether key is already one of the multi-key get's (a server may answer a key asked

@@ -29,6 +29,10 @@ void gw_backend_destroy(struct gw_backend *be);
 void gw_backend_send(struct gw_backend *be, struct gw_frag *frag, const char *line, size_t len,
                      struct evbuffer *data, size_t ndata);
 
+/* gw_backend_send with the ndata bytes copied from memory at data. */
+void gw_backend_send_bytes(struct gw_backend *be, struct gw_frag *frag, const char *line,
+                           size_t len, const void *data, size_t ndata);
+
 /*
  * Queue frag, a one-key get or gets (cmd) of key, which frag->req owns until the frag
  * is answered.  One-key reads queued back to back in one loop iteration leave as one

@@ -870,7 +870,12 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
 }
 
 /* The data block is in: check its "\r\n" like memcached, then send it on. */
-static void finish_store(struct gw_client *c, struct evbuffer *in)
+/*
+ * The data block of the pending storage command has arrived whole: check its end and
+ * send it on.  It is the first vlen bytes of in or, when in is NULL, at flat (the read
+ * buffer; never for a versioned gateway, whose gw_vop_store takes an evbuffer).
+ */
+static void finish_store(struct gw_client *c, struct evbuffer *in, const char *flat)
 {
     struct gw_store_pending *st = c->store;
     struct evbuffer_ptr pos;
@@ -878,10 +883,16 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
     struct gw_req *r;
 
     c->in_state = GW_IN_LINE;
-    evbuffer_ptr_set(in, &pos, st->vlen - 2, EVBUFFER_PTR_SET);
-    evbuffer_copyout_from(in, &pos, last2, 2);
+    if (in != NULL) {
+        evbuffer_ptr_set(in, &pos, st->vlen - 2, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(in, &pos, last2, 2);
+    } else {
+        memcpy(last2, flat + st->vlen - 2, 2);
+    }
     if (!mc_data_block_ok(last2)) {
-        evbuffer_drain(in, st->vlen);
+        if (in != NULL) {
+            evbuffer_drain(in, st->vlen);
+        }
         STAT_INCR(&c->w->stats, client_errors);
         if (!st->noreply) {
             reply_line(c, "CLIENT_ERROR bad data chunk");
@@ -894,13 +905,15 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
         st->remote = fallback_peer(c->w); /* went down while the value was arriving */
     }
     if (st->remote < 0 && !gw_node_usable(&c->w->pool->nodes[st->node])) {
-        evbuffer_drain(in, st->vlen);
+        if (in != NULL) {
+            evbuffer_drain(in, st->vlen);
+        }
         fail_now(c, st->cmd, st->noreply, c->w->pool->nodes[st->node].err_down);
         return;
     }
     r = client_req(c, st->cmd, st->noreply);
     if (r == NULL) {
-        return;
+        return; /* the client is closed */
     }
     if (c->w->srv->versioned) {
         gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in,
@@ -908,8 +921,13 @@ static void finish_store(struct gw_client *c, struct evbuffer *in)
         return;
     }
     r->pending = 1;
-    gw_backend_send(gw_worker_backend(c->w, st->node), &r->frag, st->hdr, st->hdrlen, in,
-                    st->vlen);
+    if (in != NULL) {
+        gw_backend_send(gw_worker_backend(c->w, st->node), &r->frag, st->hdr, st->hdrlen, in,
+                        st->vlen);
+    } else {
+        gw_backend_send_bytes(gw_worker_backend(c->w, st->node), &r->frag, st->hdr, st->hdrlen,
+                              flat, st->vlen);
+    }
 }
 
 /* delete / incr / decr / touch: one key, one line. */
@@ -1142,7 +1160,7 @@ static void client_process_once(struct gw_client *c)
             if (avail < c->store->vlen) {
                 return;
             }
-            finish_store(c, in);
+            finish_store(c, in, NULL);
             continue;
         }
         if (c->barrier > 0) {
@@ -1214,10 +1232,24 @@ static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t
         return 0;
     }
     c->in_process = true;
-    while (used < n && client_takes_lines(c)) {
-        const char *eol = memchr(p + used, '\n', n - used);
+    while (used < n) {
+        const char *eol;
         size_t raw;
 
+        if (c->in_state == GW_IN_DATA && !c->w->srv->versioned && !c->closing &&
+            !c->quitting && !c->quit_seen) {
+            /* a storage command's data block, whole in this read: straight on */
+            if (n - used < c->store->vlen) {
+                break;
+            }
+            used += c->store->vlen;
+            finish_store(c, NULL, p + used - c->store->vlen);
+            continue;
+        }
+        if (!client_takes_lines(c)) {
+            break;
+        }
+        eol = memchr(p + used, '\n', n - used);
         if (eol == NULL) {
             break;
         }
