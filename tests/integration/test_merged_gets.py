@@ -3,9 +3,10 @@ gw_backend_send_get); each client must still get exactly its own reply.
 
 A one-thread gateway over two real memcached nodes, driven by many raw sockets at once:
 every socket's request is written before any reply is read, so they meet in one pass of
-the gateway's loop.  Keys mix hits and misses, small and 200 kB values (which arrive over
-several reads), duplicates across clients, `get` and `gets`, pipelined gets on one socket,
-and sets in between (which must close a group, so a client's set-then-get stays ordered).
+the gateway's loop.  Keys mix hits and misses, small, ~16 kB and 200 kB values (which
+arrive over several reads, so reply lines and blocks are cut at read boundaries),
+duplicates across clients, `get` and `gets`, pipelined gets on one socket, and sets in
+between (which must close a group, so a client's set-then-get stays ordered).
 Every reply is compared with what memcached itself holds.
 """
 import os
@@ -35,8 +36,13 @@ def tearDownModule():
 
 
 def value_for(key, gen):
-    big = int(key.split(":")[1]) % 15 == 0
-    n = 200000 if big else 10 + (hash(key) % 90)
+    i = int(key.split(":")[1])
+    if i % 15 == 0:
+        n = 200000
+    elif i % 7 == 0:
+        n = 15000 + (hash(key) % 3000)  # around the gateway's 16 KiB read: cut lines
+    else:
+        n = 10 + (hash(key) % 90)
     head = ("%s/%d/" % (key, gen)).encode()
     return (head * (n // len(head) + 1))[:n]
 
