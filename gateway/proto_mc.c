@@ -243,8 +243,9 @@ static size_t tokenize(char *line, size_t *lenp, struct mc_token *tok, size_t ma
             break;
         }
         start = i;
-        while (i < len && line[i] != ' ') {
-            i++;
+        {
+            const char *sp = memchr(line + i, ' ', len - i);
+            i = sp != NULL ? (size_t)(sp - line) : len;
         }
         if (n < max) {
             tok[n].p = line + start;
