@@ -178,6 +178,7 @@ static void spool_free(struct wan_spool *sp)
         free(sp->peers[i].name);
     }
     free(sp->peers);
+    free(sp->run);
     if (sp->active_fd != -1) {
         close(sp->active_fd);
     }
@@ -433,17 +434,19 @@ static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t
 int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *items, size_t n,
                           uint64_t *seqs, size_t *appended)
 {
-    struct append_run *run = malloc(sizeof(*run));
+    struct append_run *run;
     int first_rc = 0, rc = 0;
     size_t done = 0, committed;
 
     *appended = 0;
-    if (run == NULL) {
+    pthread_mutex_lock(&sp->mu);
+    if (sp->run == NULL && (sp->run = malloc(sizeof(*sp->run))) == NULL) {
+        pthread_mutex_unlock(&sp->mu);
         return -ENOMEM;
     }
+    run = sp->run;
     run->n = 0;
     run->bytes = 0;
-    pthread_mutex_lock(&sp->mu);
     for (size_t i = 0; i < n; i++) {
         const struct wan_spool_item *it = &items[i];
         struct spool_seg *s;
@@ -529,7 +532,6 @@ int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *ite
         }
     }
     pthread_mutex_unlock(&sp->mu);
-    free(run);
     *appended = done;
     return rc != 0 ? rc : first_rc;
 }

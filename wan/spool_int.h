@@ -136,6 +136,10 @@ struct wan_spool {
     uint64_t drop_unlogged, drop_first, drop_last, last_drop_log_ms;
 
     struct wan_spool_stats st; /* the counters part */
+
+    /* The appends' staging (spool.c), under mu: kept from one append to the next, since
+     * allocating its 25 KB cost a malloc from the top of the heap every time. */
+    struct append_run *run;
 };
 
 struct wan_spool_cursor {
