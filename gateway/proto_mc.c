@@ -638,10 +638,11 @@ void mc_reply_parse(const char *line, size_t len, struct mc_reply *out)
         const char *e = s;
         size_t n;
 
-        /* the usual field, up to 9 plain digits, read in place; anything else goes
+        /* the usual field, up to 19 plain digits (which cannot overflow; a replicating
+         * gateway's items carry 10-digit flags), read in place; anything else goes
          * through mc_strtoull, which decides what memcached would accept */
         v = 0;
-        while (e < end && *e >= '0' && *e <= '9' && e - s < 9) {
+        while (e < end && *e >= '0' && *e <= '9' && e - s < 19) {
             v = v * 10 + (uint64_t)(*e - '0');
             e++;
         }

@@ -1087,17 +1087,21 @@ static void test_reply_values(void **state)
     assert_int_equal(r.bytes, 0);
     assert_int_equal(r.cas, 47);
 
-    /* fields of up to 9 digits are read in place, longer ones through mc_strtoull */
+    /* fields of up to 19 digits are read in place, longer ones through mc_strtoull */
     reply("VALUE k 123456789 999999999 012345678", &r);
     assert_int_equal(r.kind, MC_REPLY_VALUE);
     assert_int_equal(r.flags, 123456789);
     assert_int_equal(r.bytes, 999999999);
     assert_true(r.cas == 12345678);
-    reply("VALUE k 1234567890 1234567890 12345678901", &r);
+    reply("VALUE k 1734803457 1234567890 9999999999999999999", &r);
     assert_int_equal(r.kind, MC_REPLY_VALUE);
-    assert_int_equal(r.flags, 1234567890u);
+    assert_int_equal(r.flags, 1734803457u);
     assert_int_equal(r.bytes, 1234567890u);
-    assert_true(r.cas == 12345678901ull);
+    assert_true(r.cas == 9999999999999999999ull);
+    reply("VALUE k 00000000000000000001 5 18446744073709551615", &r);
+    assert_int_equal(r.kind, MC_REPLY_VALUE);
+    assert_int_equal(r.flags, 1);
+    assert_true(r.cas == UINT64_MAX);
 }
 
 /* Lines that start like a VALUE but that memcached never sends: the stream is out of
@@ -1112,6 +1116,7 @@ static void test_reply_bad(void **state)
         "VALUE k 0 99999999999999999999999999999999999",
         "VALUE k 0 5 x", "VALUE k 0 5 ",     "VALUE k 0 5 1 2", "VALUE k 0 5 -1",
         "VALUE k 123456789x 5", "VALUE k 0 1234567890x", "VALUE k 0 5 1234567890 1",
+        "VALUE k 0 5 18446744073709551616", "VALUE k 0 5 99999999999999999999",
     };
     int bad = 0;
     (void)state;
