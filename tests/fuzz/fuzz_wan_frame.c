@@ -13,9 +13,11 @@
  *   0  raw client bytes after the HTTP/2 preface (frames, HPACK, flow control), fed in
  *      two chunks cut where byte 1 says
  *   1  a well-formed request built by an nghttp2 client session: byte 1 picks the path
- *      (Ship / Read / Health / unknown) and END_STREAM, byte 2 the chunking, the rest
- *      is the DATA (the gRPC messages): reaches the deframer and protobuf every time
- *   2  the deframer and the three unpackers on the bytes directly
+ *      (bits 0-1: Ship / Read / Health / unknown; bit 3 set: Backfill) and END_STREAM
+ *      (bit 2), byte 2 the chunking, the rest is the DATA (the gRPC messages): reaches
+ *      the deframer and protobuf every time
+ *   2  the deframer, and the unpacker of every message a peer sends us (requests as a
+ *      server, replies as a client), on the bytes directly
  *   3  raw bytes without a preface (garbage handling)
  */
 #include <errno.h>
@@ -303,10 +305,11 @@ static ssize_t body_read(nghttp2_session *session, int32_t stream_id, uint8_t *b
 
 static void run_request(const uint8_t *data, size_t len)
 {
-    static const char *const paths[4] = {WAN_GRPC_PATH_SHIP, WAN_GRPC_PATH_READ,
-                                         WAN_GRPC_PATH_HEALTH, "/geogate.wan.v1.Replication/X"};
+    static const char *const paths[5] = {WAN_GRPC_PATH_SHIP, WAN_GRPC_PATH_READ,
+                                         WAN_GRPC_PATH_HEALTH, "/geogate.wan.v1.Replication/X",
+                                         WAN_GRPC_PATH_BACKFILL};
     uint8_t sel = len > 0 ? data[0] : 0, chunk = len > 1 ? data[1] : 0;
-    const char *path = paths[sel & 3];
+    const char *path = paths[(sel & 8) != 0 ? 4 : sel & 3];
     nghttp2_nv nva[] = {
         {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)":scheme", (uint8_t *)"https", 7, 5, NGHTTP2_NV_FLAG_NONE},
@@ -388,6 +391,37 @@ static void run_decoders(const uint8_t *data, size_t len)
     health = grpc__health__v1__health_check_request__unpack(NULL, len, data);
     if (health != NULL) {
         grpc__health__v1__health_check_request__free_unpacked(health, NULL);
+    }
+    {
+        /* what a peer sends back when we are the client */
+        Geogate__Wan__V1__BackfillRequest *bfr =
+            geogate__wan__v1__backfill_request__unpack(NULL, len, data);
+        Geogate__Wan__V1__BackfillBatch *bfb =
+            geogate__wan__v1__backfill_batch__unpack(NULL, len, data);
+        Geogate__Wan__V1__ShipAck *ack = geogate__wan__v1__ship_ack__unpack(NULL, len, data);
+        Geogate__Wan__V1__ReadResponse *rr =
+            geogate__wan__v1__read_response__unpack(NULL, len, data);
+        Grpc__Health__V1__HealthCheckResponse *hr =
+            grpc__health__v1__health_check_response__unpack(NULL, len, data);
+
+        if (bfr != NULL) {
+            geogate__wan__v1__backfill_request__free_unpacked(bfr, NULL);
+        }
+        if (bfb != NULL) {
+            for (size_t i = 0; i < bfb->n_items; i++) {
+                CHECK(bfb->items[i] != NULL);
+            }
+            geogate__wan__v1__backfill_batch__free_unpacked(bfb, NULL);
+        }
+        if (ack != NULL) {
+            geogate__wan__v1__ship_ack__free_unpacked(ack, NULL);
+        }
+        if (rr != NULL) {
+            geogate__wan__v1__read_response__free_unpacked(rr, NULL);
+        }
+        if (hr != NULL) {
+            grpc__health__v1__health_check_response__free_unpacked(hr, NULL);
+        }
     }
 
     wan_grpc_deframer_init(&d, FUZZ_MAX_MESSAGE);
