@@ -81,41 +81,6 @@ void gw_backend_destroy(struct gw_backend *be)
 }
 
 static void be_read(struct gw_conn *conn, void *arg);
-static size_t be_data(struct gw_conn *conn, void *arg, const char *p, size_t n);
-
-/*
- * Reply bytes to take: the connection's input buffer or, when a read found that
- * empty, the read itself (be_data), in memory.  Whatever the memory form leaves
- * unread, conn.c appends to the input buffer, and be_read goes on from there.
- */
-struct be_in {
-    struct evbuffer *buf; /* NULL: the n bytes at p */
-    const char *p;
-    size_t n;
-};
-
-static size_t in_len(const struct be_in *in)
-{
-    return in->buf != NULL ? evbuffer_get_length(in->buf) : in->n;
-}
-
-/* Take k bytes off the front: moved to dst, or dropped when dst is NULL. */
-static void in_take(struct be_in *in, struct evbuffer *dst, size_t k)
-{
-    if (in->buf != NULL) {
-        if (dst != NULL) {
-            evbuffer_remove_buffer(in->buf, dst, k);
-        } else {
-            evbuffer_drain(in->buf, k);
-        }
-        return;
-    }
-    if (dst != NULL) {
-        evbuffer_add(dst, in->p, k);
-    }
-    in->p += k;
-    in->n -= k;
-}
 
 static void be_connected(struct gw_conn *conn, void *arg)
 {
@@ -232,7 +197,6 @@ static void be_connect(struct gw_backend *be)
         be->connect_started_ms = 0;
         return;
     }
-    be->conn.on_data = be_data;
     be->conn.on_flush = be_on_flush;
     be->open = true;
 }
@@ -474,7 +438,7 @@ void gw_backend_tick(struct gw_backend *be, int64_t now_ms)
     }
 }
 
-static void be_probe_reply(struct gw_backend *be, struct be_in *in, const char *line,
+static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const char *line,
                            size_t len, size_t consumed)
 {
     bool ok = len >= 8 && memcmp(line, "VERSION ", 8) == 0;
@@ -482,7 +446,7 @@ static void be_probe_reply(struct gw_backend *be, struct be_in *in, const char *
     TAILQ_REMOVE(&be->pending, &be->probe, link);
     be_answered(be);
     be->probing = false;
-    in_take(in, NULL, consumed);
+    evbuffer_drain(in, consumed);
     gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
 }
 
@@ -492,7 +456,7 @@ static void be_probe_reply(struct gw_backend *be, struct be_in *in, const char *
  * when the header does not check out (the item is served as is, version 0), -1 when
  * the header bytes have not all arrived yet.
  */
-static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struct be_in *in,
+static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
                               const char *line, size_t len, const struct mc_reply *r)
 {
     uint8_t hb[WAN_ITEM_HEADER_SIZE];
@@ -502,15 +466,11 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
     char head[MC_KEY_MAX_LENGTH + 80];
     int n;
 
-    if (in_len(in) < len + 2 + WAN_ITEM_HEADER_SIZE) {
+    if (evbuffer_get_length(in) < len + 2 + WAN_ITEM_HEADER_SIZE) {
         return -1;
     }
-    if (in->buf != NULL) {
-        evbuffer_ptr_set(in->buf, &pos, len + 2, EVBUFFER_PTR_SET);
-        evbuffer_copyout_from(in->buf, &pos, hb, sizeof(hb));
-    } else {
-        memcpy(hb, in->p + len + 2, sizeof(hb));
-    }
+    evbuffer_ptr_set(in, &pos, len + 2, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &pos, hb, sizeof(hb));
     if (wan_item_header_decode(hb, sizeof(hb), &h) != 0) {
         return 0;
     }
@@ -539,7 +499,7 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
         evbuffer_add(dst, head, (size_t)n);
     }
     (void)line;
-    in_take(in, NULL, len + 2 + WAN_ITEM_HEADER_SIZE);
+    evbuffer_drain(in, len + 2 + WAN_ITEM_HEADER_SIZE);
     be->in_data = true;
     be->data_left = r->bytes - WAN_ITEM_HEADER_SIZE + 2;
     be->dst = dst;
@@ -548,7 +508,7 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
 
 /* A VALUE line for frag: its header goes where the request wants it and the data
  * block follows (be->in_data).  Returns 0, or 1 to wait for more input. */
-static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct be_in *in,
+static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
                           const char *line, size_t len, const struct mc_reply *r)
 {
     struct evbuffer *dst;
@@ -564,13 +524,17 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct be
     dst = gw_req_value_dst(frag, r->key, r->nkey);
     move = len + 2;
     be->data_left = r->bytes + 2;
-    if (in_len(in) >= move + be->data_left) {
+    if (evbuffer_get_length(in) >= move + be->data_left) {
         /* the data block is here already (the usual small value): line and block
          * leave in one move, and be_read finds the block done */
         move += be->data_left;
         be->data_left = 0;
     }
-    in_take(in, dst, move);
+    if (dst != NULL) {
+        evbuffer_remove_buffer(in, dst, move);
+    } else {
+        evbuffer_drain(in, move);
+    }
     be->in_data = true;
     be->dst = dst;
     return 0;
@@ -588,24 +552,11 @@ static int be_merged_answered(struct gw_backend *be, struct gw_frag *frag, uint6
     return be->conn_gen == gen ? 0 : -1;
 }
 
-/* gw_req_frag_line for a line at the front of in, consumed bytes long with its CRLF. */
-static void be_frag_line(struct be_in *in, struct gw_frag *frag, const char *line, size_t len,
-                         size_t consumed)
-{
-    if (in->buf != NULL) {
-        gw_req_frag_line(frag, in->buf, line, len, consumed);
-        return;
-    }
-    in->p += consumed; /* the bytes stay where they are, in the read buffer */
-    in->n -= consumed;
-    gw_req_frag_line(frag, NULL, line, len, consumed);
-}
-
 /*
  * A reply line to the multi-key get the head frag belongs to.  Returns 0 when the line
  * was consumed, 1 to wait for more input, -1 when the connection failed.
  */
-static int be_merged_line(struct gw_backend *be, struct be_in *in, const char *line,
+static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char *line,
                           size_t len, uint64_t gen)
 {
     struct gw_frag *frag = TAILQ_FIRST(&be->pending);
@@ -648,7 +599,7 @@ static int be_merged_line(struct gw_backend *be, struct be_in *in, const char *l
 
         memcpy(copy, line, len);
         copy[len] = '\0';
-        in_take(in, NULL, len + 2);
+        evbuffer_drain(in, len + 2);
         do {
             last = frag->group_last;
             if (end) {
@@ -659,7 +610,7 @@ static int be_merged_line(struct gw_backend *be, struct be_in *in, const char *l
                 TAILQ_REMOVE(&be->pending, frag, link);
                 be_answered(be);
                 gw_node_success(be->node);
-                be_frag_line(in, frag, copy, len, 0);
+                gw_req_frag_line(frag, in, copy, len, 0);
                 if (be->conn_gen != gen) {
                     return -1;
                 }
@@ -679,60 +630,47 @@ static int be_merged_line(struct gw_backend *be, struct be_in *in, const char *l
  * while no whole line is there.  A line nearly always lies in the first chain, where
  * memchr finds its end; a line across chains, or one after a bare LF, takes libevent's
  * search and a pullup. */
-static const char *be_next_line(const struct be_in *in, size_t *len)
+static const char *be_next_line(struct evbuffer *in, size_t *len)
 {
     struct evbuffer_iovec v;
     struct evbuffer_ptr eol;
     size_t eol_len = 0;
-    const char *p;
 
-    if (in->buf == NULL) {
-        /* the first CRLF (memchr for the LF: memmem costs more on lines this short) */
-        const char *end = in->p + in->n;
-        const char *nl = in->p;
-
-        while ((nl = memchr(nl, '\n', (size_t)(end - nl))) != NULL) {
-            if (nl > in->p && nl[-1] == '\r') {
-                *len = (size_t)(nl - in->p) - 1;
-                return in->p;
-            }
-            nl++;
-        }
-        return NULL;
-    }
-    if (evbuffer_peek(in->buf, -1, NULL, &v, 1) > 0) {
-        const char *nl;
-        p = v.iov_base;
-        nl = memchr(p, '\n', v.iov_len);
+    if (evbuffer_peek(in, -1, NULL, &v, 1) > 0) {
+        const char *p = v.iov_base;
+        const char *nl = memchr(p, '\n', v.iov_len);
         if (nl != NULL && nl > p && nl[-1] == '\r') {
             *len = (size_t)(nl - p) - 1;
             return p;
         }
     }
-    eol = evbuffer_search_eol(in->buf, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
+    eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF_STRICT);
     if (eol.pos < 0) {
         return NULL;
     }
     *len = (size_t)eol.pos;
-    return (const char *)evbuffer_pullup(in->buf, (ssize_t)(*len + 2));
+    return (const char *)evbuffer_pullup(in, (ssize_t)(*len + 2));
 }
 
-/* Take the replies in in, as far as they have arrived. */
-static void be_input(struct gw_backend *be, struct be_in *in)
+static void be_read(struct gw_conn *conn, void *arg)
 {
+    struct gw_backend *be = arg;
+    struct evbuffer *in = conn->in;
     uint64_t gen = be->conn_gen;
 
     be->last_progress_ms = gw_now_ms();
     for (;;) {
-        size_t avail = in_len(in);
+        size_t avail = evbuffer_get_length(in);
         struct gw_frag *frag;
         size_t len;
         const char *line;
 
         if (be->in_data) {
             size_t n = avail < be->data_left ? avail : be->data_left;
-            if (n > 0) {
-                in_take(in, be->dst, n);
+            if (n > 0 && be->dst != NULL) {
+                evbuffer_remove_buffer(in, be->dst, n);
+            } else if (n > 0) {
+                evbuffer_drain(in, n);
             }
             be->data_left -= (uint32_t)n;
             if (be->data_left > 0) {
@@ -773,7 +711,7 @@ static void be_input(struct gw_backend *be, struct be_in *in)
                 return;
             }
             be->await_end = false;
-            in_take(in, NULL, len + 2);
+            evbuffer_drain(in, len + 2);
             continue;
         }
         if (frag->merged) {
@@ -795,7 +733,7 @@ static void be_input(struct gw_backend *be, struct be_in *in)
                     be_fail(be, "protocol error", true);
                     return;
                 }
-                in_take(in, frag->capture, len + 2);
+                evbuffer_remove_buffer(in, frag->capture, len + 2);
                 be->in_data = true;
                 be->data_left = r.bytes + 2;
                 be->dst = frag->capture;
@@ -804,7 +742,7 @@ static void be_input(struct gw_backend *be, struct be_in *in)
             TAILQ_REMOVE(&be->pending, frag, link);
             be_answered(be);
             gw_node_success(be->node);
-            in_take(in, frag->capture, len + 2);
+            evbuffer_remove_buffer(in, frag->capture, len + 2);
             frag->cb(frag, frag->capture, NULL);
             if (be->conn_gen != gen) {
                 return;
@@ -828,32 +766,9 @@ static void be_input(struct gw_backend *be, struct be_in *in)
         TAILQ_REMOVE(&be->pending, frag, link);
         be_answered(be);
         gw_node_success(be->node);
-        be_frag_line(in, frag, line, len, len + 2);
+        gw_req_frag_line(frag, in, line, len, len + 2);
         if (be->conn_gen != gen) {
             return; /* failed while the reply was handled: `in` is gone */
         }
     }
-}
-
-static void be_read(struct gw_conn *conn, void *arg)
-{
-    struct be_in in = {conn->in, NULL, 0};
-
-    be_input(arg, &in);
-}
-
-/* conn on_data: replies straight from a read that found the input buffer empty.
- * Returns how many bytes were taken; the rest is appended to the input buffer. */
-static size_t be_data(struct gw_conn *conn, void *arg, const char *p, size_t n)
-{
-    struct gw_backend *be = arg;
-    struct be_in in = {NULL, p, n};
-    uint64_t gen = be->conn_gen;
-
-    (void)conn;
-    be_input(be, &in);
-    if (be->conn_gen != gen) {
-        return n; /* the connection failed: what is left was its, and is dropped */
-    }
-    return n - in.n;
 }

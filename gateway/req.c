@@ -330,22 +330,6 @@ static void count_reply(struct gw_req *r, const char *line, size_t len)
     }
 }
 
-/* The consumed bytes of a reply line go to dst (NULL: nowhere): out of in or, when in
- * is NULL, from line, where the caller has them. */
-static void frag_take(struct evbuffer *in, struct evbuffer *dst, const char *line,
-                      size_t consumed)
-{
-    if (in == NULL) {
-        if (dst != NULL && consumed > 0) {
-            evbuffer_add(dst, line, consumed);
-        }
-    } else if (dst != NULL) {
-        evbuffer_remove_buffer(in, dst, consumed);
-    } else {
-        evbuffer_drain(in, consumed);
-    }
-}
-
 void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,
                       size_t consumed)
 {
@@ -353,12 +337,15 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
 
     if (mc_cmd_is_retrieval(r->cmd)) {
         if (line_is(line, len, "END")) {
-            bool keep = r->slots == NULL && !r->failed && r->client != NULL;
-            frag_take(in, keep ? req_sink(r) : NULL, line, consumed);
+            if (r->slots == NULL && !r->failed && r->client != NULL) {
+                evbuffer_remove_buffer(in, req_sink(r), consumed);
+            } else {
+                evbuffer_drain(in, consumed);
+            }
         } else {
             /* An error instead of END: the whole retrieval answers with it. */
             char *copy = strndup(line, len);
-            frag_take(in, NULL, line, consumed);
+            evbuffer_drain(in, consumed);
             if (copy != NULL) {
                 set_failed(r, copy, true);
             } else {
@@ -378,12 +365,21 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
                 set_failed(r, "SERVER_ERROR flush_all failed on a node", false);
             }
         }
-        frag_take(in, NULL, line, consumed);
+        evbuffer_drain(in, consumed);
         frag_complete(frag);
         return;
     }
     count_reply(r, line, len);
-    frag_take(in, r->noreply || r->client == NULL ? NULL : req_sink(r), line, consumed);
+    if (r->noreply || r->client == NULL) {
+        evbuffer_drain(in, consumed);
+    } else {
+        struct evbuffer *b = req_sink(r);
+        if (b != NULL) {
+            evbuffer_remove_buffer(in, b, consumed);
+        } else {
+            evbuffer_drain(in, consumed);
+        }
+    }
     frag_complete(frag);
 }
 

@@ -33,8 +33,7 @@ void gw_req_finish_line(struct gw_req *r, const char *line);
 struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey);
 
 /* The terminal reply line of frag (END, STORED, 42, an error...): takes `consumed`
- * bytes (line + CRLF) out of in and completes the frag.  With in NULL, those bytes
- * are the ones at line, and the caller drops them from wherever it holds them. */
+ * bytes (line + CRLF) out of in and completes the frag. */
 void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,
                       size_t consumed);
 
