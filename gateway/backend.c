@@ -697,8 +697,10 @@ static void be_read(struct gw_conn *conn, void *arg)
             return;
         }
         line = be_next_line(in, &len);
-        if (line == NULL) {
-            if (avail > GW_BE_MAX_LINE) {
+        if (line == NULL || len > GW_BE_MAX_LINE) {
+            /* a whole line over the limit too: be_merged_line copies an error line
+             * into a GW_BE_MAX_LINE buffer, and memcached never sends one that long */
+            if (line != NULL || avail > GW_BE_MAX_LINE) {
                 log_warn("node %s: reply line too long; closing", be->node->label);
                 be_fail(be, "protocol error", true);
             }
