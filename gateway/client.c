@@ -70,15 +70,6 @@ static size_t put_str(char *p, const char *s, size_t n)
     return n;
 }
 
-static size_t put_i64(char *p, int64_t v)
-{
-    if (v < 0) {
-        p[0] = '-';
-        return 1 + mc_put_u64(p + 1, (uint64_t)(-(v + 1)) + 1);
-    }
-    return mc_put_u64(p, (uint64_t)v);
-}
-
 /* ---- replies the gateway writes itself ---- */
 
 /* Answer with one line, in order: straight to the socket when nothing is queued
@@ -454,7 +445,7 @@ static size_t build_retrieval(struct gw_worker *w, const struct mc_request *m,
     len += put_str(w->out + len, name, strlen(name));
     if (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS) {
         w->out[len++] = ' ';
-        len += put_i64(w->out + len, m->exptime);
+        len += mc_put_i64(w->out + len, m->exptime);
     }
     for (uint32_t i = 0; i < n; i++) {
         const struct mc_token *k = &keys[idx ? idx[i] : i];
@@ -850,21 +841,8 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->cas_unique = m->cas_unique;
     st->nkey = (uint16_t)m->nkey;
     memcpy(st->key, m->key, m->nkey);
-    len += put_str(st->hdr + len, name, strlen(name));
-    st->hdr[len++] = ' ';
-    len += put_str(st->hdr + len, m->key, m->nkey);
-    st->hdr[len++] = ' ';
-    len += mc_put_u64(st->hdr + len, m->flags);
-    st->hdr[len++] = ' ';
-    len += put_i64(st->hdr + len, m->exptime);
-    st->hdr[len++] = ' ';
-    len += mc_put_u64(st->hdr + len, (uint64_t)m->vlen);
-    if (m->cmd == MC_CMD_CAS) {
-        st->hdr[len++] = ' ';
-        len += mc_put_u64(st->hdr + len, m->cas_unique);
-    }
-    st->hdr[len++] = '\r';
-    st->hdr[len++] = '\n';
+    len = mc_put_storage_line(st->hdr, name, strlen(name), m->key, m->nkey, m->flags, m->exptime,
+                              (uint64_t)m->vlen, m->cmd == MC_CMD_CAS, m->cas_unique);
     st->hdrlen = (uint16_t)len;
     c->in_state = GW_IN_DATA;
 }
@@ -962,7 +940,7 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
         len += mc_put_u64(w->out + len, m->delta);
     } else if (m->cmd == MC_CMD_TOUCH) {
         w->out[len++] = ' ';
-        len += put_i64(w->out + len, m->exptime);
+        len += mc_put_i64(w->out + len, m->exptime);
     }
     w->out[len++] = '\r';
     w->out[len++] = '\n';
@@ -993,7 +971,7 @@ static void forward_flush(struct gw_client *c, const struct mc_request *m)
     len += put_str(line, "flush_all", 9);
     if (m->has_delay) {
         line[len++] = ' ';
-        len += put_i64(line + len, m->exptime);
+        len += mc_put_i64(line + len, m->exptime);
     }
     line[len++] = '\r';
     line[len++] = '\n';

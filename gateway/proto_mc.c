@@ -173,6 +173,41 @@ size_t mc_put_u64(char *p, uint64_t v)
     return n;
 }
 
+size_t mc_put_i64(char *p, int64_t v)
+{
+    if (v < 0) {
+        p[0] = '-';
+        return 1 + mc_put_u64(p + 1, (uint64_t)(-(v + 1)) + 1);
+    }
+    return mc_put_u64(p, (uint64_t)v);
+}
+
+size_t mc_put_storage_line(char *p, const char *cmd, size_t ncmd, const char *key, size_t nkey,
+                           uint32_t flags, int64_t exptime, uint64_t bytes, bool has_cas,
+                           uint64_t cas)
+{
+    size_t n = 0;
+
+    memcpy(p, cmd, ncmd);
+    n += ncmd;
+    p[n++] = ' ';
+    memcpy(p + n, key, nkey);
+    n += nkey;
+    p[n++] = ' ';
+    n += mc_put_u64(p + n, flags);
+    p[n++] = ' ';
+    n += mc_put_i64(p + n, exptime);
+    p[n++] = ' ';
+    n += mc_put_u64(p + n, bytes);
+    if (has_cas) {
+        p[n++] = ' ';
+        n += mc_put_u64(p + n, cas);
+    }
+    p[n++] = '\r';
+    p[n++] = '\n';
+    return n;
+}
+
 /* ---- framing ---- */
 
 enum mc_frame mc_frame_line(const char *buf, size_t len, size_t max_line, size_t *line_len,

@@ -140,6 +140,13 @@ bool mc_strtol(const char *s, int32_t *out);
 
 /* Write v's decimal digits at p (no NUL); returns how many, at most 20. */
 size_t mc_put_u64(char *p, uint64_t v);
+/* The same for a signed value ('-' first when negative); at most 20. */
+size_t mc_put_i64(char *p, int64_t v);
+/* A storage command's line, "<cmd> <key> <flags> <exptime> <bytes>[ <cas>]\r\n" (the
+ * cas when has_cas), at p; returns its length, at most ncmd + nkey + 70. */
+size_t mc_put_storage_line(char *p, const char *cmd, size_t ncmd, const char *key, size_t nkey,
+                           uint32_t flags, int64_t exptime, uint64_t bytes, bool has_cas,
+                           uint64_t cas);
 bool mc_strtoull(const char *s, uint64_t *out);
 
 /* ---- backend replies ---- */

@@ -189,40 +189,23 @@ static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap,
 {
     struct gw_server *srv = v->w->srv;
     char line[MC_KEY_MAX_LENGTH + 96 + WAN_ITEM_HEADER_SIZE + VOP_INLINE_VALUE + 2];
-    size_t ncmd = strlen(cmd);
     struct evbuffer *data;
-    size_t n = 0;
+    int64_t exptime;
+    size_t n;
 
     if (v->remote >= 0) {
         vop_remote_write(v);
         return;
     }
-    /* "cmd key flags exptime bytes[ cas]\r\n", built by hand: snprintf was the most
-     * expensive step of a replicating set */
-    memcpy(line, cmd, ncmd);
-    n = ncmd;
-    line[n++] = ' ';
-    memcpy(line + n, v->key, v->nkey);
-    n += v->nkey;
-    line[n++] = ' ';
-    n += mc_put_u64(line + n, WAN_ITEM_FLAGS_MARKER);
-    line[n++] = ' ';
     if (v->nh.tombstone) {
-        n += mc_put_u64(line + n, srv->tombstone_ttl_s);
-    } else if (v->nh.expiry == 1) {
-        memcpy(line + n, "-1", 2); /* already expired */
-        n += 2;
+        exptime = srv->tombstone_ttl_s;
     } else {
-        n += mc_put_u64(line + n, v->nh.expiry);
+        exptime = v->nh.expiry == 1 ? -1 : (int64_t)v->nh.expiry; /* 1: already expired */
     }
-    line[n++] = ' ';
-    n += mc_put_u64(line + n, WAN_ITEM_HEADER_SIZE + v->new_len);
-    if (strcmp(cmd, "cas") == 0) {
-        line[n++] = ' ';
-        n += mc_put_u64(line + n, cas);
-    }
-    line[n++] = '\r';
-    line[n++] = '\n';
+    /* not by snprintf: that was the most expensive step of a replicating set */
+    n = mc_put_storage_line(line, cmd, strlen(cmd), v->key, v->nkey, WAN_ITEM_FLAGS_MARKER,
+                            exptime, WAN_ITEM_HEADER_SIZE + v->new_len, strcmp(cmd, "cas") == 0,
+                            cas);
     if (v->new_len <= VOP_INLINE_VALUE) {
         /* A small item goes out in one piece with its command line. */
         wan_item_header_encode(&v->nh, (uint8_t *)line + n);

@@ -168,16 +168,16 @@ void ring_md5(const void *data, size_t len, uint8_t digest[RING_MD5_DIGEST_LEN])
         /* A key (nearly every one) fits with its padding in a single block: build
          * that block at once, without the context's buffering. */
         uint8_t block[64];
-        uint32_t state[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
 
+        ring_md5_init(&ctx);
         memcpy(block, data, len);
         block[len] = 0x80;
         memset(block + len + 1, 0, 55 - len);
         md5_store_le32(block + 56, (uint32_t)(len * 8));
         md5_store_le32(block + 60, 0);
-        md5_block(state, block);
+        md5_block(ctx.state, block);
         for (int i = 0; i < 4; i++) {
-            md5_store_le32(digest + 4 * i, state[i]);
+            md5_store_le32(digest + 4 * i, ctx.state[i]);
         }
         return;
     }
