@@ -176,6 +176,8 @@ static void client_flush(struct gw_client *c)
         c->paused = false;
         gw_conn_resume_read(&c->conn);
         client_process(c);
+    } else if (c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
+        client_process(c); /* commands still in the input, then the close */
     }
 }
 
@@ -1037,6 +1039,11 @@ static void dispatch(struct gw_client *c, const struct mc_request *m)
     case MC_ACT_LOCAL:
         do_local(c, m);
         return;
+    case MC_ACT_CLOSE:
+        STAT_INCR(&c->w->stats, client_errors);
+        log_debug("closing a client: it sent an HTTP request line");
+        client_close(c);
+        return;
     case MC_ACT_FORWARD:
         break;
     default:
@@ -1243,6 +1250,17 @@ static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t
     return used;
 }
 
+/* After the client's EOF: once every command it sent is answered (what is left in the
+ * input is no whole command), close after the last reply is written.  memcached
+ * likewise drops a command cut short by the close. */
+static void client_finish_at_eof(struct gw_client *c)
+{
+    if (c->conn.eof && !c->closing && !c->quitting && !c->paused && c->barrier == 0 &&
+        TAILQ_EMPTY(&c->reqs)) {
+        client_close_after_write(c);
+    }
+}
+
 static void client_process(struct gw_client *c)
 {
     if (c->in_process) {
@@ -1255,6 +1273,7 @@ static void client_process(struct gw_client *c)
         client_process_once(c);
     } while (c->again && !c->closing);
     c->in_process = false;
+    client_finish_at_eof(c);
 }
 
 static void client_read(struct gw_conn *conn, void *arg)
@@ -1263,11 +1282,21 @@ static void client_read(struct gw_conn *conn, void *arg)
     client_process(arg);
 }
 
+/*
+ * The client shut down its write side (or closed): what it sent before is still
+ * answered, in order, as memcached answers it, and the connection closes once the
+ * last reply is written.  A failed socket (reset, error) closes at once.
+ */
 static void client_error(struct gw_conn *conn, void *arg, bool eof)
 {
+    struct gw_client *c = arg;
+
     (void)conn;
-    (void)eof;
-    client_close(arg);
+    if (!eof) {
+        client_close(c);
+        return;
+    }
+    client_process(c);
 }
 
 /* ---- life cycle ---- */

@@ -65,9 +65,28 @@ static void conn_fail(struct gw_conn *conn, bool eof)
     conn->on_error(conn, conn->arg, eof);
 }
 
+/* The peer will send nothing more.  Its replies can still be written: a client that
+ * shut down its write side waits for them (memcached answers it too). */
+static void conn_eof(struct gw_conn *conn)
+{
+    if (conn->failed || conn->eof) {
+        return;
+    }
+    conn->eof = true;
+    if (conn->reading) {
+        event_del(&conn->rev);
+        conn->reading = false;
+    }
+    conn->on_error(conn, conn->arg, true);
+}
+
 /* Reads are edge-triggered: epoll reports a socket once per arrival, not at every
  * wait while bytes remain, which saves polling each ready socket a second time.  So a
- * read that filled its buffer, which may have left bytes behind, comes round again. */
+ * read that filled its buffer, which may have left bytes behind, comes round again,
+ * and so does one after the kernel reported the peer's FIN (EV_CLOSED, EPOLLRDHUP):
+ * a FIN that arrives with the last bytes raises no edge of its own, and a short read
+ * does not look for it, so without this a client that sends and closes at once would
+ * never be seen to go. */
 static void conn_read_more(struct gw_conn *conn)
 {
     if (conn->reading) {
@@ -89,7 +108,9 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     int nvec;
     ssize_t n;
 
-    (void)what;
+    if (what & EV_CLOSED) {
+        conn->rdhup = true;
+    }
     if (evbuffer_get_length(conn->in) == 0 && !conn->w->rbuf_busy) {
         /* The common case, a request or a reply that fits one read: read into the
          * worker's buffer, let on_data take the whole commands straight from there,
@@ -101,7 +122,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 
         n = gw_sys_read(fd, w->rbuf, sizeof(w->rbuf));
         if (n > 0) {
-            if ((size_t)n == sizeof(w->rbuf)) {
+            if ((size_t)n == sizeof(w->rbuf) || conn->rdhup) {
                 conn_read_more(conn);
             }
             if (conn->bytes_in != NULL) {
@@ -121,7 +142,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
             }
             conn->on_read(conn, conn->arg);
         } else if (n == 0) {
-            conn_fail(conn, true);
+            conn_eof(conn);
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             conn_fail(conn, false);
         }
@@ -143,7 +164,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
         for (int i = 0; i < nvec; i++) {
             room += iov[i].iov_len;
         }
-        if ((size_t)n == room) {
+        if ((size_t)n == room || conn->rdhup) {
             conn_read_more(conn);
         }
         for (int i = 0; i < nvec; i++) {
@@ -160,7 +181,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     }
     evbuffer_commit_space(conn->in, vec, 0);
     if (n == 0) {
-        conn_fail(conn, true);
+        conn_eof(conn);
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         conn_fail(conn, false);
     }
@@ -231,8 +252,8 @@ static int conn_setup(struct gw_conn *conn, struct gw_worker *w, int fd, gw_conn
     if (conn->in == NULL || conn->out == NULL) {
         goto fail;
     }
-    if (event_assign(&conn->rev, w->base, fd, EV_READ | EV_PERSIST | EV_ET, conn_read_cb,
-                     conn) != 0 ||
+    if (event_assign(&conn->rev, w->base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
+                     conn_read_cb, conn) != 0 ||
         event_assign(&conn->wev, w->base, fd, EV_WRITE | EV_ET, conn_write_cb, conn) != 0) {
         goto fail;
     }
@@ -355,7 +376,7 @@ void gw_conn_flush_all(struct gw_worker *w)
 
 void gw_conn_poll_read(struct gw_conn *conn)
 {
-    if (conn->fd >= 0 && !conn->failed && !conn->connecting) {
+    if (conn->fd >= 0 && !conn->failed && !conn->eof && !conn->connecting) {
         conn_read_cb(conn->fd, EV_READ, conn);
     }
 }
@@ -370,7 +391,7 @@ void gw_conn_pause_read(struct gw_conn *conn)
 
 void gw_conn_resume_read(struct gw_conn *conn)
 {
-    if (!conn->reading && !conn->failed && conn->fd >= 0) {
+    if (!conn->reading && !conn->failed && !conn->eof && conn->fd >= 0) {
         conn_start_read(conn);
         /* bytes that arrived while paused raised no new edge */
         conn_read_more(conn);

@@ -25,8 +25,11 @@ typedef void (*gw_conn_read_fn)(struct gw_conn *conn, void *arg);
 /* Optional, before on_read: a read's bytes while the input buffer is empty.  Returns
  * how many it took; the rest is appended to the input buffer for on_read. */
 typedef size_t (*gw_conn_data_fn)(struct gw_conn *conn, void *arg, const char *p, size_t n);
-/* The socket is finished (EOF, error, or connect failure); `connecting` tells which.
- * The owner must call gw_conn_close (now or later in the iteration). */
+/* The peer closed its side (`eof`: every byte it sent has been read and handed to
+ * on_read; the socket can still be written, see gw_conn_at_eof), or the socket failed
+ * (error, reset, connect failure; nothing more can be written).  Reading has stopped.
+ * After a failure the owner must call gw_conn_close (now or later in the iteration);
+ * after an EOF it closes once it has written what it still owes the peer. */
 typedef void (*gw_conn_error_fn)(struct gw_conn *conn, void *arg, bool eof);
 /* Output fell to the low watermark set with gw_conn_notify_drain, or connected. */
 typedef void (*gw_conn_event_fn)(struct gw_conn *conn, void *arg);
@@ -54,6 +57,8 @@ struct gw_conn {
     bool wev_armed;
     bool queued; /* in the worker's flush list */
     bool failed;
+    bool rdhup; /* the kernel reported the peer's FIN (EPOLLRDHUP): read on to EOF */
+    bool eof;   /* read returned 0: nothing more will arrive */
     TAILQ_ENTRY(gw_conn) flush_link;
 };
 

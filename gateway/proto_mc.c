@@ -462,6 +462,21 @@ static void parse_meta(struct mc_token *tok, size_t ntok, struct mc_request *req
 
 #define IS(tokname) (t0len == sizeof(tokname) - 1 && memcmp(t0, tokname, t0len) == 0)
 
+/*
+ * An unknown command whose last token starts with "HTTP/": a browser or an SSRF'd HTTP
+ * client talking to the cache port ("GET / HTTP/1.1").  memcached hangs up on these
+ * without a word, so that no reply of its can be read as HTTP; it makes the check only
+ * for commands whose first letter none of its commands share (it dispatches on that
+ * letter first), and so do we, which keeps `get / HTTP/1.0` a get.
+ */
+static bool looks_like_http(const struct mc_token *tok, size_t ntok)
+{
+    const struct mc_token *last = &tok[ntok - 1];
+
+    return strchr("acdgimst", tok[0].p[0]) == NULL && last->len >= 5 &&
+           memcmp(last->p, "HTTP/", 5) == 0;
+}
+
 int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
              struct mc_request *req)
 {
@@ -642,6 +657,8 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
     } else if (IS("lru_crawler") || IS("watch") || IS("lru") || IS("extstore")) {
         req->cmd = MC_CMD_UNSUPPORTED;
         req->error = ERR_ADMIN;
+    } else if (looks_like_http(tok, ntok)) {
+        req->action = MC_ACT_CLOSE;
     }
     return rc;
 }

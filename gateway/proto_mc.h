@@ -54,6 +54,7 @@ enum mc_action {
     MC_ACT_LOCAL,       /* valid: the gateway answers it itself */
     MC_ACT_ERROR,       /* answer `error` (unless noreply); the next line is a new command */
     MC_ACT_ERROR_SWALLOW, /* answer `error` (unless noreply), then discard `swallow` bytes */
+    MC_ACT_CLOSE,       /* an HTTP request line: hang up without a reply, as memcached does */
     MC_ACT_MAX
 };
 

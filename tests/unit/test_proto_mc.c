@@ -55,6 +55,7 @@ struct parse_case {
 #define ERRNR(s, e) {s, sizeof(s) - 1, MC_ACT_ERROR, e, true, 0}
 #define SWALLOW(s, e, n) {s, sizeof(s) - 1, MC_ACT_ERROR_SWALLOW, e, false, n}
 #define SWALLOWNR(s, e, n) {s, sizeof(s) - 1, MC_ACT_ERROR_SWALLOW, e, true, n}
+#define CLOSE(s) {s, sizeof(s) - 1, MC_ACT_CLOSE, NULL, false, 0}
 
 static struct mc_parser parser;
 
@@ -82,7 +83,7 @@ static void printable(const char *s, size_t len, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-static const char *const action_names[] = {"FORWARD", "LOCAL", "ERROR", "ERROR_SWALLOW"};
+static const char *const action_names[] = {"FORWARD", "LOCAL", "ERROR", "ERROR_SWALLOW", "CLOSE"};
 
 /* Run a table; report every mismatching row before failing, so one run lists them all. */
 static void run_cases(const struct parse_case *cases, size_t n)
@@ -279,6 +280,22 @@ static const struct parse_case empty_cases[] = {
     ERR("\0get a", E_ERROR),     /* memcached measures the line with strlen() */
     ERR("\t", E_ERROR),
     ERR("GET a", E_ERROR),       /* commands are case-sensitive */
+    /* HTTP request lines: memcached 1.6.18 hangs up on an unknown command whose last token
+     * starts with "HTTP/", unless its first letter is one its commands start with. */
+    CLOSE("GET / HTTP/1.0"),
+    CLOSE("PUT /a/b HTTP/1.1"),
+    CLOSE("DELETE HTTP/1.1"),
+    CLOSE("POST /x HTTP/1.1"),
+    CLOSE("HTTP/1.0"),
+    CLOSE("FOO HTTP/"),
+    CLOSE("GET  /  HTTP/1.0"),
+    CLOSE("zz HTTP/1.1"),
+    ERR("x HTTP/1.0", E_ERROR),  /* a one-letter command is an error before anything */
+    ERR("GET / http/1.0", E_ERROR),
+    ERR("GET /", E_ERROR),
+    ERR("GET / HTTP/1.0 junk", E_ERROR),
+    ERR("abc d HTTP/1.1", E_ERROR),
+    ERR("dump / HTTP/1.0", E_ERROR),
     ERR("Set a 0 0 1", E_ERROR),
     ERR("getx a", E_ERROR),
     ERR("get\ta", E_ERROR),      /* only ' ' separates tokens */
