@@ -373,6 +373,7 @@ void gw_backend_probe(struct gw_backend *be)
  */
 static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
 {
+    struct gw_frag_queue dead;
     struct gw_frag *f;
     int64_t now = gw_now_ms();
 
@@ -395,9 +396,16 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
         STAT_INCR(&be->w->stats, backend_failures);
         gw_node_failure(be->pool, be->node, now);
     }
-    while ((f = TAILQ_FIRST(&be->pending)) != NULL) {
-        TAILQ_REMOVE(&be->pending, f, link);
-        be->npending--;
+    /* Fail what was pending on the connection that just died, and only that: failing a
+     * request completes it, its client may go on at once and queue new requests here,
+     * and those belong to the next connection (failing them too would free frags a new
+     * multi-key get is being built from, and leave their replies to be matched to the
+     * wrong requests). */
+    TAILQ_INIT(&dead);
+    TAILQ_CONCAT(&dead, &be->pending, link);
+    be->npending = 0;
+    while ((f = TAILQ_FIRST(&dead)) != NULL) {
+        TAILQ_REMOVE(&dead, f, link);
         if (f == &be->probe) {
             be->probing = false;
             gw_node_probe_done(be->pool, be->node, false, now);
@@ -408,6 +416,22 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
             continue;
         }
         gw_req_frag_lost(f, be->node->err_io);
+    }
+}
+
+void gw_backend_forget_dst(struct gw_worker *w, const struct evbuffer *buf)
+{
+    struct gw_backend *be;
+
+    for (uint32_t i = 0; i < w->nbackends; i++) {
+        if (w->backends[i] != NULL && w->backends[i]->dst == buf) {
+            w->backends[i]->dst = NULL; /* the rest of the data block is read and dropped */
+        }
+    }
+    TAILQ_FOREACH(be, &w->retired, retire_link) {
+        if (be->dst == buf) {
+            be->dst = NULL;
+        }
     }
 }
 
@@ -477,7 +501,7 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
     if (h.tombstone) {
         dst = NULL;
     } else {
-        dst = gw_req_value_dst(frag, r->key, r->nkey);
+        dst = gw_req_value_dst(frag, r->key, r->nkey, r->bytes - WAN_ITEM_HEADER_SIZE);
     }
     if (dst != NULL) {
         /* "VALUE key flags bytes[ cas]\r\n", built by hand: snprintf cost more than the
@@ -521,7 +545,7 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct ev
             return rc > 0 ? 0 : 1;
         }
     }
-    dst = gw_req_value_dst(frag, r->key, r->nkey);
+    dst = gw_req_value_dst(frag, r->key, r->nkey, r->bytes);
     move = len + 2;
     be->data_left = r->bytes + 2;
     if (evbuffer_get_length(in) >= move + be->data_left) {

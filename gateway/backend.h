@@ -41,6 +41,10 @@ void gw_backend_send_bytes(struct gw_backend *be, struct gw_frag *frag, const ch
 void gw_backend_send_get(struct gw_backend *be, struct gw_frag *frag, enum mc_cmd cmd,
                          const char *key, uint32_t nkey);
 
+/* buf (a client's output, about to be freed) is no longer where a data block being
+ * read may go: the rest of it is dropped. */
+void gw_backend_forget_dst(struct gw_worker *w, const struct evbuffer *buf);
+
 /* Timeouts and retirement; called by the worker's tick. */
 void gw_backend_tick(struct gw_backend *be, int64_t now_ms);
 

@@ -8,8 +8,21 @@
  *   backend replies ──> req.c ──> gw_client_req_done ──> client_flush writes every
  *              finished request at the head of the queue, in order
  *
- * Back-pressure: at GW_CLIENT_MAX_INFLIGHT queued requests, or GW_CLIENT_OUT_HIGH
- * bytes unsent to the client, reading stops until the backlog halves.
+ * Back-pressure: what the gateway holds for one client is bounded whatever it sends.
+ * Reading (and so parsing) stops while any of these holds, and resumes once all are
+ * back below their low marks:
+ *   - GW_CLIENT_MAX_INFLIGHT requests queued (low: half);
+ *   - more than GW_CLIENT_OUT_HIGH bytes unsent to the client (low: GW_CLIENT_OUT_LOW);
+ *   - GW_CLIENT_INFLIGHT_BYTES of requests in flight (low: half), counting a storage
+ *     command's data block and, for a retrieval, the value size this client has been
+ *     getting (reply_est; new clients start high, so a fresh connection that pipelines
+ *     large gets has a handful in flight, and the estimate falls as small replies come);
+ *   - for a client of large values: its socket has no room for the next one (the
+ *     client is not reading; re-checked every tick).  Its replies then wait in the
+ *     kernel, not here, as memcached's wait in memcached's socket.
+ * Node connections are never paused for one client: everyone shares them.  Past
+ * client_output_limit bytes unsent the client is disconnected (as Redis's
+ * client-output-buffer-limit does).
  */
 #include "gateway/client.h"
 
@@ -18,7 +31,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -39,10 +55,17 @@
 #include "gateway/worker.h"
 
 #define GW_CLIENT_MAX_INFLIGHT 1024
-#define GW_CLIENT_OUT_HIGH (4u << 20)
+#define GW_CLIENT_OUT_HIGH (1u << 20)
+#define GW_CLIENT_OUT_LOW (256u << 10)
+#define GW_CLIENT_INFLIGHT_BYTES (1u << 20)
+#define GW_CLIENT_EST_INIT (256u << 10)  /* a new client: 4 retrievals in flight */
+#define GW_CLIENT_BIG_VALUE (64u << 10)  /* from here on, ask the socket for room */
+#define GW_CLIENT_KERNEL_QUEUE (1u << 20) /* of which this much at most */
+#define GW_CLIENT_LIMIT_LOG_MS 10000
 
 static void client_process(struct gw_client *c);
 static void client_close(struct gw_client *c);
+static bool socket_has_room(const struct gw_client *c);
 
 /* ---- building lines for nodes ---- */
 
@@ -96,6 +119,33 @@ static void reply_line(struct gw_client *c, const char *line)
     gw_req_finish_line(r, line);
 }
 
+/* Count `bytes` more against c's in-flight budget for r (one request never counts more
+ * than the whole budget, so it can always go alone). */
+static void client_charge(struct gw_client *c, struct gw_req *r, uint64_t bytes)
+{
+    uint64_t room = GW_CLIENT_INFLIGHT_BYTES - (r->charge < GW_CLIENT_INFLIGHT_BYTES
+                                                    ? r->charge
+                                                    : GW_CLIENT_INFLIGHT_BYTES);
+
+    if (bytes > room) {
+        bytes = room;
+    }
+    r->charge += (uint32_t)bytes;
+    c->inflight_bytes += bytes;
+}
+
+/* r leaves c's queue: give back its charge, and learn from its reply how large this
+ * client's values are (up at once, down by halves). */
+static void client_uncharge(struct gw_client *c, struct gw_req *r)
+{
+    c->inflight_bytes -= r->charge;
+    r->charge = 0;
+    if (mc_cmd_is_retrieval(r->cmd) && !r->failed) {
+        uint32_t each = r->hits > 0 ? r->reply_bytes / r->hits : 0;
+        c->reply_est = each > c->reply_est ? each : c->reply_est - (c->reply_est - each) / 2;
+    }
+}
+
 /* Queue a new request for c; NULL (and the connection closed) when out of memory. */
 static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool noreply)
 {
@@ -107,6 +157,9 @@ static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool nore
         return NULL;
     }
     r->noreply = noreply;
+    if (mc_cmd_is_retrieval(cmd)) {
+        client_charge(c, r, c->reply_est); /* per key; multi-key paths add the rest */
+    }
     TAILQ_INSERT_TAIL(&c->reqs, r, link);
     c->nreqs++;
     return r;
@@ -114,7 +167,47 @@ static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool nore
 
 /* ---- writing out ---- */
 
-/* The output drained (to 0 when quitting, to half the high mark when paused). */
+/* Whether every back-pressure mark is back below its low side. */
+static bool client_may_resume(const struct gw_client *c)
+{
+    return c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2 &&
+           evbuffer_get_length(c->conn.out) <= GW_CLIENT_OUT_LOW &&
+           c->inflight_bytes <= GW_CLIENT_INFLIGHT_BYTES / 2;
+}
+
+static void client_resume(struct gw_client *c)
+{
+    c->paused = false;
+    gw_conn_resume_read(&c->conn);
+    client_process(c);
+}
+
+/* A paused client's backlog changed: read it again if every mark is low, else make
+ * sure the output's drain is what wakes it (requests finishing call here anyway).
+ * Returns whether it resumed. */
+static bool client_try_resume(struct gw_client *c)
+{
+    if (!c->paused) {
+        return false;
+    }
+    if (c->wait_room) {
+        if (!socket_has_room(c)) {
+            return false; /* gw_client_tick looks again */
+        }
+        c->wait_room = false;
+        c->w->nwait_room--;
+    }
+    if (client_may_resume(c)) {
+        client_resume(c);
+        return true;
+    }
+    if (evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_LOW) {
+        gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_LOW);
+    }
+    return false;
+}
+
+/* The output drained (to 0 when quitting, to the low mark when paused). */
 static void client_drained(struct gw_conn *conn, void *arg)
 {
     struct gw_client *c = arg;
@@ -130,11 +223,7 @@ static void client_drained(struct gw_conn *conn, void *arg)
         }
         return;
     }
-    if (c->paused && c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2) {
-        c->paused = false;
-        gw_conn_resume_read(conn);
-        client_process(c);
-    }
+    client_try_resume(c);
 }
 
 static void client_close_after_write(struct gw_client *c)
@@ -158,6 +247,7 @@ static void client_flush(struct gw_client *c)
         bool quit = r->quit;
         TAILQ_REMOVE(&c->reqs, r, link);
         c->nreqs--;
+        client_uncharge(c, r);
         if (r->reply != NULL) {
             evbuffer_add_buffer(out, r->reply);
         }
@@ -171,12 +261,7 @@ static void client_flush(struct gw_client *c)
         client_close_after_write(c);
         return;
     }
-    if (c->paused && c->nreqs <= GW_CLIENT_MAX_INFLIGHT / 2 &&
-        evbuffer_get_length(out) <= GW_CLIENT_OUT_HIGH / 2) {
-        c->paused = false;
-        gw_conn_resume_read(&c->conn);
-        client_process(c);
-    } else if (c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
+    if (!client_try_resume(c) && c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
         client_process(c); /* commands still in the input, then the close */
     }
 }
@@ -1081,21 +1166,69 @@ static bool scratch_reserve(struct gw_worker *w, size_t need)
     return true;
 }
 
+/*
+ * Whether c's socket can take its next large value as well as everything in flight,
+ * within its send buffer and within GW_CLIENT_KERNEL_QUEUE (a thousand clients that do
+ * not read would otherwise park 4 MiB each in the kernel and push every socket of the
+ * machine into TCP memory pressure).  An idle socket with nothing in flight always
+ * can, so a value goes even when it is larger than the send buffer so far.
+ */
+static bool socket_has_room(const struct gw_client *c)
+{
+    int queued = 0;
+    int sndbuf = 0;
+    socklen_t len = sizeof(sndbuf);
+
+    if (ioctl(c->conn.fd, SIOCOUTQ, &queued) == -1 ||
+        getsockopt(c->conn.fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == -1) {
+        return true; /* the socket failed: let the next write say so */
+    }
+    if (queued <= 0 && c->inflight_bytes == 0) {
+        return true;
+    }
+    if (sndbuf > (int)GW_CLIENT_KERNEL_QUEUE) {
+        sndbuf = (int)GW_CLIENT_KERNEL_QUEUE;
+    }
+    return sndbuf > queued && (uint64_t)(sndbuf - queued) >= c->inflight_bytes + c->reply_est;
+}
+
+enum client_backlog { BACKLOG_NONE = 0, BACKLOG_QUEUED, BACKLOG_ROOM, BACKLOG_MAX };
+
+/* Why c must not be read now, if it must not. */
+static enum client_backlog client_backlog(const struct gw_client *c)
+{
+    if (c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
+        evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH ||
+        (c->nreqs > 0 && c->inflight_bytes >= GW_CLIENT_INFLIGHT_BYTES)) {
+        return BACKLOG_QUEUED;
+    }
+    if (c->reply_est >= GW_CLIENT_BIG_VALUE && !socket_has_room(c)) {
+        return BACKLOG_ROOM;
+    }
+    return BACKLOG_NONE;
+}
+
 static bool backlogged(const struct gw_client *c)
 {
-    return c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
-           evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH;
+    return client_backlog(c) != BACKLOG_NONE;
 }
 
 static void pause_reading(struct gw_client *c)
 {
+    if (!c->paused) {
+        STAT_INCR(&c->w->stats, read_pauses);
+    }
     c->paused = true;
     gw_conn_pause_read(&c->conn);
-    /* Paused for unsent output: resume once the socket has taken half of it.  Paused for
-     * requests in flight: client_flush resumes as they finish.  (Asking for a drain
-     * notice when the output is already small would resume at once and spin.) */
-    if (evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH / 2) {
-        gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_HIGH / 2);
+    if (!c->wait_room && client_backlog(c) == BACKLOG_ROOM) {
+        c->wait_room = true; /* no event says when the client reads: gw_client_tick looks */
+        c->w->nwait_room++;
+    }
+    /* Paused for unsent output: resume once the socket has taken it down to the low mark.
+     * Paused for requests in flight: client_flush resumes as they finish.  (Asking for a
+     * drain notice when the output is already small would resume at once and spin.) */
+    if (evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_LOW) {
+        gw_conn_notify_drain(&c->conn, GW_CLIENT_OUT_LOW);
     }
 }
 
@@ -1278,8 +1411,29 @@ static void client_process(struct gw_client *c)
 
 static void client_read(struct gw_conn *conn, void *arg)
 {
+    struct gw_client *c = arg;
+
     (void)conn;
-    client_process(arg);
+    c->last_active_ms = c->w->now_ms;
+    client_process(c);
+}
+
+/* A client that does not read its replies passed client_output_limit: it is
+ * disconnected, and the log says so once per interval with a count. */
+static void client_limit_kick(struct gw_client *c)
+{
+    struct gw_worker *w = c->w;
+
+    STAT_INCR(&w->stats, output_limit_kicks);
+    if (w->now_ms - w->limit_log_ms < GW_CLIENT_LIMIT_LOG_MS) {
+        w->limit_log_quiet++;
+        return;
+    }
+    log_warn("disconnected a client with more than %llu bytes of unsent replies "
+             "(client_output_limit; %u more since the last such line)",
+             (unsigned long long)w->srv->client_output_limit, w->limit_log_quiet);
+    w->limit_log_ms = w->now_ms;
+    w->limit_log_quiet = 0;
 }
 
 /*
@@ -1293,6 +1447,9 @@ static void client_error(struct gw_conn *conn, void *arg, bool eof)
 
     (void)conn;
     if (!eof) {
+        if (c->conn.over_limit) {
+            client_limit_kick(c);
+        }
         client_close(c);
         return;
     }
@@ -1315,7 +1472,10 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.on_data = client_take;
     c->conn.bytes_in = &w->stats.bytes_read;
     c->conn.bytes_out = &w->stats.bytes_written;
+    c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
+    c->reply_est = GW_CLIENT_EST_INIT;
+    c->last_active_ms = w->now_ms;
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
@@ -1333,6 +1493,10 @@ static void client_close(struct gw_client *c)
         return;
     }
     c->closing = true;
+    if (c->wait_room) {
+        c->wait_room = false;
+        w->nwait_room--;
+    }
     gw_conn_pause_read(&c->conn);
     TAILQ_REMOVE(&w->clients, c, link);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
@@ -1396,10 +1560,42 @@ void gw_client_reap(struct gw_worker *w)
                 r->client = NULL; /* the backend reply frees it */
             }
         }
+        if (c->conn.out != NULL) {
+            gw_backend_forget_dst(w, c->conn.out); /* a value streaming to it when it went */
+        }
         gw_conn_close(&c->conn);
         free(c->store);
         free(c);
         w->nclients--;
         __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
+    }
+}
+
+void gw_client_tick(struct gw_worker *w, int64_t now)
+{
+    uint32_t idle = w->srv->idle_timeout_ms;
+    bool check_idle = idle > 0 && now - w->idle_check_ms >= 1000;
+    struct gw_client *c, *next;
+
+    if (w->nwait_room == 0 && !check_idle) {
+        return;
+    }
+    if (check_idle) {
+        w->idle_check_ms = now;
+    }
+    for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        if (c->wait_room) {
+            client_try_resume(c);
+            continue;
+        }
+        /* memcached's idle_timeout: no command for that long and nothing owed to it */
+        if (check_idle && !c->closing && TAILQ_EMPTY(&c->reqs) &&
+            evbuffer_get_length(c->conn.out) == 0 && now - c->last_active_ms > (int64_t)idle) {
+            STAT_INCR(&w->stats, idle_kicks);
+            log_debug("closing a client idle for %lld ms (idle_timeout)",
+                      (long long)(now - c->last_active_ms));
+            client_close(c);
+        }
     }
 }

@@ -34,6 +34,10 @@ bool gw_client_retry_read(struct gw_req *r);
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 
+/* Every tick: resume clients whose socket has room again, close idle ones
+ * (idle_timeout). */
+void gw_client_tick(struct gw_worker *w, int64_t now);
+
 /* Free clients closed during this loop iteration (never inside their callbacks). */
 void gw_client_reap(struct gw_worker *w);
 

@@ -789,6 +789,11 @@ static const struct gw_config_key gw_config_keys[] = {
      .def = "1048576", .umin = 1024, .umax = 1u << 30},
     {.path = "max_value_bytes", .type = GW_CONFIG_T_UINT, GW_CONFIG_CFG(max_value_bytes),
      .def = "1048576", .umin = 1024, .umax = 1u << 30},
+    {.path = "idle_timeout", .type = GW_CONFIG_T_DURATION, GW_CONFIG_CFG(idle_timeout_ms),
+     .def = "0", .umin = 0, .umax = 86400000},
+    {.path = "client_output_limit", .type = GW_CONFIG_T_UINT,
+     GW_CONFIG_CFG(client_output_limit), .def = "67108864", .umin = 1048576,
+     .umax = 1ull << 40},
 
     {.path = "pool", .type = GW_CONFIG_T_SECTION, GW_CONFIG_NONE, .required = true},
     {.path = "pool.distribution", .type = GW_CONFIG_T_ENUM, GW_CONFIG_NONE,

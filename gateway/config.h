@@ -62,6 +62,8 @@ struct gw_config {
     uint32_t max_connections;   /* client connections, default 10000 */
     uint32_t max_request_bytes; /* longest request line (multi-get), default 1 MiB */
     uint32_t max_value_bytes;   /* largest value accepted, default 1 MiB (memcached -I) */
+    uint32_t idle_timeout_ms;   /* close a client idle this long; 0 (default) = never */
+    uint64_t client_output_limit; /* a client's unsent replies past this: disconnect */
 
     struct {
         enum ring_hash hash;            /* default md5 */

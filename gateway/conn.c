@@ -317,17 +317,11 @@ void gw_conn_want_flush(struct gw_conn *conn)
     }
 }
 
-int gw_conn_flush(struct gw_conn *conn)
+/* Write what the kernel takes; returns what is left, or -1 when the socket failed. */
+static ssize_t conn_write_out(struct gw_conn *conn)
 {
-    size_t left;
+    size_t left = evbuffer_get_length(conn->out);
 
-    if (conn->on_flush != NULL && !conn->failed) {
-        conn->on_flush(conn, conn->arg);
-    }
-    if (conn->connecting || conn->failed || conn->fd < 0) {
-        return 0;
-    }
-    left = evbuffer_get_length(conn->out);
     while (left > 0) {
         size_t offered;
         ssize_t n = conn_write(conn, left, &offered);
@@ -347,6 +341,35 @@ int gw_conn_flush(struct gw_conn *conn)
         if ((size_t)n < offered) {
             break; /* the kernel took what it could; wait for EV_WRITE */
         }
+    }
+    return (ssize_t)left;
+}
+
+void gw_conn_write_now(struct gw_conn *conn)
+{
+    if (!conn->connecting && !conn->failed && conn->fd >= 0) {
+        (void)conn_write_out(conn); /* a failure shows in the flush that follows */
+    }
+}
+
+int gw_conn_flush(struct gw_conn *conn)
+{
+    ssize_t n;
+    size_t left;
+
+    if (conn->on_flush != NULL && !conn->failed) {
+        conn->on_flush(conn, conn->arg);
+    }
+    if (conn->connecting || conn->failed || conn->fd < 0) {
+        return 0;
+    }
+    if ((n = conn_write_out(conn)) < 0) {
+        return -1;
+    }
+    left = (size_t)n;
+    if (conn->out_limit > 0 && left > conn->out_limit) {
+        conn->over_limit = true; /* a peer that does not read: the owner hangs up */
+        return -1;
     }
     if (left > 0 && !conn->wev_armed) {
         event_add(&conn->wev, NULL);

@@ -51,6 +51,8 @@ struct gw_conn {
     uint64_t *bytes_in;  /* optional counters, owned by the worker */
     uint64_t *bytes_out;
     size_t drain_below; /* call on_drain when output is at or below this */
+    size_t out_limit;   /* unsent output past this fails the socket (0: no limit) */
+    bool over_limit;    /* ... which is why it failed */
     bool notify_drain;
     bool connecting;
     bool reading; /* read event registered */
@@ -81,6 +83,10 @@ void gw_conn_want_flush(struct gw_conn *conn);
 /* Write what can be written now.  Returns 0, or -1 when the socket failed (on_error
  * is then called from the flush pass, never from here). */
 int gw_conn_flush(struct gw_conn *conn);
+
+/* Hand the kernel what it takes of the output now, calling nobody back (safe inside
+ * another socket's callbacks); the flush at the end of the pass does the rest. */
+void gw_conn_write_now(struct gw_conn *conn);
 
 void gw_conn_pause_read(struct gw_conn *conn);
 void gw_conn_resume_read(struct gw_conn *conn);

@@ -20,6 +20,9 @@
 
 /* Requests kept for reuse per worker.  None under AddressSanitizer: a pool would hide a
  * use after free or a double free from it. */
+/* Output a streaming reply may pile up in one loop pass before it is written. */
+#define GW_REQ_STREAM_FLUSH (64u << 10)
+
 #if defined(__SANITIZE_ADDRESS__)
 #define GW_REQ_FREE_MAX 0
 #else
@@ -132,17 +135,24 @@ static struct evbuffer *req_sink(struct gw_req *r)
             evbuffer_add_buffer(c->conn.out, r->reply);
         }
         r->streamed = true;
+        if (evbuffer_get_length(c->conn.out) >= GW_REQ_STREAM_FLUSH) {
+            /* A large value on its way: hand what came so far to the kernel now rather
+             * than at the end of the pass, in which a fast node can send many more. */
+            gw_conn_write_now(&c->conn);
+        }
         gw_conn_want_flush(&c->conn);
         return c->conn.out;
     }
     return gw_req_reply(r);
 }
 
-struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey)
+struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey,
+                                  uint32_t bytes)
 {
     struct gw_req *r = frag->req;
 
     r->hits++;
+    r->reply_bytes += bytes;
     if (r->slots == NULL) {
         return r->failed || r->client == NULL ? NULL : req_sink(r);
     }

@@ -29,8 +29,10 @@ void gw_req_finish(struct gw_req *r);
 /* Finish r right away with one reply line (no CRLF), unless noreply. */
 void gw_req_finish_line(struct gw_req *r, const char *line);
 
-/* A VALUE reply for frag: where its header line and data block go (NULL: drop). */
-struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey);
+/* A VALUE reply for frag, of `bytes` data bytes (counted for the client's back-pressure):
+ * where its header line and data block go (NULL: drop). */
+struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey,
+                                  uint32_t bytes);
 
 /* The terminal reply line of frag (END, STORED, 42, an error...): takes `consumed`
  * bytes (line + CRLF) out of in and completes the frag. */

@@ -80,6 +80,8 @@ static void apply_limits(struct gw_server *srv, const struct gw_config *cfg)
     srv->max_connections = cfg->max_connections;
     srv->max_request_bytes = cfg->max_request_bytes;
     srv->max_value_bytes = cfg->max_value_bytes;
+    srv->idle_timeout_ms = cfg->idle_timeout_ms;
+    srv->client_output_limit = cfg->client_output_limit;
     gw_log_set_level(cfg->log_level);
 }
 

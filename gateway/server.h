@@ -53,6 +53,8 @@ struct gw_server {
     uint32_t max_connections; /* shared */
     uint32_t max_request_bytes;
     uint32_t max_value_bytes;
+    uint32_t idle_timeout_ms;
+    uint64_t client_output_limit;
     uint64_t generation;
     struct gw_pool *pool; /* current pool (main thread's reference) */
     int next_worker;

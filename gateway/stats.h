@@ -31,6 +31,9 @@
     X(cas_misses)                                                                            \
     X(cas_badval)                                                                            \
     X(store_too_large)                                                                       \
+    X(idle_kicks)                                                                            \
+    X(output_limit_kicks)                                                                    \
+    X(read_pauses)                                                                           \
     X(client_errors)                                                                         \
     X(server_errors)                                                                         \
     X(backend_requests)                                                                      \

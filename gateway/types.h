@@ -91,6 +91,8 @@ struct gw_req {
     uint32_t pending; /* frags not yet answered */
     uint32_t nkeys;   /* retrievals: keys asked */
     uint32_t hits;    /* retrievals: VALUE replies seen */
+    uint32_t reply_bytes; /* retrievals: the data bytes of those VALUE replies */
+    uint32_t charge;  /* bytes counted against the client's in-flight budget for it */
     int32_t flush_delay; /* flush_all: its delay argument (0 = none) */
     const char *error; /* first failure's reply line (no CRLF), when failed */
     bool error_owned;  /* error was allocated for this request */
@@ -188,6 +190,12 @@ struct gw_client {
     bool draining;
     struct gw_store_pending *store;
     uint32_t barrier; /* commands in flight that later ones must wait for */
+    /* Back-pressure (client.c): what the requests in flight may bring back or carry,
+     * and the size of a value this client usually gets. */
+    uint64_t inflight_bytes;
+    uint32_t reply_est;
+    bool wait_room;         /* paused until its socket can take the next value */
+    int64_t last_active_ms; /* last read (idle_timeout) */
 };
 
 TAILQ_HEAD(gw_client_list, gw_client);
@@ -211,6 +219,11 @@ struct gw_worker {
     struct gw_client_list dead;
     struct gw_backend_list retired;
     uint32_t nclients;
+    uint32_t nwait_room; /* clients paused until their socket has room (client.c) */
+    int64_t idle_check_ms;
+    int64_t trim_ms;
+    int64_t limit_log_ms;     /* output-limit disconnects: logged once per interval */
+    uint32_t limit_log_quiet; /* ... and how many since the last line */
     struct gw_stats stats;
     struct mc_parser parser;
     char *scratch; /* a writable copy of the current request line */

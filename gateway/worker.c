@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include "gateway/server.h"
 
 #define GW_TICK_MS 50
+#define GW_TRIM_MS 2000
 
 struct gw_call {
     int (*fn)(void *arg);
@@ -194,6 +196,14 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     gw_remote_tick(w, now);
+    gw_client_tick(w, now);
+    if (w->id == 0 && now - w->trim_ms >= GW_TRIM_MS) {
+        /* Give freed memory back to the system: after a burst of large values, malloc
+         * keeps the free pages in its arenas (between live blocks, where its own
+         * trimming at the top of the heap does not reach). */
+        w->trim_ms = now;
+        malloc_trim(0);
+    }
     /* The WAN thread watches the local nodes even when no client uses them (failed
      * over, idle), so a node that dies or returns is noticed. */
     if (w->srv->repl != NULL && w->id == w->srv->nworkers) {
