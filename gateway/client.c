@@ -62,6 +62,8 @@
 #define GW_CLIENT_BIG_VALUE (64u << 10)  /* from here on, ask the socket for room */
 #define GW_CLIENT_KERNEL_QUEUE (1u << 20) /* of which this much at most */
 #define GW_CLIENT_LIMIT_LOG_MS 10000
+#define GW_TICK_GUESS_MS 50                /* the worker's tick */
+#define GW_CLIENT_ROOM_BACKOFF_MAX_MS 250
 
 static void client_process(struct gw_client *c);
 static void client_close(struct gw_client *c);
@@ -1223,6 +1225,8 @@ static void pause_reading(struct gw_client *c)
     if (!c->wait_room && client_backlog(c) == BACKLOG_ROOM) {
         c->wait_room = true; /* no event says when the client reads: gw_client_tick looks */
         c->w->nwait_room++;
+        c->room_backoff_ms = 0;
+        c->room_check_ms = 0;
     }
     /* Paused for unsent output: resume once the socket has taken it down to the low mark.
      * Paused for requests in flight: client_flush resumes as they finish.  (Asking for a
@@ -1475,7 +1479,7 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
     c->reply_est = GW_CLIENT_EST_INIT;
-    c->last_active_ms = w->now_ms;
+    c->last_active_ms = gw_now_ms();
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
@@ -1571,6 +1575,36 @@ void gw_client_reap(struct gw_worker *w)
     }
 }
 
+/*
+ * A client waiting for room in its socket: look again, less often the longer it waits
+ * (a thousand clients that never read cost a few syscalls each per check).  No event
+ * reports a reset while reading is paused, and a reset socket keeps the length of its
+ * queue, so the socket's error is asked for too.
+ */
+static void client_room_tick(struct gw_client *c, int64_t now)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    if (now < c->room_check_ms) {
+        return;
+    }
+    if (client_try_resume(c) || !c->wait_room) {
+        c->room_backoff_ms = 0;
+        return;
+    }
+    if (getsockopt(c->conn.fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1 || err != 0) {
+        log_debug("closing a client that went away while paused: %s", strerror(err));
+        client_close(c);
+        return;
+    }
+    c->room_backoff_ms = c->room_backoff_ms == 0 ? GW_TICK_GUESS_MS : c->room_backoff_ms * 2;
+    if (c->room_backoff_ms > GW_CLIENT_ROOM_BACKOFF_MAX_MS) {
+        c->room_backoff_ms = GW_CLIENT_ROOM_BACKOFF_MAX_MS;
+    }
+    c->room_check_ms = now + c->room_backoff_ms;
+}
+
 void gw_client_tick(struct gw_worker *w, int64_t now)
 {
     uint32_t idle = w->srv->idle_timeout_ms;
@@ -1586,7 +1620,7 @@ void gw_client_tick(struct gw_worker *w, int64_t now)
     for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
         if (c->wait_room) {
-            client_try_resume(c);
+            client_room_tick(c, now);
             continue;
         }
         /* memcached's idle_timeout: no command for that long and nothing owed to it */

@@ -195,6 +195,8 @@ struct gw_client {
     uint64_t inflight_bytes;
     uint32_t reply_est;
     bool wait_room;         /* paused until its socket can take the next value */
+    uint32_t room_backoff_ms; /* ... looked at again then (gw_client_tick) */
+    int64_t room_check_ms;
     int64_t last_active_ms; /* last read (idle_timeout) */
 };
 

@@ -299,6 +299,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
     TAILQ_INIT(&w->sync_wait);
+    w->now_ms = gw_now_ms(); /* the tick keeps it; clients may come before the first one */
     {
         struct event_config *ec = event_config_new();
         if (ec != NULL) {
