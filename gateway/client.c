@@ -863,6 +863,7 @@ static void forward_retrieval_multi(struct gw_client *c, const struct mc_request
         keys[i].p = kp;
         keys[i].len = m->keys[i].len;
         kp += m->keys[i].len;
+        s->pos = count[nodes[i]];
         r->slotidx[start[nodes[i]] + count[nodes[i]]++] = i;
     }
     r->pending = nfrags;
@@ -876,6 +877,9 @@ static void forward_retrieval_multi(struct gw_client *c, const struct mc_request
         frag->req = r;
         frag->slots = &r->slotidx[start[n]];
         frag->nslots = count[n];
+        for (uint32_t k = 0; k < count[n]; k++) {
+            r->slots[frag->slots[k]].frag = f - 1;
+        }
         len = build_retrieval(w, m, keys, frag->slots, frag->nslots);
         if (len == 0) {
             gw_req_frag_fail(frag, "SERVER_ERROR out of memory");

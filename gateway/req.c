@@ -146,6 +146,53 @@ static struct evbuffer *req_sink(struct gw_req *r)
     return gw_req_reply(r);
 }
 
+/*
+ * A multi-node retrieval's answers go on in the client's key order as soon as they are
+ * whole, so a multi-get of large values is never gathered whole.  A slot is whole once
+ * its frag has moved past it: a VALUE for a later key of the same frag has begun, or
+ * the frag's END came.  They collect in the request's reply until that passes
+ * GW_REQ_STREAM_FLUSH and the request is at the head of its client's queue; then they
+ * stream to the client (after which a node failing can only close the connection, as
+ * for any value that streamed).
+ */
+static void req_emit(struct gw_req *r)
+{
+    struct evbuffer *sink = NULL;
+
+    if (r->failed) {
+        return;
+    }
+    while (r->emitted < r->nslots) {
+        struct gw_keyslot *s = &r->slots[r->emitted];
+        if (s->pos >= r->frags[s->frag].done_upto) {
+            break;
+        }
+        if (s->value != NULL) {
+            if (sink == NULL) {
+                size_t held = r->reply != NULL ? evbuffer_get_length(r->reply) : 0;
+                sink = r->streamed || held + evbuffer_get_length(s->value) >= GW_REQ_STREAM_FLUSH
+                           ? req_sink(r)
+                           : gw_req_reply(r);
+                if (sink == NULL) {
+                    return;
+                }
+            }
+            evbuffer_add_buffer(sink, s->value);
+            evbuffer_free(s->value);
+            s->value = NULL;
+        }
+        r->emitted++;
+    }
+}
+
+static void frag_slots_done(struct gw_frag *frag)
+{
+    if (frag->req->slots != NULL) {
+        frag->done_upto = frag->nslots;
+        req_emit(frag->req);
+    }
+}
+
 struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey,
                                   uint32_t bytes)
 {
@@ -159,6 +206,8 @@ struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_
     for (uint32_t i = frag->cursor; i < frag->nslots; i++) {
         struct gw_keyslot *s = &r->slots[frag->slots[i]];
         if (s->nkey == nkey && memcmp(s->key, key, nkey) == 0) {
+            frag->done_upto = i; /* the ones before it are answered whole */
+            req_emit(r);
             frag->cursor = i + 1;
             if (s->value == NULL) {
                 s->value = evbuffer_new();
@@ -242,12 +291,8 @@ static void req_complete(struct gw_req *r)
     if (mc_cmd_is_retrieval(r->cmd)) {
         count_retrieval(r);
         if (r->slots != NULL) {
-            b = gw_req_reply(r);
-            for (uint32_t i = 0; b != NULL && i < r->nslots; i++) {
-                if (r->slots[i].value != NULL) {
-                    evbuffer_add_buffer(b, r->slots[i].value);
-                }
-            }
+            req_emit(r); /* every frag is done: whatever is left */
+            b = r->streamed ? req_sink(r) : gw_req_reply(r);
             if (b != NULL) {
                 evbuffer_add(b, "END\r\n", 5);
             }
@@ -347,6 +392,7 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
 
     if (mc_cmd_is_retrieval(r->cmd)) {
         if (line_is(line, len, "END")) {
+            frag_slots_done(frag);
             if (r->slots == NULL && !r->failed && r->client != NULL) {
                 evbuffer_remove_buffer(in, req_sink(r), consumed);
             } else {
@@ -397,6 +443,7 @@ void gw_req_frag_end(struct gw_frag *frag)
 {
     struct gw_req *r = frag->req;
 
+    frag_slots_done(frag);
     if (r->slots == NULL && !r->failed && r->client != NULL) {
         struct evbuffer *b = req_sink(r);
         if (b != NULL) {

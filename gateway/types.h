@@ -44,6 +44,8 @@ struct gw_keyslot {
     const char *key;
     uint32_t nkey;
     uint32_t node;
+    uint32_t frag; /* index in req->frags of the frag that asks for it */
+    uint32_t pos;  /* its index in that frag's slots */
     struct evbuffer *value; /* this key's VALUE block(s); NULL while a miss */
 };
 
@@ -65,6 +67,7 @@ struct gw_frag {
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
     uint32_t nslots;
     uint32_t cursor; /* next slot a VALUE reply can belong to */
+    uint32_t done_upto; /* slots before this one have their whole answer */
     /* A one-key get/gets sent inside a multi-key get with its neighbours in the
      * queue (backend.c, gw_backend_send_get): its key tells its VALUE apart. */
     bool merged;
@@ -102,6 +105,7 @@ struct gw_req {
     uint32_t nfrags;
     struct gw_keyslot *slots;
     uint32_t nslots;
+    uint32_t emitted; /* slots whose answer has gone on, in the client's key order */
     char *keybuf; /* owns the key bytes slots point to; a one-node read of a replicating
                    * site without slots: its keys, space-separated (a retry at a peer) */
     uint32_t *slotidx;
