@@ -607,6 +607,34 @@ class NodeCloseTest(unittest.TestCase):
         self.assertTrue(site.gateway.alive(), site.log()[-3000:])
 
 
+class AdminListenerTest(unittest.TestCase):
+    def test_1f_admin_half_close_and_send_and_close(self):
+        """The admin listener keeps the same life cycle: a client that half-closes after
+        its request gets the whole answer and then EOF; 500 clients that send a request
+        and close at once leave no fd behind."""
+        admin_port = harness.free_port()
+        site = site_or_fail(self, nodes=1, extra="admin: 127.0.0.1:%d\n" % admin_port)
+        harness.wait_port(admin_port, timeout=10 * SLOW)
+        s = connect(admin_port)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            out, closed = read_until(s, None, SOCK_TIMEOUT)
+        finally:
+            s.close()
+        self.assertTrue(closed, "the admin listener kept a half-closed client open")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200") and out.endswith(b"ok"), out[:200])
+        fds0 = settled_fd_count(site.pid)
+        for _ in range(500):
+            c = socket.create_connection(("127.0.0.1", admin_port))
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.close()
+        back = wait_until(lambda: fd_count(site.pid) <= fds0, 10 * SLOW, interval=0.1)
+        self.assertTrue(back, "admin: %d fds, %d before 500 send-and-close clients" %
+                        (fd_count(site.pid), fds0))
+        self.assertTrue(site.gateway.alive(), site.log()[-3000:])
+
+
 # =============================================================== 2. back-pressure
 
 BIG512 = bytes(range(256)) * 2048  # 512 KiB
@@ -615,6 +643,32 @@ BIG512 = bytes(range(256)) * 2048  # 512 KiB
 class BackPressureTest(unittest.TestCase):
     NON_READERS = 10
     GETS_EACH = 200
+
+    def test_2c_multi_node_multiget_streams_in_order(self):
+        """A get of many keys over two nodes, large values among them, misses and repeats:
+        the answers stream on as each node moves past a key, and the client still gets
+        exactly memcached's bytes, in its own key order."""
+        site = site_or_fail(self, nodes=2)
+        sizes = [10, 600000, 3000, 300000, 0, 70000, 1, 500000]
+        values = {}
+        for i in range(24):
+            key = b"mg:%d" % i
+            values[key] = bytes([65 + i % 26]) * sizes[i % len(sizes)]
+            store(site.port, key, values[key])
+        keys = list(values) + [b"mg:none", b"mg:1", b"mg:1", b"mg:none2", b"mg:3"]
+        want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(values[k]), values[k])
+                        for k in keys if k in values) + b"END\r\n"
+        for _ in range(3):
+            s = connect(site.port)
+            try:
+                s.sendall(b"get " + b" ".join(keys) + b"\r\n")
+                out, closed = read_until(s, lambda o: len(o) >= len(want), 20 * SLOW)
+            finally:
+                s.close()
+            self.assertFalse(closed)
+            self.assertEqual(len(out), len(want))
+            self.assertTrue(out == want, "the multi-get's bytes differ from the expected")
+
 
     def test_2a_non_reading_clients(self):
         """10 clients pipeline 200 gets of a 512 KiB value and never read: the gateway's
