@@ -143,7 +143,7 @@ static void client_uncharge(struct gw_client *c, struct gw_req *r)
     c->inflight_bytes -= r->charge;
     r->charge = 0;
     if (mc_cmd_is_retrieval(r->cmd) && !r->failed) {
-        uint32_t each = r->hits > 0 ? r->reply_bytes / r->hits : 0;
+        uint32_t each = r->hits <= 1 ? r->reply_bytes : r->reply_bytes / r->hits;
         c->reply_est = each > c->reply_est ? each : c->reply_est - (c->reply_est - each) / 2;
     }
 }
@@ -160,7 +160,9 @@ static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool nore
     }
     r->noreply = noreply;
     if (mc_cmd_is_retrieval(cmd)) {
-        client_charge(c, r, c->reply_est); /* per key; multi-key paths add the rest */
+        /* one key's worth (never above the budget); multi-key paths add the rest */
+        r->charge = c->reply_est;
+        c->inflight_bytes += c->reply_est;
     }
     TAILQ_INSERT_TAIL(&c->reqs, r, link);
     c->nreqs++;
@@ -263,7 +265,7 @@ static void client_flush(struct gw_client *c)
         client_close_after_write(c);
         return;
     }
-    if (!client_try_resume(c) && c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
+    if ((!c->paused || !client_try_resume(c)) && c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
         client_process(c); /* commands still in the input, then the close */
     }
 }
@@ -789,6 +791,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
     if (len == 0 || (r = client_req(c, m->cmd, false)) == NULL) {
         goto out;
     }
+    client_charge(c, r, (uint64_t)c->reply_est * (m->nkeys - 1));
     r->nkeys = m->nkeys;
     r->pending = 1;
     if (w->srv->repl != NULL && (m->cmd == MC_CMD_GET || m->cmd == MC_CMD_GETS)) {
@@ -835,6 +838,7 @@ static void forward_retrieval_multi(struct gw_client *c, const struct mc_request
     if (r == NULL) {
         goto out;
     }
+    client_charge(c, r, (uint64_t)c->reply_est * (m->nkeys - 1));
     r->nkeys = m->nkeys;
     r->slots = calloc(m->nkeys, sizeof(*r->slots));
     r->slotidx = malloc(m->nkeys * sizeof(*r->slotidx));
@@ -986,6 +990,7 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
     if (r == NULL) {
         return; /* the client is closed */
     }
+    client_charge(c, r, st->vlen); /* its data block is on its way to the node */
     if (c->w->srv->versioned) {
         gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in,
                      st->remote);
@@ -1204,8 +1209,8 @@ enum client_backlog { BACKLOG_NONE = 0, BACKLOG_QUEUED, BACKLOG_ROOM, BACKLOG_MA
 static enum client_backlog client_backlog(const struct gw_client *c)
 {
     if (c->nreqs >= GW_CLIENT_MAX_INFLIGHT ||
-        evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH ||
-        (c->nreqs > 0 && c->inflight_bytes >= GW_CLIENT_INFLIGHT_BYTES)) {
+        (c->nreqs > 0 && c->inflight_bytes >= GW_CLIENT_INFLIGHT_BYTES) ||
+        evbuffer_get_length(c->conn.out) > GW_CLIENT_OUT_HIGH) {
         return BACKLOG_QUEUED;
     }
     if (c->reply_est >= GW_CLIENT_BIG_VALUE && !socket_has_room(c)) {
@@ -1299,11 +1304,11 @@ static void client_process_once(struct gw_client *c)
             }
             return;
         }
-        if (backlogged(c)) {
-            pause_reading(c);
+        if (avail == 0) {
             return;
         }
-        if (avail == 0) {
+        if (backlogged(c)) {
+            pause_reading(c);
             return;
         }
         eol = evbuffer_search(in, "\n", 1, NULL);

@@ -45,16 +45,6 @@ const char *mc_cmd_name(enum mc_cmd cmd)
     return cmd < MC_CMD_MAX ? cmd_names[cmd] : "?";
 }
 
-bool mc_cmd_is_storage(enum mc_cmd cmd)
-{
-    return cmd >= MC_CMD_SET && cmd <= MC_CMD_CAS;
-}
-
-bool mc_cmd_is_retrieval(enum mc_cmd cmd)
-{
-    return cmd >= MC_CMD_GET && cmd <= MC_CMD_GATS;
-}
-
 void mc_parser_release(struct mc_parser *p)
 {
     free(p->keys);

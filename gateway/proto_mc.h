@@ -130,8 +130,16 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
  * it only then, and otherwise answers "CLIENT_ERROR bad data chunk". */
 bool mc_data_block_ok(const char last2[2]);
 
-bool mc_cmd_is_storage(enum mc_cmd cmd);
-bool mc_cmd_is_retrieval(enum mc_cmd cmd);
+/* Inline: the request path asks these several times per request. */
+static inline bool mc_cmd_is_storage(enum mc_cmd cmd)
+{
+    return cmd >= MC_CMD_SET && cmd <= MC_CMD_CAS;
+}
+
+static inline bool mc_cmd_is_retrieval(enum mc_cmd cmd)
+{
+    return cmd >= MC_CMD_GET && cmd <= MC_CMD_GATS;
+}
 const char *mc_cmd_name(enum mc_cmd cmd);
 
 /* memcached's number parsers, bug for bug (util.c): the whole token must be a number

@@ -135,7 +135,8 @@ static struct evbuffer *req_sink(struct gw_req *r)
             evbuffer_add_buffer(c->conn.out, r->reply);
         }
         r->streamed = true;
-        if (evbuffer_get_length(c->conn.out) >= GW_REQ_STREAM_FLUSH) {
+        if (r->reply_bytes >= GW_REQ_STREAM_FLUSH &&
+            evbuffer_get_length(c->conn.out) >= GW_REQ_STREAM_FLUSH) {
             /* A large value on its way: hand what came so far to the kernel now rather
              * than at the end of the pass, in which a fast node can send many more. */
             gw_conn_write_now(&c->conn);
