@@ -635,6 +635,38 @@ class AdminListenerTest(unittest.TestCase):
         self.assertTrue(site.gateway.alive(), site.log()[-3000:])
 
 
+class WanListenerTest(unittest.TestCase):
+    def test_1g_wan_listener_reaps_what_is_not_a_peer(self):
+        """The WAN listener (TLS, HTTP/2) keeps the same life cycle: 300 connections that
+        send a few bytes that are not TLS and close, 300 that half-close after a partial
+        ClientHello, and 100 reset at once leave no fd behind, and replication between the
+        two sites still works afterwards."""
+        from multisite import Lab
+        lab = Lab(["fa", "fb"], threads=1)
+        self.addCleanup(lab.stop)
+        a = lab.sites["fa"]
+        pid = a.gateway.pid
+        fds0 = settled_fd_count(pid)
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
+        for i in range(700):
+            c = socket.create_connection(("127.0.0.1", a.wan_port))
+            if i < 300:
+                c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                c.close()
+            elif i < 600:
+                c.sendall(hello)
+                c.shutdown(socket.SHUT_WR)
+                c.close()
+            else:
+                reset_close(c)
+        back = wait_until(lambda: fd_count(pid) <= fds0, 15 * SLOW, interval=0.2)
+        self.assertTrue(back, "WAN listener: %d fds, %d before" % (fd_count(pid), fds0))
+        self.assertTrue(a.gateway.alive(), "\n".join(open(l).read()[-2000:] for l in a.logs))
+        lab.client("fa").set("wan-after", b"still-here")
+        got = wait_until(lambda: lab.client("fb").get("wan-after"), 15 * SLOW, interval=0.2)
+        self.assertEqual(got, b"still-here")
+
+
 # =============================================================== 2. back-pressure
 
 BIG512 = bytes(range(256)) * 2048  # 512 KiB
