@@ -17,7 +17,7 @@ DEB_PKGS := build-essential pkg-config libevent-dev libssl-dev libnghttp2-dev \
 	libprotobuf-c-dev protobuf-c-compiler libyaml-dev libcmocka-dev libsystemd-dev \
 	memcached nutcracker libmemcached-tools python3 python3-pymemcache python3-memcache \
 	python3-grpcio python3-grpc-tools haproxy prometheus clang libclang-rt-14-dev \
-	openssl iproute2 procps
+	openssl iproute2 procps netcat-openbsd faketime
 
 PKGS      := libevent libevent_pthreads libevent_openssl openssl libnghttp2 libprotobuf-c \
 	yaml-0.1 libsystemd
@@ -164,6 +164,7 @@ bench: all
 	$(PYTHON) tests/bench/run_repl_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_failover_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_backfill_bench.py --out docs/BENCHMARKS.md
+	$(PYTHON) tests/bench/run_client_bench.py --out docs/BENCHMARKS.md
 
 # The three-region lab: first a write at one region read back at the others, then the
 # lab stays up (Ctrl-C stops it; DEMO_SECONDS=N for a bounded run).  `make demo-site`

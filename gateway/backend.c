@@ -40,6 +40,8 @@
 
 /* A reply line longer than this means we are out of sync with the node. */
 #define GW_BE_MAX_LINE 4096
+/* A data block streaming to a client is written out whenever this much is waiting. */
+#define GW_BE_STREAM_WRITE (64u << 10)
 
 /* A multi-key get made of one-key gets: at most this many keys and line bytes. */
 #define GW_BE_GROUP_KEYS 64
@@ -381,6 +383,7 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
     be->state = GW_BE_IDLE;
     be->in_data = false;
     be->dst = NULL;
+    be->dst_conn = NULL;
     be->value_frag = NULL;
     be->await_end = false;
     be->nunsent = 0;
@@ -426,11 +429,13 @@ void gw_backend_forget_dst(struct gw_worker *w, const struct evbuffer *buf)
     for (uint32_t i = 0; i < w->nbackends; i++) {
         if (w->backends[i] != NULL && w->backends[i]->dst == buf) {
             w->backends[i]->dst = NULL; /* the rest of the data block is read and dropped */
+            w->backends[i]->dst_conn = NULL;
         }
     }
     TAILQ_FOREACH(be, &w->retired, retire_link) {
         if (be->dst == buf) {
             be->dst = NULL;
+            be->dst_conn = NULL;
         }
     }
 }
@@ -527,6 +532,7 @@ static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struc
     be->in_data = true;
     be->data_left = r->bytes - WAN_ITEM_HEADER_SIZE + 2;
     be->dst = dst;
+    be->dst_conn = dst != NULL ? gw_req_stream_conn(frag) : NULL;
     return 1;
 }
 
@@ -561,6 +567,7 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct ev
     }
     be->in_data = true;
     be->dst = dst;
+    be->dst_conn = dst != NULL ? gw_req_stream_conn(frag) : NULL;
     return 0;
 }
 
@@ -693,6 +700,12 @@ static void be_read(struct gw_conn *conn, void *arg)
             size_t n = avail < be->data_left ? avail : be->data_left;
             if (n > 0 && be->dst != NULL) {
                 evbuffer_remove_buffer(in, be->dst, n);
+                if (be->dst_conn != NULL &&
+                    evbuffer_get_length(be->dst) >= GW_BE_STREAM_WRITE) {
+                    /* a large value streaming to a client: to the kernel as it comes,
+                     * not at the end of a pass that may read much more of it */
+                    gw_conn_write_now(be->dst_conn);
+                }
             } else if (n > 0) {
                 evbuffer_drain(in, n);
             }
@@ -763,6 +776,7 @@ static void be_read(struct gw_conn *conn, void *arg)
                 be->in_data = true;
                 be->data_left = r.bytes + 2;
                 be->dst = frag->capture;
+                be->dst_conn = NULL;
                 continue;
             }
             TAILQ_REMOVE(&be->pending, frag, link);

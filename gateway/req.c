@@ -186,6 +186,17 @@ static void req_emit(struct gw_req *r)
     }
 }
 
+struct gw_conn *gw_req_stream_conn(struct gw_frag *frag)
+{
+    struct gw_req *r = frag->req;
+
+    if (r == NULL || r->slots != NULL || !r->streamed || r->client == NULL ||
+        r->client->closing) {
+        return NULL;
+    }
+    return &r->client->conn;
+}
+
 static void frag_slots_done(struct gw_frag *frag)
 {
     if (frag->req->slots != NULL) {

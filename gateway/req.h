@@ -29,6 +29,10 @@ void gw_req_finish(struct gw_req *r);
 /* Finish r right away with one reply line (no CRLF), unless noreply. */
 void gw_req_finish_line(struct gw_req *r, const char *line);
 
+/* The client socket the data block of frag's current VALUE streams to (its output is
+ * where gw_req_value_dst sent it), or NULL when it goes anywhere else. */
+struct gw_conn *gw_req_stream_conn(struct gw_frag *frag);
+
 /* A VALUE reply for frag, of `bytes` data bytes (counted for the client's back-pressure):
  * where its header line and data block go (NULL: drop). */
 struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey,

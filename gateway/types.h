@@ -148,6 +148,7 @@ struct gw_backend {
     bool in_data;        /* inside a VALUE data block */
     uint32_t data_left;  /* bytes of it still to move */
     struct evbuffer *dst; /* where the data block goes (NULL: dropped) */
+    struct gw_conn *dst_conn; /* the client socket dst is the output of, when it is one */
     bool retiring;       /* removed by a reload: close once pending is empty */
     bool probing;
     struct gw_frag probe;
