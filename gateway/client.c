@@ -1197,6 +1197,7 @@ static bool socket_has_room(const struct gw_client *c)
     if (queued <= 0 && c->inflight_bytes == 0) {
         return true;
     }
+    sndbuf /= 2; /* the kernel counts its bookkeeping in it too: about half is data */
     if (sndbuf > (int)GW_CLIENT_KERNEL_QUEUE) {
         sndbuf = (int)GW_CLIENT_KERNEL_QUEUE;
     }
