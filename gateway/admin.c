@@ -44,6 +44,7 @@
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/json.h"
+#include "gateway/repl.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/server.h"
@@ -356,7 +357,9 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
 #define ADMIN_JSON_COUNTER(name) evbuffer_add_printf(b, ", \"" #name "\": %" PRIu64, s->stats.name);
     GW_STATS_COUNTERS(ADMIN_JSON_COUNTER)
 #undef ADMIN_JSON_COUNTER
-    evbuffer_add_printf(b, "},\n  \"backfill\": ");
+    evbuffer_add_printf(b, "},\n  \"replication\": ");
+    gw_repl_spool_json(srv, b);
+    evbuffer_add_printf(b, ",\n  \"backfill\": ");
     gw_backfill_json(srv, b);
     evbuffer_add_printf(b, "\n}\n");
 }
@@ -708,6 +711,7 @@ static void admin_metrics(struct gw_admin *a, struct evhttp_request *req)
     admin_metrics_peers(a->srv, s, b);
     admin_metrics_counters(s, b);
     gw_backfill_metrics(a->srv, b);
+    gw_repl_spool_metrics(a->srv, b);
     admin_send(req, 200, "text/plain; version=0.0.4; charset=utf-8", b);
 done:
     if (b != NULL) {

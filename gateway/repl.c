@@ -33,6 +33,7 @@
 #include "gateway/backfill.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
+#include "gateway/json.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
 #include "gateway/req.h"
@@ -177,6 +178,26 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
 
 static void peer_pump_once(struct gw_peer *p);
 
+/*
+ * Records meant for the peer were lost (a disk fault kept them out of the spool, or the
+ * spool overflowed) and nothing is left to ship that would carry the news: send a batch
+ * with no mutations, only the loss, so the peer starts its catch-up now rather than at
+ * the next write.  Once a second at most, until its acks say it has taken note.
+ */
+static void peer_announce_lost(struct gw_peer *p)
+{
+    int64_t now = wall_ms();
+
+    if (p->lost <= p->lost_seen || p->inflight > 0 || now - p->lost_sent_ms < 1000) {
+        return;
+    }
+    p->blen = 0;
+    if (batch_finish(p, 0, 0) != 0 || wan_grpc_client_ship_raw(p->client, p->bbuf, p->blen) != 0) {
+        return; /* full or gone: the next pump tries again */
+    }
+    p->lost_sent_ms = now;
+}
+
 /* Whether a record appended now should wake the WAN thread: only when some peer would act
  * on it at once.  A peer waiting on its coalescing timer, a full window or a reconnect
  * comes back by itself, so while every peer is like that, workers append without a
@@ -254,6 +275,7 @@ static void peer_pump_once(struct gw_peer *p)
             return;
         }
         if (n == 0) {
+            peer_announce_lost(p);
             return;
         }
         int64_t hold = p->inflight > 0 ? REPL_COALESCE_MS
@@ -1054,6 +1076,10 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
     evbuffer_add_printf(b, "STAT spool:fsyncs %" PRIu64 "\r\n", ss.fsyncs);
     evbuffer_add_printf(b, "STAT spool:errors %" PRIu64 "\r\n",
                         __atomic_load_n(&repl->spool_errors, __ATOMIC_RELAXED));
+    evbuffer_add_printf(b, "STAT spool:fault %s\r\n", ss.fault != 0 ? "yes" : "no");
+    evbuffer_add_printf(b, "STAT spool:faults %" PRIu64 "\r\n", ss.faults);
+    evbuffer_add_printf(b, "STAT spool:unspooled %" PRIu64 "\r\n", ss.unspooled);
+    evbuffer_add_printf(b, "STAT spool:not_durable %" PRIu64 "\r\n", ss.not_durable);
     evbuffer_add_printf(b, "STAT inbound:batches %" PRIu64 "\r\n",
                         __atomic_load_n(&repl->in_batches, __ATOMIC_RELAXED));
     evbuffer_add_printf(b, "STAT inbound:applied %" PRIu64 "\r\n",
@@ -1088,4 +1114,63 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
         evbuffer_add_printf(b, "STAT peer:%s:lag_p99_ms %" PRIu64 "\r\n", p->site,
                             lag_quantile(p, 0.99));
     }
+}
+
+void gw_repl_spool_json(struct gw_server *srv, struct evbuffer *out)
+{
+    struct gw_repl *repl = srv->repl;
+    struct wan_spool_stats ss;
+
+    if (repl == NULL || repl->spool == NULL) {
+        evbuffer_add_printf(out, "null");
+        return;
+    }
+    wan_spool_stats(repl->spool, &ss);
+    evbuffer_add_printf(out, "{\"degraded\": %s, \"spool_fault\": ", ss.fault ? "true" : "false");
+    if (ss.fault != 0) {
+        gw_json_str(out, strerror(-ss.fault));
+    } else {
+        evbuffer_add_printf(out, "null");
+    }
+    evbuffer_add_printf(out,
+                        ", \"spool_fault_since_ms\": %" PRIu64 ", \"spool_faults\": %" PRIu64
+                        ", \"unspooled\": %" PRIu64 ", \"not_durable\": %" PRIu64
+                        ", \"spool_dropped\": %" PRIu64 "}",
+                        ss.fault_since_ms, ss.faults, ss.unspooled, ss.not_durable, ss.dropped);
+}
+
+void gw_repl_spool_metrics(struct gw_server *srv, struct evbuffer *out)
+{
+    struct gw_repl *repl = srv->repl;
+    struct wan_spool_stats ss;
+
+    if (repl == NULL || repl->spool == NULL) {
+        return;
+    }
+    wan_spool_stats(repl->spool, &ss);
+    evbuffer_add_printf(out,
+                        "# HELP geogate_replication_degraded 1 while the spool cannot write (no "
+                        "space, I/O error, read-only, removed): mutations are then counted as "
+                        "lost for every peer, which catch up by backfill.\n"
+                        "# TYPE geogate_replication_degraded gauge\n"
+                        "geogate_replication_degraded %d\n",
+                        ss.fault != 0);
+    evbuffer_add_printf(out,
+                        "# HELP geogate_spool_faults_total Disk faults the spool met (each one "
+                        "lasts until writing works again).\n"
+                        "# TYPE geogate_spool_faults_total counter\n"
+                        "geogate_spool_faults_total %" PRIu64 "\n",
+                        ss.faults);
+    evbuffer_add_printf(out,
+                        "# HELP geogate_spool_unspooled_total Mutations a disk fault kept out of "
+                        "the spool (counted as dropped for every peer).\n"
+                        "# TYPE geogate_spool_unspooled_total counter\n"
+                        "geogate_spool_unspooled_total %" PRIu64 "\n",
+                        ss.unspooled);
+    evbuffer_add_printf(out,
+                        "# HELP geogate_spool_not_durable_total Records a failed fsync was to "
+                        "cover (counted as dropped for every peer that had not acked them).\n"
+                        "# TYPE geogate_spool_not_durable_total counter\n"
+                        "geogate_spool_not_durable_total %" PRIu64 "\n",
+                        ss.not_durable);
 }

@@ -87,4 +87,9 @@ struct tls_ctx *gw_repl_client_tls(struct gw_server *srv);
 /* `stats peers` lines. */
 void gw_repl_stats(struct gw_server *srv, struct evbuffer *out);
 
+/* The spool's disk-fault state for /status (a JSON object: degraded while a fault is in
+ * force) and /metrics.  Any thread. */
+void gw_repl_spool_json(struct gw_server *srv, struct evbuffer *out);
+void gw_repl_spool_metrics(struct gw_server *srv, struct evbuffer *out);
+
 #endif

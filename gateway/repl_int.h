@@ -95,6 +95,7 @@ struct gw_peer {
     uint64_t lost;       /* refreshed from the spool's peer stats once a second */
     uint64_t lost_seen;  /* what the peer's acks say it has taken note of */
     int64_t lost_due_ms;
+    int64_t lost_sent_ms; /* last batch that carried only the loss (peer_announce_lost) */
     /* what this peer told us its spool lost for us (WAN thread; read by status) */
     uint64_t in_lost;      /* the last ShipRequest.lost acted on */
     uint64_t in_spool_id;

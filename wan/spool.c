@@ -179,6 +179,7 @@ static void spool_free(struct wan_spool *sp)
     }
     free(sp->peers);
     free(sp->run);
+    free(sp->dir_path);
     if (sp->active_fd != -1) {
         close(sp->active_fd);
     }
@@ -240,6 +241,10 @@ int wan_spool_open(const struct wan_spool_options *opt, struct wan_spool **out)
 
     if (mkdir(opt->dir, 0700) == -1 && errno != EEXIST) {
         rc = -errno;
+        goto fail;
+    }
+    if ((sp->dir_path = strdup(opt->dir)) == NULL) {
+        rc = -ENOMEM;
         goto fail;
     }
     sp->dir_fd = open(opt->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -398,11 +403,9 @@ static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t
     if (rc != 0) {
         /* take the partial write back, or a later append would land behind garbage */
         if (ftruncate(sp->active_fd, (off_t)off0) == -1) {
-            sp->failed = -EIO;
+            sp->active_bad = true; /* garbage may follow: the probe starts a fresh file */
         }
-        spool_log(sp, WAN_SPOOL_LOG_ERROR,
-                  "spool: append of seq %" PRIu64 "..%" PRIu64 " failed: %s%s", run->rec[0].seq,
-                  run->rec[run->n - 1].seq, strerror(-rc), sp->failed ? "; refusing writes" : "");
+        spool_fault(sp, rc); /* counted and logged by the caller and spool_fault_tick */
         sp->next_seq = run->rec[0].seq;
         run->n = 0;
         run->bytes = 0;
@@ -413,7 +416,8 @@ static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t
         if (rc != 0) {
             /* the index is incomplete but the data is fine: undo to keep them in step */
             if (ftruncate(sp->active_fd, (off_t)run->rec[i].off) == -1) {
-                sp->failed = -EIO;
+                sp->active_bad = true;
+                spool_fault(sp, -EIO);
             }
             sp->next_seq = run->rec[i].seq;
             break;
@@ -440,6 +444,13 @@ int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *ite
 
     *appended = 0;
     pthread_mutex_lock(&sp->mu);
+    if (sp->failed != 0) {
+        /* a disk fault in force: refused at once, and told to the peers as lost */
+        rc = sp->failed;
+        spool_note_unspooled(sp, n, rc);
+        pthread_mutex_unlock(&sp->mu);
+        return rc;
+    }
     if (sp->run == NULL && (sp->run = malloc(sizeof(*sp->run))) == NULL) {
         pthread_mutex_unlock(&sp->mu);
         return -ENOMEM;
@@ -523,6 +534,9 @@ int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *ite
         rc = append_run_write(sp, run, &committed);
         done += committed;
     }
+    if (rc != 0) {
+        spool_note_unspooled(sp, n - done, rc); /* enters the fault state */
+    }
     if (rc != 0 && seqs != NULL) {
         /* what was not written has no seq */
         for (size_t i = 0; i < n; i++) {
@@ -578,9 +592,7 @@ int wan_spool_sync(struct wan_spool *sp)
     pthread_mutex_lock(&sp->mu);
     sp->syncing = false;
     if (rc != 0) {
-        sp->failed = -EIO;
-        spool_log(sp, WAN_SPOOL_LOG_ERROR, "spool: fsync failed: %s; refusing writes",
-                  strerror(-rc));
+        spool_note_not_durable(sp, target, rc);
     } else {
         sp->synced_seq = max64(sp->synced_seq, target);
         sp->st.fsyncs++;
@@ -604,18 +616,22 @@ int wan_spool_tick(struct wan_spool *sp)
 
     pthread_mutex_lock(&sp->mu);
     now = spool_now(sp);
+    spool_fault_tick(sp, now);
     rc = sp->failed;
     need_sync = rc == 0 && sp->fsync == WAN_SPOOL_FSYNC_EVERYSEC &&
                 sp->synced_seq < sp->next_seq - 1 && second_passed(now, sp->last_sync_ms);
     spool_drop_log_flush(sp, false);
     if (rc == 0 && sp->state_dirty && second_passed(now, sp->last_state_ms)) {
         rc = spool_state_write(sp);
+        if (rc != 0) {
+            spool_fault(sp, rc);
+        }
     }
     pthread_mutex_unlock(&sp->mu);
     if (rc == 0 && need_sync) {
-        rc = wan_spool_sync(sp);
+        (void)wan_spool_sync(sp);
     }
-    return rc;
+    return 0; /* a disk fault is counted, logged and retried by spool_fault_tick */
 }
 
 static struct spool_peer *peer_find(struct wan_spool *sp, const char *name)
@@ -712,6 +728,8 @@ int wan_spool_stats(struct wan_spool *sp, struct wan_spool_stats *out)
     out->disk_bytes = sp->total_bytes;
     out->segments = sp->nsegs;
     out->synced_seq = sp->synced_seq;
+    out->fault = sp->failed;
+    out->fault_since_ms = sp->failed != 0 ? sp->fault_since_ms : 0;
     out->first_seq = 0;
     if (out->records > 0 && span_from(sp, sp->live_start, &b, &r, &first) == 0 && first.found) {
         out->first_seq = first.seq;

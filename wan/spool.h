@@ -92,6 +92,12 @@ struct wan_spool_stats {
     uint64_t cut_events;  /* torn/corrupt places found (at open or while reading) */
     uint64_t cut_bytes;   /* bytes cut off there */
     uint64_t cut_records; /* intact records seen after the damage and lost with the cut */
+    /* disk faults (spool_fault.c) */
+    uint64_t faults;      /* write faults since open (no space, I/O error, read-only, removed) */
+    uint64_t unspooled;   /* mutations refused by a fault: counted as dropped for every peer */
+    uint64_t not_durable; /* records a failed fsync was to cover: counted the same way */
+    int fault;            /* the fault in force (negative errno), or 0: writing works */
+    uint64_t fault_since_ms;
 };
 
 struct wan_spool_peer_stats {
@@ -157,7 +163,8 @@ struct wan_spool_item {
  * a record not appended; *appended counts those appended.  A record that is invalid
  * (-EINVAL) or too large (-EFBIG) is skipped and the others go on; a write error stops
  * the rest (taken back: the file is truncated to the last record written).  Returns 0
- * when every record was appended, else the first error. */
+ * when every record was appended, else the first error.  A write fault (or one in force)
+ * counts every mutation not appended as dropped for every peer (see wan_spool_tick). */
 int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *items, size_t n,
                           uint64_t *seqs, size_t *appended);
 
@@ -165,13 +172,19 @@ int wan_spool_append_many(struct wan_spool *sp, const struct wan_spool_item *ite
  * call.  Concurrent callers share an fsync in progress when it covers them.  Records only:
  * acks are written by wan_spool_ack() (always) or wan_spool_tick().  A no-op with fsync
  * mode no.
- * Returns 0, or -EIO / -errno of the failed fsync (the spool then refuses appends: after
- * a failed fsync the kernel may have dropped the dirty pages). */
+ * Returns 0, or the -errno of the failed fsync: what it was to cover counts as dropped for
+ * every peer that has not acked it (after a failed fsync the kernel may have dropped the
+ * dirty pages and cleared the error: that file is never fsynced again), and the spool
+ * refuses appends until wan_spool_tick() finds the disk usable. */
 int wan_spool_sync(struct wan_spool *sp);
 
 /* Call periodically (every 100-250 ms) from any thread.  everysec: fsyncs when something
  * is unsynced and the last fsync is >= 1 s old.  All modes: writes changed acks/state at
- * most once a second.  Returns 0 or the error of wan_spool_sync(). */
+ * most once a second.  Disk faults (no space, I/O errors, read-only, the directory or the
+ * active segment removed): while one is in force every append is refused at once with
+ * its error and each refused mutation counts as dropped for every peer; once a second
+ * the disk is tried again and writing resumes by itself; the log says so once per 10 s
+ * with counts (wan_spool_stats: faults, unspooled, not_durable, fault).  Returns 0. */
 int wan_spool_tick(struct wan_spool *sp);
 
 /* The peer acknowledged every record up to seq.  Older or equal acks are ignored.

@@ -270,8 +270,8 @@ void spool_log(struct wan_spool *sp, enum wan_spool_log_level level, const char 
     char msg[768];
     va_list ap;
 
-    if (sp->log == NULL) {
-        return;
+    if (sp->log == NULL || (sp->fault_quiet && level == WAN_SPOOL_LOG_ERROR)) {
+        return; /* spool_fault_tick probing a disk it knows is failing */
     }
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -527,12 +527,11 @@ int spool_seg_roll(struct wan_spool *sp)
     while (sp->syncing) {
         pthread_cond_wait(&sp->cond, &sp->mu);
     }
-    if (sp->active_fd != -1 && durable(sp)) {
+    if (sp->active_fd != -1 && durable(sp) && !sp->active_bad) {
         if (fdatasync(sp->active_fd) == -1) {
-            sp->failed = -EIO;
-            spool_log(sp, WAN_SPOOL_LOG_ERROR, "spool: fsync failed: %s; refusing writes",
-                      strerror(errno));
-            return -EIO;
+            rc = -errno;
+            spool_note_not_durable(sp, sp->next_seq - 1, rc);
+            return rc;
         }
         sp->synced_seq = sp->next_seq - 1;
         sp->st.fsyncs++;

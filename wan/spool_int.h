@@ -129,7 +129,13 @@ struct wan_spool {
 
     uint64_t synced_seq;
     bool syncing;
-    int failed; /* sticky -EIO after a failed fsync or an unrepairable write */
+    int failed; /* a write fault in force (negative errno): appends are refused and
+                 * counted lost until spool_fault_tick finds the disk usable again */
+    char *dir_path;   /* to find the directory again after it was removed */
+    bool active_bad;  /* the active segment's fsync failed: it is never fsynced again */
+    bool fault_quiet; /* spool_fault_tick is probing: its failures are not logged */
+    uint64_t fault_since_ms, fault_log_ms, last_probe_ms, fault_resumed_ms;
+    uint64_t unspooled_unlogged; /* since the last fault log line */
     uint64_t last_sync_ms, last_state_ms;
     bool state_dirty;
 
@@ -172,6 +178,25 @@ struct spool_state {
 };
 
 enum loss_kind { LOSS_DROPPED = 0, LOSS_COMPACTED, LOSS_MAX };
+
+/* ---- disk faults (spool_fault.c), all under mu ---- */
+
+/* A write failed with rc: appends are refused from now on (and counted lost) until
+ * spool_fault_tick sees the disk usable again.  The first error stays the reported one. */
+void spool_fault(struct wan_spool *sp, int rc);
+
+/* n mutations could not be written: each counts as dropped for every peer, so the peers
+ * are told and catch up by themselves (auto_backfill). */
+void spool_note_unspooled(struct wan_spool *sp, uint64_t n, int rc);
+
+/* An fsync of the active segment failed: what it was to cover, seqs (synced_seq, last],
+ * counts as not durable (lost for every peer that has not acked it), and that file is
+ * never fsynced again, since a retry could report success for pages the kernel dropped. */
+void spool_note_not_durable(struct wan_spool *sp, uint64_t last, int rc);
+
+/* Once a second: find a removed directory or active segment, try to resume writing when
+ * a fault is in force, and log the fault's state once per interval. */
+void spool_fault_tick(struct wan_spool *sp, uint64_t now);
 
 static inline bool durable(const struct wan_spool *sp)
 {

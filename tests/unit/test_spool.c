@@ -344,8 +344,10 @@ static void test_peers_after_none(void **state)
     assert_int_equal(read_all(f, 0, g, 10), 1);
 }
 
-/* A write that fails half way (file size limit, like a full disk) leaves no partial record:
- * later appends and a reopen see only whole records. */
+/* A write that fails half way (file size limit, like a full disk) leaves no partial record,
+ * puts the spool in its fault state (appends refused at once and counted as dropped for
+ * every peer), and the next tick a second later finds the disk usable: later appends and
+ * a reopen see only whole records. */
 static void test_write_failure_takes_partial_back(void **state)
 {
     struct fx *f = *state;
@@ -372,6 +374,19 @@ static void test_write_failure_takes_partial_back(void **state)
         }
         if (rc != -EFBIG || i != 3) { /* 30 + 3 * 1031 fit under 4096, the 4th does not */
             _exit(2);
+        }
+        {
+            struct wan_spool_stats st;
+            /* in the fault state: refused at once, counted for the peers */
+            if (wan_spool_append(sp, "small", 5, "ok", 2, NULL) != -EFBIG ||
+                wan_spool_stats(sp, &st) != 0 || st.fault != -EFBIG || st.unspooled != 2 ||
+                st.faults != 1) {
+                _exit(5);
+            }
+            f->now += 1000; /* the next probe: the small state file still fits */
+            if (wan_spool_tick(sp) != 0 || wan_spool_stats(sp, &st) != 0 || st.fault != 0) {
+                _exit(6);
+            }
         }
         if (wan_spool_append(sp, "small", 5, "ok", 2, NULL) != 0) { /* 35 bytes still fit */
             _exit(3);
@@ -401,6 +416,61 @@ static void test_write_failure_takes_partial_back(void **state)
         assert_int_equal(n, 5);
         assert_int_equal(seqs[4], 5); /* the failed append was never given a seq */
     }
+}
+
+/* The active segment, then the whole directory, removed under a running spool: the next
+ * tick notices, counts every record not acked as dropped for its peers, makes the
+ * directory again and resumes in a fresh segment; what is spooled after is readable. */
+static void test_fault_removed_files(void **state)
+{
+    struct fx *f = *state;
+    struct wan_spool_cursor *c;
+    struct wan_spool_record r;
+    char path[512];
+    DIR *d;
+    struct dirent *de;
+    uint64_t seq = 0;
+
+    f->opt.fsync = WAN_SPOOL_FSYNC_NO;
+    sp_open(f);
+    app_n(f, 0, 3);
+    d = opendir(f->dir);
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "spool-", 6) == 0) {
+            snprintf(path, sizeof(path), "%s/%s", f->dir, de->d_name);
+            assert_int_equal(unlink(path), 0);
+        }
+    }
+    closedir(d);
+    log_clear(f);
+    f->now += 1000;
+    assert_int_equal(wan_spool_tick(f->sp), 0);
+    assert_int_equal(stats(f).faults, 1);
+    assert_int_equal(stats(f).fault, 0); /* noticed and resumed in the same tick */
+    assert_int_equal(peer_stats(f, 0).dropped, 3);
+    assert_int_equal(peer_stats(f, 1).dropped, 3);
+    assert_int_equal(f->log.count[WAN_SPOOL_LOG_WARN], 1); /* "writing again ..." */
+    assert_int_equal(wan_spool_append(f->sp, "after", 5, "x", 1, &seq), 0);
+    assert_int_equal(seq, 4);
+
+    /* the whole directory */
+    rm_rf(f->dir);
+    f->now += 1000;
+    assert_int_equal(wan_spool_tick(f->sp), 0);
+    assert_int_equal(stats(f).faults, 2);
+    assert_int_equal(stats(f).fault, 0);
+    assert_int_equal(peer_stats(f, 0).dropped, 4);
+    assert_int_equal(access(f->dir, F_OK), 0); /* made again */
+    assert_int_equal(wan_spool_append(f->sp, "again", 5, "y", 1, &seq), 0);
+    assert_int_equal(seq, 5);
+    assert_int_equal(wan_spool_cursor_create(f->sp, 0, &c), 0);
+    assert_int_equal(wan_spool_cursor_next(c, &r), 0);
+    assert_int_equal(r.seq, 5);
+    assert_int_equal(wan_spool_cursor_next(c, &r), -EAGAIN);
+    wan_spool_cursor_destroy(c);
+    sp_reopen(f); /* and a restart finds it */
+    assert_int_equal(stats(f).records, 1);
 }
 
 /* Over max_bytes with a few keys written again and again: compaction alone keeps the
@@ -902,6 +972,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_peers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peers_after_none, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_takes_partial_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fault_removed_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overflow_compaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overflow_compacts_before_dropping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overflow_drop_counting, setup, teardown),
