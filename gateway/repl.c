@@ -169,8 +169,12 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
         wan_spool_stats(repl->spool, &ss);
         p->bbuf[p->blen++] = PB_TAG(6, 0); /* lost */
         p->blen += pb_varint(p->bbuf + p->blen, p->lost);
+        /* spool_id names the stream the cumulative `lost` counts in: per spool *and* per
+         * open, since the dropped counts start at 0 again when the gateway restarts (with
+         * the id alone, a restarted gateway's new losses below its old count would be
+         * taken for ones the peer already caught up on) */
         p->bbuf[p->blen++] = PB_TAG(7, 1); /* spool_id, fixed64 little-endian */
-        put64(p->bbuf + p->blen, ss.id);
+        put64(p->bbuf + p->blen, ss.id ^ ss.instance);
         p->blen += 8;
     }
     return 0;

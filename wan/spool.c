@@ -330,6 +330,7 @@ int wan_spool_open(const struct wan_spool_options *opt, struct wan_spool **out)
     }
     free(st.peers);
     sp->st.id = sp->id;
+    sp->st.instance = new_spool_id();
     *out = sp;
     return 0;
 

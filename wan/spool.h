@@ -77,6 +77,7 @@ struct wan_spool_record {
 
 struct wan_spool_stats {
     uint64_t id;         /* random, made when the spool directory was first used */
+    uint64_t instance;   /* random, made at each open: dropped counts start again there */
     uint64_t first_seq;  /* oldest retained record; 0 if none */
     uint64_t last_seq;   /* last sequence handed out (0 if none yet) */
     uint64_t records;    /* retained: not yet acked by every peer, not dropped */
