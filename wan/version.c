@@ -84,43 +84,82 @@ void wan_hlc_init(struct wan_hlc *hlc, wan_hlc_clock_fn clock, void *clock_arg,
     hlc->clock = clock;
     hlc->clock_arg = clock_arg;
     hlc->max_drift_ms = max_drift_ms;
+    atomic_init(&hlc->refused, 0);
+    atomic_init(&hlc->max_lead_ms, 0);
+    atomic_init(&hlc->resets, 0);
 }
 
-/* One CAS loop for both rules: floor is 0 for the send rule, remote + 1 for receive. */
-static uint64_t hlc_advance(struct wan_hlc *hlc, uint64_t floor)
+bool wan_hlc_beyond_bound(const struct wan_hlc *hlc, uint64_t remote, uint64_t now_ms)
 {
-    uint64_t phys = hlc_clock_ms(hlc) << WAN_HLC_LOGICAL_BITS;
+    return hlc->max_drift_ms != 0 && wan_hlc_ahead_ms(remote, now_ms) > hlc->max_drift_ms;
+}
+
+/* Keep the largest lead seen: rare (only when the logical counter or an observed version
+ * carries the clock past the millisecond), so the common path pays one comparison. */
+static void hlc_note_lead(struct wan_hlc *hlc, uint64_t next, uint64_t now_ms)
+{
+    uint64_t lead = wan_hlc_ahead_ms(next, now_ms);
+    uint64_t seen;
+
+    if (lead == 0) {
+        return;
+    }
+    seen = atomic_load_explicit(&hlc->max_lead_ms, memory_order_relaxed);
+    while (lead > seen &&
+           !atomic_compare_exchange_weak_explicit(&hlc->max_lead_ms, &seen, lead,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+}
+
+/* One CAS loop for both rules: floor is 0 for the send rule, remote + 1 for receive;
+ * now_ms is the physical clock, read once by the caller.  A last value beyond the bound can
+ * only come from a physical clock that stepped back (the receive rule never lets one in),
+ * and is dropped: see wan_hlc_now() in version.h. */
+static uint64_t hlc_advance(struct wan_hlc *hlc, uint64_t floor, uint64_t now_ms)
+{
+    uint64_t phys = now_ms << WAN_HLC_LOGICAL_BITS;
     uint64_t old = atomic_load_explicit(&hlc->last, memory_order_relaxed);
     uint64_t next;
+    bool reset;
 
     do {
-        next = max3(add1_sat(old), floor, phys);
+        reset = wan_hlc_beyond_bound(hlc, old, now_ms);
+        if (reset) {
+            /* Another thread may have stored `old` after our clock read, within the bound
+             * of its own later read: only a fresh read tells a step back from that. */
+            now_ms = hlc_clock_ms(hlc);
+            phys = now_ms << WAN_HLC_LOGICAL_BITS;
+            reset = wan_hlc_beyond_bound(hlc, old, now_ms);
+        }
+        next = max3(reset ? 0 : add1_sat(old), floor, phys);
     } while (!atomic_compare_exchange_weak_explicit(&hlc->last, &old, next, memory_order_acq_rel,
                                                     memory_order_relaxed));
+    if (reset) {
+        atomic_fetch_add_explicit(&hlc->resets, 1, memory_order_relaxed);
+    }
+    hlc_note_lead(hlc, next, now_ms);
     return next;
 }
 
 uint64_t wan_hlc_now(struct wan_hlc *hlc)
 {
-    return hlc_advance(hlc, 0);
+    return hlc_advance(hlc, 0, hlc_clock_ms(hlc));
 }
 
 int wan_hlc_observe(struct wan_hlc *hlc, uint64_t remote, uint64_t *out)
 {
+    uint64_t now_ms = hlc_clock_ms(hlc);
     uint64_t v;
 
-    if (hlc->max_drift_ms != 0) {
-        uint64_t now_ms = hlc_clock_ms(hlc);
-        if (wan_hlc_physical_ms(remote) > now_ms &&
-            wan_hlc_physical_ms(remote) - now_ms > hlc->max_drift_ms) {
-            v = hlc_advance(hlc, 0);
-            if (out != NULL) {
-                *out = v;
-            }
-            return -ERANGE;
+    if (wan_hlc_beyond_bound(hlc, remote, now_ms)) {
+        atomic_fetch_add_explicit(&hlc->refused, 1, memory_order_relaxed);
+        v = hlc_advance(hlc, 0, now_ms);
+        if (out != NULL) {
+            *out = v;
         }
+        return -ERANGE;
     }
-    v = hlc_advance(hlc, add1_sat(remote));
+    v = hlc_advance(hlc, add1_sat(remote), now_ms);
     if (out != NULL) {
         *out = v;
     }
@@ -130,6 +169,20 @@ int wan_hlc_observe(struct wan_hlc *hlc, uint64_t remote, uint64_t *out)
 uint64_t wan_hlc_peek(struct wan_hlc *hlc)
 {
     return atomic_load_explicit(&hlc->last, memory_order_acquire);
+}
+
+uint64_t wan_hlc_clock_now_ms(struct wan_hlc *hlc)
+{
+    return hlc_clock_ms(hlc);
+}
+
+void wan_hlc_stats(struct wan_hlc *hlc, struct wan_hlc_stats *out)
+{
+    out->last = wan_hlc_peek(hlc);
+    out->now_ms = hlc_clock_ms(hlc);
+    out->refused = atomic_load_explicit(&hlc->refused, memory_order_relaxed);
+    out->max_lead_ms = atomic_load_explicit(&hlc->max_lead_ms, memory_order_relaxed);
+    out->resets = atomic_load_explicit(&hlc->resets, memory_order_relaxed);
 }
 
 /* ---- item header ------------------------------------------------------------------- */

@@ -65,11 +65,17 @@ struct wan_hlc {
     wan_hlc_clock_fn clock; /* NULL: CLOCK_REALTIME */
     void *clock_arg;
     uint64_t max_drift_ms; /* see wan_hlc_observe(); 0 = unbounded */
+    /* what the bound did, for stats (any thread reads them with wan_hlc_stats()) */
+    _Atomic uint64_t refused;     /* remote versions wan_hlc_observe() refused */
+    _Atomic uint64_t max_lead_ms; /* the furthest a value handed out ran ahead of now_ms */
+    _Atomic uint64_t resets;      /* times the physical clock was found stepped back past
+                                     max_drift_ms, and the clock restarted from it */
 };
 
 /* Set up a clock starting at 0.  clock may be NULL for the system's real-time clock.
- * max_drift_ms bounds how far ahead of our physical clock a remote version may drag us
- * (0: no bound).  Cannot fail. */
+ * max_drift_ms bounds how far ahead of our physical clock a remote version may drag us,
+ * and how far this clock may stay ahead of a physical clock that stepped back (0: no
+ * bound).  Cannot fail. */
 void wan_hlc_init(struct wan_hlc *hlc, wan_hlc_clock_fn clock, void *clock_arg,
                   uint64_t max_drift_ms);
 
@@ -77,8 +83,12 @@ void wan_hlc_init(struct wan_hlc *hlc, wan_hlc_clock_fn clock, void *clock_arg,
  * has returned or observed before, and at least now_ms << 16:
  *     hlc = max(last + 1, now_ms << 16)
  * Monotonic even when the physical clock steps backwards (the logical counter carries the
- * order until physical time catches up).  Saturates at UINT64_MAX (year 10889).  Any
- * thread; lock-free. */
+ * order until physical time catches up) -- unless max_drift_ms is set and the step is
+ * larger than it: then `last` is forgotten and the clock restarts at now_ms << 16 (counted
+ * in `resets`).  Every value handed out before such a step is more than max_drift_ms ahead
+ * of the corrected clock, so peers refuse it anyway (docs/REPLICATION.md, "Clock skew"),
+ * and keeping it would stamp every later write as far in the future.  Saturates at
+ * UINT64_MAX (year 10889).  Any thread; lock-free. */
 uint64_t wan_hlc_now(struct wan_hlc *hlc);
 
 /* Receive rule, for every version applied or seen from another gateway:
@@ -87,12 +97,41 @@ uint64_t wan_hlc_now(struct wan_hlc *hlc);
  * Stores the new value in *out (may be NULL).
  * Returns 0, or -ERANGE when max_drift_ms is set and remote's physical time is more than
  * max_drift_ms ahead of our physical clock: the clock then only takes the send rule step
- * (a peer with a wildly wrong clock cannot drag every site into the future); the caller
- * decides whether to still apply the item and should log it. */
+ * (a peer with a wildly wrong clock cannot drag every site into the future) and `refused`
+ * counts it; the caller must then not apply the item (it would hold a version this clock
+ * has not passed) and should log it. */
 int wan_hlc_observe(struct wan_hlc *hlc, uint64_t remote, uint64_t *out);
 
 /* The last value handed out or observed, without advancing.  Any thread. */
 uint64_t wan_hlc_peek(struct wan_hlc *hlc);
+
+/* The physical clock this HLC reads (unix ms; the injected one in tests), clamped to 48
+ * bits.  Any thread. */
+uint64_t wan_hlc_clock_now_ms(struct wan_hlc *hlc);
+
+/* How many milliseconds remote's physical part is ahead of now_ms (0 when it is not). */
+static inline uint64_t wan_hlc_ahead_ms(uint64_t remote, uint64_t now_ms)
+{
+    uint64_t ms = wan_hlc_physical_ms(remote);
+
+    return ms > now_ms ? ms - now_ms : 0;
+}
+
+/* True when max_drift_ms is set and remote is more than max_drift_ms ahead of now_ms:
+ * what wan_hlc_observe() refuses.  Lets a caller refuse a whole batch before observing
+ * any of it.  Pure. */
+bool wan_hlc_beyond_bound(const struct wan_hlc *hlc, uint64_t remote, uint64_t now_ms);
+
+/* A snapshot of the clock and of what its bound did. */
+struct wan_hlc_stats {
+    uint64_t last;        /* as wan_hlc_peek() */
+    uint64_t now_ms;      /* the physical clock when the snapshot was taken */
+    uint64_t refused;     /* remote versions refused by the bound */
+    uint64_t max_lead_ms; /* the most a value handed out ran ahead of the physical clock */
+    uint64_t resets;      /* restarts after the physical clock stepped back past the bound */
+};
+
+void wan_hlc_stats(struct wan_hlc *hlc, struct wan_hlc_stats *out);
 
 /* ---- item header (a version inside memcached) ------------------------------------- */
 

@@ -1,7 +1,8 @@
 /*
  * test_version — wan/version.c: version order (ties by site, then gateway), site ids
  * (FNV-1a 32 vectors), the hybrid logical clock under an injected clock that jumps
- * backwards, the receive rule, the drift bound, saturation, several threads at once, and
+ * backwards, the receive rule, the drift bound (a peer an hour ahead cannot drag it; a clock
+ * stepped back past it restarts), saturation, several threads at once, and
  * the 32-byte item header: layout, round trip, and every corruption rejected.
  * Pure logic plus a few threads; no I/O.
  */
@@ -195,6 +196,113 @@ static void test_hlc_drift_bound(void **state)
     assert_int_equal(wan_hlc_observe(&hlc, UINT64_C(12001) << 16, &v), -ERANGE);
     assert_int_equal(v, before + 1);
     assert_true(wan_hlc_physical_ms(wan_hlc_peek(&hlc)) < 12001);
+}
+
+/* A peer an hour ahead ships versions from 10 s behind to an hour ahead of us: every one
+ * past the bound is refused and counted, and the clock never runs more than the bound past
+ * its own physical time (issue 13, point 2). */
+static void test_hlc_bound_never_dragged(void **state)
+{
+    struct wan_hlc hlc;
+    struct wan_hlc_stats st;
+    uint64_t now = 1700000000000u, v;
+    uint64_t refused = 0;
+
+    (void)state;
+    wan_hlc_init(&hlc, fake_clock, &now, 1000);
+    for (uint64_t d = 0; d <= 3610000; d += 250) {
+        uint64_t remote = (now - 10000 + d) << 16 | (d & 0xffff);
+        int rc = wan_hlc_observe(&hlc, remote, &v);
+        if (d > 11000) {
+            /* remote is more than 1000 ms ahead of now */
+            assert_int_equal(rc, -ERANGE);
+            refused++;
+        } else {
+            assert_int_equal(rc, 0);
+        }
+        assert_true(wan_hlc_physical_ms(wan_hlc_peek(&hlc)) <= now + 1000);
+        assert_true(wan_hlc_physical_ms(wan_hlc_now(&hlc)) <= now + 1000);
+        now += (d % 1000 == 0); /* physical time creeps on */
+    }
+    wan_hlc_stats(&hlc, &st);
+    assert_int_equal(st.refused, refused);
+    assert_true(st.max_lead_ms <= 1000);
+    assert_true(st.max_lead_ms >= 999); /* the last accepted one was right at the bound */
+    assert_int_equal(st.resets, 0);
+    assert_int_equal(st.now_ms, now);
+    assert_int_equal(st.last, wan_hlc_peek(&hlc));
+}
+
+static void test_hlc_beyond_bound(void **state)
+{
+    struct wan_hlc hlc;
+    uint64_t now = 50000;
+
+    (void)state;
+    assert_int_equal(wan_hlc_ahead_ms(UINT64_C(50000) << 16, now), 0);
+    assert_int_equal(wan_hlc_ahead_ms((UINT64_C(50000) << 16) | 0xffff, now), 0);
+    assert_int_equal(wan_hlc_ahead_ms(UINT64_C(49000) << 16, now), 0);
+    assert_int_equal(wan_hlc_ahead_ms(UINT64_C(51500) << 16, now), 1500);
+
+    wan_hlc_init(&hlc, fake_clock, &now, 0); /* no bound: nothing is beyond it */
+    assert_false(wan_hlc_beyond_bound(&hlc, UINT64_MAX, now));
+    wan_hlc_init(&hlc, fake_clock, &now, 1000);
+    assert_false(wan_hlc_beyond_bound(&hlc, 0, now));
+    assert_false(wan_hlc_beyond_bound(&hlc, UINT64_C(51000) << 16 | 0xffff, now));
+    assert_true(wan_hlc_beyond_bound(&hlc, UINT64_C(51001) << 16, now));
+    assert_true(wan_hlc_beyond_bound(&hlc, UINT64_MAX, now));
+    assert_int_equal(wan_hlc_clock_now_ms(&hlc), 50000);
+    /* asking does not count a refusal or move the clock */
+    assert_int_equal(atomic_load(&hlc.refused), 0);
+    assert_int_equal(wan_hlc_peek(&hlc), 0);
+}
+
+/* A gateway that ran an hour ahead and whose clock is corrected without a restart: with a
+ * bound, the clock restarts from physical time instead of stamping an hour ahead for the
+ * next hour; a step back within the bound keeps the clock monotonic as before. */
+static void test_hlc_step_back_past_bound(void **state)
+{
+    struct wan_hlc hlc;
+    struct wan_hlc_stats st;
+    uint64_t now = 3600000 + 100000, v, prev;
+
+    (void)state;
+    wan_hlc_init(&hlc, fake_clock, &now, 1000);
+    prev = wan_hlc_now(&hlc);
+    assert_int_equal(wan_hlc_physical_ms(prev), 3700000);
+
+    /* within the bound: monotonic, the logical counter carries */
+    now = 3700000 - 900;
+    v = wan_hlc_now(&hlc);
+    assert_int_equal(v, prev + 1);
+    wan_hlc_stats(&hlc, &st);
+    assert_int_equal(st.resets, 0);
+    assert_true(st.max_lead_ms >= 900);
+
+    /* an hour back: the clock restarts at physical time, counted */
+    now = 100000;
+    v = wan_hlc_now(&hlc);
+    assert_int_equal(v, UINT64_C(100000) << 16);
+    wan_hlc_stats(&hlc, &st);
+    assert_int_equal(st.resets, 1);
+    /* then monotonic again */
+    prev = v;
+    v = wan_hlc_now(&hlc);
+    assert_int_equal(v, prev + 1);
+    /* the receive rule after the step: within the bound as usual */
+    assert_int_equal(wan_hlc_observe(&hlc, UINT64_C(100500) << 16, &v), 0);
+    assert_int_equal(v, (UINT64_C(100500) << 16) + 1);
+    wan_hlc_stats(&hlc, &st);
+    assert_int_equal(st.resets, 1);
+
+    /* no bound: the old behaviour, never a reset */
+    now = 3700000;
+    wan_hlc_init(&hlc, fake_clock, &now, 0);
+    prev = wan_hlc_now(&hlc);
+    now = 100000;
+    assert_int_equal(wan_hlc_now(&hlc), prev + 1);
+    wan_hlc_stats(&hlc, &st);
+    assert_int_equal(st.resets, 0);
 }
 
 static void test_hlc_saturation(void **state)
@@ -481,6 +589,9 @@ int main(void)
         cmocka_unit_test(test_hlc_logical_carry),
         cmocka_unit_test(test_hlc_receive_rule),
         cmocka_unit_test(test_hlc_drift_bound),
+        cmocka_unit_test(test_hlc_bound_never_dragged),
+        cmocka_unit_test(test_hlc_beyond_bound),
+        cmocka_unit_test(test_hlc_step_back_past_bound),
         cmocka_unit_test(test_hlc_saturation),
         cmocka_unit_test(test_hlc_real_clock),
         cmocka_unit_test(test_hlc_threads),
