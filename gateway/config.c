@@ -859,6 +859,9 @@ static const struct gw_config_key gw_config_keys[] = {
      GW_CONFIG_CFG(replication.auto_backfill), .def = "true"},
     {.path = "replication.backfill_rate", .type = GW_CONFIG_T_UINT,
      GW_CONFIG_CFG(replication.backfill_rate), .def = "20000", .umin = 0, .umax = 100000000},
+    {.path = "replication.max_clock_skew", .type = GW_CONFIG_T_DURATION,
+     GW_CONFIG_CFG(replication.max_clock_skew_ms), .def = "1000", .umin = 0,
+     .umax = GW_CONFIG_MS_MAX},
 };
 /* clang-format on */
 

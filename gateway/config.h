@@ -104,6 +104,9 @@ struct gw_config {
         bool auto_backfill;        /* default true */
         uint32_t backfill_rate;    /* items/s a peer may send us in a backfill when no rate is
                                       given; 0 = no limit; default 20000 */
+        uint32_t max_clock_skew_ms; /* max_clock_skew: how far ahead of this gateway's clock
+                                       a peer's version may be and still be applied (and
+                                       move our HLC); 0 = no bound; default 1000 */
     } replication;
 };
 

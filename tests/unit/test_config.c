@@ -105,6 +105,7 @@ static void test_minimal_and_defaults(void **state)
     assert_false(cfg->replication.flush);
     assert_int_equal(cfg->replication.tombstone_ttl_s, 86400);
     assert_true(cfg->replication.auto_backfill);
+    assert_int_equal(cfg->replication.max_clock_skew_ms, 1000);
     gw_config_destroy(cfg);
 }
 
@@ -154,7 +155,8 @@ static const char full_config[] =
     "    - { prefix: \"\",     mode: copy }\n"                            /* 42 */
     "  flush: true\n"                                                     /* 43 */
     "  tombstone_ttl: 3600\n"                                             /* 44 */
-    "  auto_backfill: no\n";                                              /* 45 */
+    "  auto_backfill: no\n"                                               /* 45 */
+    "  max_clock_skew: 250\n";                                            /* 46 */
 
 static void test_full(void **state)
 {
@@ -252,6 +254,7 @@ static void test_full(void **state)
     assert_true(cfg->replication.flush);
     assert_int_equal(cfg->replication.tombstone_ttl_s, 3600);
     assert_false(cfg->replication.auto_backfill);
+    assert_int_equal(cfg->replication.max_clock_skew_ms, 250);
     gw_config_destroy(cfg);
 }
 
@@ -399,6 +402,24 @@ static void test_scalar_forms(void **state)
     assert_false(cfg->replication.auto_backfill);
     assert_true(cfg->failover.local_healthy_fraction == 1.0);
     assert_true(cfg->failover.warmup_hit_ratio == 0.0);
+    gw_config_destroy(cfg);
+}
+
+/* replication.max_clock_skew: milliseconds like every duration; 0 turns the bound off and
+ * the largest is a day. */
+static void test_max_clock_skew(void **state)
+{
+    struct gw_config *cfg;
+
+    (void)state;
+    cfg = load_ok(MINIMAL "replication: { max_clock_skew: 0 }\n");
+    assert_int_equal(cfg->replication.max_clock_skew_ms, 0);
+    gw_config_destroy(cfg);
+    cfg = load_ok(MINIMAL "replication:\n  max_clock_skew: 86400000\n");
+    assert_int_equal(cfg->replication.max_clock_skew_ms, 86400000);
+    gw_config_destroy(cfg);
+    cfg = load_ok(MINIMAL "replication: { max_clock_skew: \"1500\" }\n");
+    assert_int_equal(cfg->replication.max_clock_skew_ms, 1500);
     gw_config_destroy(cfg);
 }
 
@@ -708,6 +729,9 @@ static const struct bad_case bad_cases[] = {
      "t.yml:5: pool.timeout: expected a duration in milliseconds (an integer), got '250ms'"},
     {"seconds_with_unit", HEAD POOL "replication: { tombstone_ttl: 1d }\n",
      "t.yml:5: replication.tombstone_ttl: expected a duration in seconds (an integer), got '1d'"},
+    {"max_clock_skew_seconds", HEAD POOL "replication:\n  max_clock_skew: 1s\n",
+     "t.yml:6: replication.max_clock_skew: expected a duration in milliseconds (an integer), "
+     "got '1s'"},
     {"double_not_number", HEAD POOL "failover: { local_healthy_fraction: half }\n",
      "t.yml:5: failover.local_healthy_fraction: expected a number, got 'half'"},
     {"double_nan", HEAD POOL "failover: { local_healthy_fraction: nan }\n",
@@ -773,6 +797,10 @@ static const struct bad_case bad_cases[] = {
      "t.yml:5: failover.hold_down: 86400001 is out of range (0..86400000)"},
     {"tombstone_ttl_zero", HEAD POOL "replication: { tombstone_ttl: 0 }\n",
      "t.yml:5: replication.tombstone_ttl: 0 is out of range (1..2592000)"},
+    {"max_clock_skew_too_big", HEAD POOL "replication: { max_clock_skew: 86400001 }\n",
+     "t.yml:5: replication.max_clock_skew: 86400001 is out of range (0..86400000)"},
+    {"max_clock_skew_negative", HEAD POOL "replication: { max_clock_skew: -1 }\n",
+     "t.yml:5: replication.max_clock_skew: -1 is out of range (0..86400000)"},
     {"peer_priority",
      HEAD POOL WAN_OK "  peers: [{ site: eu, addresses: [1.2.3.4:5], priority: 70000 }]\n",
      "t.yml:9: wan.peers[0].priority: 70000 is out of range (0..65535)"},
@@ -916,6 +944,7 @@ int main(void)
         cmocka_unit_test(test_wan_variants),
         cmocka_unit_test(test_server_lines),
         cmocka_unit_test(test_scalar_forms),
+        cmocka_unit_test(test_max_clock_skew),
         cmocka_unit_test(test_addr_parse),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_load_file),
