@@ -47,6 +47,7 @@
 #include "gateway/repl.h"
 #include "gateway/log.h"
 #include "gateway/pool.h"
+#include "gateway/repl.h"
 #include "gateway/server.h"
 #include "gateway/stats.h"
 
@@ -70,6 +71,7 @@ struct admin_snapshot {
     struct gw_failover_status fo;
     struct gw_peer_status peers[ADMIN_MAX_PEERS];
     size_t npeers;
+    struct gw_clock_status clock;
     struct gw_stats stats;
     int64_t curr_connections;
     bool draining;
@@ -167,6 +169,7 @@ static int admin_snapshot_take(struct gw_server *srv, struct admin_snapshot *s)
     s->now_ms = admin_wall_ms();
     gw_failover_status(srv, &s->fo);
     s->npeers = gw_failover_peers(srv, s->peers, ADMIN_MAX_PEERS);
+    gw_repl_clock_status(srv, &s->clock);
     s->draining = admin_draining(srv) || s->fo.draining;
     s->curr_connections = __atomic_load_n(&srv->curr_connections, __ATOMIC_RELAXED);
     admin_judge_health(s);
@@ -335,12 +338,32 @@ static void admin_status_json(struct gw_server *srv, const struct admin_snapshot
             ", \"spool_bytes\": %" PRIu64 ", \"oldest_unacked_age_ms\": %" PRIu64
             ", \"lag_p50_ms\": %" PRIu64 ", \"lag_p99_ms\": %" PRIu64 ", \"shipped\": %" PRIu64
             ", \"acked\": %" PRIu64 ", \"dropped\": %" PRIu64 ", \"reconnects\": %" PRIu64
-            ", \"lost_from_peer\": %" PRIu64 "}",
+            ", \"lost_from_peer\": %" PRIu64,
             json_bool(p->link_up), json_bool(p->serving), p->priority, p->rtt_ms, p->acked_seq,
             p->spool_records, p->spool_bytes, p->oldest_unacked_age_ms, p->lag_p50_ms,
             p->lag_p99_ms, p->shipped, p->acked, p->dropped, p->reconnects, p->lost_from_peer);
+        /* null until a batch, ack or heartbeat of the peer has told its clock */
+        if (p->clock_measured) {
+            evbuffer_add_printf(
+                b, ", \"clock_offset_ms\": %" PRId64 ", \"clock_offset_age_ms\": %" PRIu64,
+                p->clock_offset_ms, p->clock_age_ms);
+        } else {
+            evbuffer_add_printf(b, ", \"clock_offset_ms\": null, \"clock_offset_age_ms\": null");
+        }
+        evbuffer_add_printf(b, ", \"clock_refused_batches\": %" PRIu64 "}", p->skew_refused);
     }
     evbuffer_add_printf(b, "%s],\n", s->npeers ? "\n  " : "");
+    if (cfg->wan.enabled) {
+        const struct gw_clock_status *c = &s->clock;
+        evbuffer_add_printf(
+            b,
+            "  \"clock\": {\"max_skew_ms\": %" PRIu64 ", \"wall_ms\": %" PRIu64
+            ", \"hlc_ms\": %" PRIu64 ", \"hlc_lead_ms\": %" PRId64 ", \"hlc_max_lead_ms\": %" PRIu64
+            ", \"refused_versions\": %" PRIu64 ", \"resets\": %" PRIu64 ", \"restamped\": %" PRIu64
+            ", \"restamp_superseded\": %" PRIu64 "},\n",
+            c->max_skew_ms, c->wall_ms, c->hlc_ms, c->hlc_lead_ms, c->hlc_max_lead_ms,
+            c->refused_versions, c->resets, c->restamped, c->restamp_superseded);
+    }
     evbuffer_add_printf(b,
                         "  \"warmup\": {\"local_hits\": %" PRIu64 ", \"local_misses\": %" PRIu64
                         ", \"filled\": %" PRIu64 ", \"hit_ratio\": %.4f, \"target_hit_ratio\": %.4f"
@@ -453,6 +476,11 @@ static double pv_acked(const struct gw_peer_status *p)
 static double pv_lost_from_peer(const struct gw_peer_status *p)
 {
     return (double)p->lost_from_peer;
+}
+
+static double pv_skew_refused(const struct gw_peer_status *p)
+{
+    return (double)p->skew_refused;
 }
 
 static double pv_dropped(const struct gw_peer_status *p)
@@ -626,6 +654,59 @@ static void admin_metrics_peers(struct gw_server *srv, const struct admin_snapsh
     }
 }
 
+/* This gateway's hybrid clock and every peer's clock offset (docs/REPLICATION.md,
+ * "Clock skew").  An offset appears once the peer has told its clock. */
+static void admin_metrics_clock(struct gw_server *srv, const struct admin_snapshot *s,
+                                struct evbuffer *b)
+{
+    const struct gw_clock_status *c = &s->clock;
+    bool any = false;
+
+    if (!srv->cfg->wan.enabled) {
+        return;
+    }
+    prom_gauge(b, "geogate_max_clock_skew_seconds",
+               "replication.max_clock_skew: how far ahead of this gateway's clock a peer's "
+               "version may be (0: no bound).",
+               (double)c->max_skew_ms / 1000.0);
+    prom_gauge(b, "geogate_hlc_lead_seconds",
+               "This gateway's hybrid clock minus its wall clock (at most 0 unless a version "
+               "ran ahead).",
+               (double)c->hlc_lead_ms / 1000.0);
+    prom_gauge(b, "geogate_hlc_max_lead_seconds",
+               "The furthest this gateway's hybrid clock ran ahead of its wall clock since start "
+               "(at most max_clock_skew).",
+               (double)c->hlc_max_lead_ms / 1000.0);
+    prom_counter(b, "geogate_clock_refused_versions_total",
+                 "Peer versions further ahead than max_clock_skew, not applied (acks, warm-up "
+                 "reads, backfills; refused Ship batches count per peer).",
+                 c->refused_versions);
+    prom_counter(b, "geogate_clock_resets_total",
+                 "Times this gateway's clock was found stepped back past max_clock_skew (its "
+                 "hybrid clock restarted from it).",
+                 c->resets);
+    prom_counter(b, "geogate_clock_restamped_total",
+                 "Writes this gateway stamped ahead of its clock, re-stamped before shipping.",
+                 c->restamped);
+    for (size_t i = 0; i < s->npeers; i++) {
+        if (!s->peers[i].clock_measured) {
+            continue;
+        }
+        if (!any) {
+            prom_head(b, "geogate_peer_clock_offset_seconds", "gauge",
+                      "The peer's clock minus ours, from its last batch, ack or heartbeat "
+                      "(within half a round trip).");
+            any = true;
+        }
+        prom_labelled(b, "geogate_peer_clock_offset_seconds", "peer", s->peers[i].site);
+        evbuffer_add_printf(b, "%.3f\n", (double)s->peers[i].clock_offset_ms / 1000.0);
+    }
+    prom_peer_family(b, s, "geogate_peer_clock_refused_batches_total", "counter",
+                     "The peer's batches refused because a version in them was further ahead of "
+                     "our clock than max_clock_skew (they stay in its spool).",
+                     pv_skew_refused);
+}
+
 /* The `stats` counters as geogate_<name>_total ("total_connections" becomes
  * geogate_connections_total rather than geogate_total_connections_total). */
 static void admin_metrics_counters(const struct admin_snapshot *s, struct evbuffer *b)
@@ -709,6 +790,7 @@ static void admin_metrics(struct gw_admin *a, struct evhttp_request *req)
     admin_metrics_site(a->srv, s, b);
     admin_metrics_nodes(a->srv, b);
     admin_metrics_peers(a->srv, s, b);
+    admin_metrics_clock(a->srv, s, b);
     admin_metrics_counters(s, b);
     gw_backfill_metrics(a->srv, b);
     gw_repl_spool_metrics(a->srv, b);

@@ -3,6 +3,7 @@
  */
 #include "gateway/apply.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +29,19 @@
 #define APPLY_INLINE_VALUE 2048 /* values up to this go out with their command line */
 #define APPLY_GETS_KEYS 64      /* keys per batched `gets` to one node */
 
+/* What a batch is for (see apply.h for who uses which). */
+enum apply_mode {
+    APPLY_MODE_NEWEST = 0, /* newest wins; an item beyond the clock bound is left out */
+    APPLY_MODE_SHIP,       /* the same, but such an item fails the batch: it is not acked */
+    APPLY_MODE_RESTAMP,    /* our own items stamped ahead of our clock: a fresh version where
+                              the local copy is still that item, then shipped */
+    APPLY_MODE_MAX
+};
+
 struct apply_batch {
     struct gw_worker *w;
     Geogate__Wan__V1__ShipRequest *req;
+    enum apply_mode mode;
     struct apply_op *ops;  /* one per mutation applied, freed with the batch */
     struct evbuffer *wcap; /* the reply to each op's add/cas, read and drained at once */
     uint32_t pending;
@@ -48,6 +59,7 @@ struct apply_op {
     struct apply_batch *b;
     const Geogate__Wan__V1__Mutation *m;
     struct wan_item_header nh; /* the incoming item's header */
+    struct wan_version old;    /* APPLY_MODE_RESTAMP: the version being replaced */
     uint32_t node;
     int tries;
     bool writing;
@@ -251,6 +263,26 @@ static bool carry_back(struct apply_batch *b, const struct gw_item *it)
     return true;
 }
 
+/* APPLY_MODE_RESTAMP: the local copy is still the item our clock stamped ahead: the same
+ * item with a fresh version, as if written now.  Anything else here (a later write, whose
+ * own record ships it; nothing) stays as it is. */
+static void op_restamp(struct apply_op *op, const struct apply_cur *cur)
+{
+    struct gw_server *srv = op->b->w->srv;
+
+    if (!cur->present || !cur->versioned || wan_version_cmp(&cur->hdr.version, &op->old) != 0) {
+        op->b->rejected++;
+        op_free(op);
+        return;
+    }
+    op->nh.version.hlc = wan_hlc_now(&srv->hlc);
+    op->nh.version.site_id = srv->site_id;
+    op->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
+    op->present = true;
+    op->cas = cur->cas;
+    op_write(op);
+}
+
 /* The gets is in (cur borrowed for the call): newest wins. */
 static void op_decide(struct apply_op *op, const struct apply_cur *cur)
 {
@@ -258,6 +290,10 @@ static void op_decide(struct apply_op *op, const struct apply_cur *cur)
     struct wan_version local = {0, 0, 0};
     int cmp;
 
+    if (op->b->mode == APPLY_MODE_RESTAMP) {
+        op_restamp(op, cur);
+        return;
+    }
     if (cur->present && cur->versioned) {
         local = cur->hdr.version;
     }
@@ -369,6 +405,17 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         }
         if (line_is(text, len, "STORED")) {
             op->b->applied++;
+            if (op->b->mode == APPLY_MODE_RESTAMP) {
+                /* The re-stamped item replaces the one peers refused: it ships like a write. */
+                struct gw_item it = {
+                    .key = (const char *)op->m->key.data,
+                    .nkey = (uint32_t)op->m->key.len,
+                    .hdr = &op->nh,
+                    .value = op->nh.tombstone ? NULL : op->m->value.data,
+                    .vlen = op->nh.tombstone ? 0 : op->m->value.len,
+                };
+                gw_repl_ship_local(op->b->w, &it);
+            }
             op_free(op);
             return;
         }
@@ -643,7 +690,23 @@ static void batch_start_op(struct apply_batch *b, struct apply_gets **gets, stru
         /* Expired at its origin: absent there, so absent here too. */
         op->nh.tombstone = true;
     }
-    wan_hlc_observe(&w->srv->hlc, m->hlc, &seen);
+    if (b->mode == APPLY_MODE_RESTAMP) {
+        op->old = op->nh.version; /* ours, ahead of our clock: not observed */
+    } else if (wan_hlc_observe(&w->srv->hlc, m->hlc, &seen) == -ERANGE) {
+        /* Further ahead of our clock than replication.max_clock_skew: holding it would
+         * hold a version our clock has not passed, and writes here would lose to it for
+         * as long (docs/REPLICATION.md, "Clock skew").  Its origin's spool still has it. */
+        if (b->mode == APPLY_MODE_SHIP) {
+            log_warn("peer %s: a version %" PRIu64 " ms ahead of our clock reached the apply; "
+                     "the batch is not acked",
+                     b->req->origin_site,
+                     wan_hlc_ahead_ms(m->hlc, wan_hlc_clock_now_ms(&w->srv->hlc)));
+            b->failed = true;
+        } else {
+            b->rejected++;
+        }
+        return;
+    }
     op->node = gw_pool_route(w->pool, (const char *)m->key.data, (uint32_t)m->key.len);
     b->pending++;
     if (gets == NULL) {
@@ -662,8 +725,8 @@ static void batch_start_op(struct apply_batch *b, struct apply_gets **gets, stru
     }
 }
 
-void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
-                    bool collect_newer, gw_apply_done_fn done, void *arg)
+static void batch_run(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, enum apply_mode mode,
+                      bool collect_newer, gw_apply_done_fn done, void *arg)
 {
     struct apply_batch *b = calloc(1, sizeof(*b));
     uint32_t origin = wan_site_id(req->origin_site);
@@ -681,6 +744,7 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
         return;
     }
     b->collect_newer = collect_newer;
+    b->mode = mode;
     b->w = w;
     b->req = req;
     b->done = done;
@@ -703,7 +767,11 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     }
     /* A flush goes first, before the gets of the batch's other keys (its key is empty). */
     for (size_t i = 0; i < n; i++) {
-        if (!lose[i] && ms[i]->flush) {
+        if (!lose[i] && ms[i]->flush && mode == APPLY_MODE_RESTAMP) {
+            /* A flush has no local copy to re-stamp: it ships again with a fresh version. */
+            gw_repl_ship_flush(w, ms[i]->expiry > now ? (int32_t)(ms[i]->expiry - now) : 0);
+            b->applied++;
+        } else if (!lose[i] && ms[i]->flush) {
             apply_flush(b, ms[i], now);
         }
     }
@@ -728,6 +796,24 @@ void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     free(gets);
     free(lose);
     batch_op_done(b);
+}
+
+void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, bool collect_newer,
+                    gw_apply_done_fn done, void *arg)
+{
+    batch_run(w, req, APPLY_MODE_NEWEST, collect_newer, done, arg);
+}
+
+void gw_apply_ship(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, gw_apply_done_fn done,
+                   void *arg)
+{
+    batch_run(w, req, APPLY_MODE_SHIP, true, done, arg);
+}
+
+void gw_apply_restamp(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
+                      gw_apply_done_fn done, void *arg)
+{
+    batch_run(w, req, APPLY_MODE_RESTAMP, false, done, arg);
 }
 
 static void local_item_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,

@@ -47,6 +47,11 @@ struct gw_peer_status {
     uint64_t lag_p50_ms, lag_p99_ms;
     uint64_t shipped, acked, dropped, reconnects;
     uint64_t lost_from_peer; /* records the peer said its spool lost for us */
+    /* its clock (docs/REPLICATION.md, "Clock skew") */
+    bool clock_measured;     /* an offset was measured since start */
+    int64_t clock_offset_ms; /* its clock minus ours, from its last batch or ack */
+    uint64_t clock_age_ms;   /* how long ago */
+    uint64_t skew_refused;   /* its batches refused: versions beyond max_clock_skew */
 };
 
 struct gw_failover_status {

@@ -38,6 +38,7 @@
 #include "gateway/pool.h"
 #include "gateway/req.h"
 #include "gateway/server.h"
+#include "gateway/skew.h"
 #include "gateway/vop.h"
 #include "gateway/worker.h"
 #include "proto/geogate_wan.pb-c.h"
@@ -149,7 +150,7 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
     const char *site = repl->srv->cfg->site;
     size_t slen = strlen(site);
 
-    if (batch_room(p, 1 + 10 + slen + 5 * 11) != 0) {
+    if (batch_room(p, 1 + 10 + slen + 6 * 11) != 0) {
         return -ENOMEM;
     }
     p->bbuf[p->blen++] = PB_TAG(1, 2); /* origin_site */
@@ -177,6 +178,9 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
         put64(p->bbuf + p->blen, ss.id ^ ss.instance);
         p->blen += 8;
     }
+    p->last_send_ms = wall_ms();
+    p->bbuf[p->blen++] = PB_TAG(8, 0); /* sent_ms: the peer measures our clock from it */
+    p->blen += pb_varint(p->bbuf + p->blen, (uint64_t)p->last_send_ms);
     return 0;
 }
 
@@ -239,24 +243,155 @@ static void peer_pump(struct gw_peer *p)
     repl_rearm(p->repl);
 }
 
+/* ---- re-stamping what our clock stamped ahead (docs/REPLICATION.md, "Clock skew") ---- */
+
+/* Whether a spooled record carries a version more than max_clock_skew ahead of our clock
+ * now: one we stamped while our clock ran ahead (it stepped back since, or the gateway
+ * restarted with the right time).  Every peer refuses such a record, so it is re-stamped
+ * before anything after it ships. */
+static bool record_ahead(struct gw_repl *repl, const struct wan_spool_record *rec, uint64_t now_ms)
+{
+    uint64_t hlc;
+
+    return gw_skew_mutation_hlc(rec->data, rec->len, &hlc) == 0 &&
+           wan_hlc_beyond_bound(&repl->srv->hlc, hlc, now_ms);
+}
+
+static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                         Geogate__Wan__V1__Mutation **newer, size_t n_newer)
+{
+    struct gw_repl *repl = arg;
+    int64_t now = wall_ms();
+
+    (void)newer;
+    (void)n_newer;
+    repl->restamp_running = false;
+    if (failed) {
+        /* Not all of them reached the local pool: the run is done again, later. */
+        repl->restamp_retry_ms = now + 1000;
+        if (gw_skew_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
+            log_warn("re-stamping writes stamped ahead of our clock: a local node failed; "
+                     "trying again (replication waits behind them)");
+        }
+        return;
+    }
+    repl->restamp_done = repl->restamp_pending;
+    __atomic_add_fetch(&repl->restamped, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&repl->restamp_superseded, rejected, __ATOMIC_RELAXED);
+    if (gw_skew_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
+        log_warn("re-stamped %" PRIu64 " writes this gateway had stamped more than "
+                 "max_clock_skew ahead of its clock (%" PRIu64 " replaced by later writes "
+                 "since); they ship with fresh versions (spool seq %" PRIu64 ")",
+                 __atomic_load_n(&repl->restamped, __ATOMIC_RELAXED),
+                 __atomic_load_n(&repl->restamp_superseded, __ATOMIC_RELAXED), repl->restamp_done);
+    }
+    /* Not from here: a run that finished at once would pump inside the pump. */
+    event_active(repl->kick_ev, EV_READ, 0);
+}
+
+/* Re-stamp the run of records ahead of our clock that starts at *first (borrowed from
+ * p's cursor): read on while they are ahead, up to a batch, and hand them to
+ * gw_apply_restamp.  One run at a time for the whole gateway: the spool is shared, so
+ * the other peers' pumps wait at the same record.  The caller seeks the cursor back. */
+static void restamp_start(struct gw_peer *p, const struct wan_spool_record *first, uint64_t now_ms)
+{
+    struct gw_repl *repl = p->repl;
+    const char *site = repl->srv->cfg->site;
+    struct wan_spool_record rec = *first;
+    Geogate__Wan__V1__ShipRequest *req;
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0, n = 0;
+    uint64_t last = 0;
+    int rc;
+
+    if (repl->restamp_running || wall_ms() < repl->restamp_retry_ms) {
+        return;
+    }
+    /* The same packing as a batch: origin_site and gateway_id (a record of our own write
+     * leaves its version's site and gateway to them), then the records as they are. */
+    rc = repl_buf_room(&buf, &cap, len, 2 * 11 + strlen(site), 65536);
+    if (rc == 0) {
+        buf[len++] = PB_TAG(1, 2);
+        len += pb_varint(buf + len, strlen(site));
+        memcpy(buf + len, site, strlen(site));
+        len += strlen(site);
+        buf[len++] = PB_TAG(2, 0);
+        len += pb_varint(buf + len, repl->srv->cfg->gateway_id);
+    }
+    while (rc == 0) {
+        /* rec is borrowed until the next cursor call: its bytes are copied now */
+        rc = repl_buf_room(&buf, &cap, len, 1 + 10 + rec.len, 65536);
+        if (rc != 0) {
+            break;
+        }
+        buf[len++] = PB_TAG(4, 2);
+        len += pb_varint(buf + len, rec.len);
+        memcpy(buf + len, rec.data, rec.len);
+        len += rec.len;
+        last = rec.seq;
+        if (++n >= REPL_BATCH_MAX || len >= REPL_BATCH_BYTES) {
+            break;
+        }
+        do {
+            rc = wan_spool_cursor_next(p->cursor, &rec);
+        } while (rc == -EBADMSG);
+        if (rc != 0 || !record_ahead(repl, &rec, now_ms)) {
+            rc = 0;
+            break;
+        }
+    }
+    req = rc == 0 ? geogate__wan__v1__ship_request__unpack(NULL, len, buf) : NULL;
+    free(buf);
+    if (req == NULL) {
+        repl->restamp_retry_ms = wall_ms() + 1000;
+        log_warn("re-stamping writes stamped ahead of our clock: out of memory; trying again");
+        return;
+    }
+    repl->restamp_running = true;
+    repl->restamp_pending = last;
+    gw_apply_restamp(repl->w, req, restamp_done, repl); /* takes req */
+}
+
 static void peer_pump_once(struct gw_peer *p)
 {
     struct gw_repl *repl = p->repl;
+    /* No bound: nothing is ever ahead, and no record is looked into. */
+    uint64_t bound = repl->srv->hlc.max_drift_ms;
+    uint64_t now_ms = bound != 0 ? wan_hlc_clock_now_ms(&repl->srv->hlc) : 0;
 
     while (p->up && p->inflight < REPL_INFLIGHT) {
         struct wan_spool_record rec;
         uint64_t first = 0, last = 0, oldest = 0;
-        size_t n = 0, bytes = 0;
+        size_t n = 0, skipped = 0, bytes = 0;
+        bool held = false;
         int rc = 0;
 
         p->blen = 0;
-        while (n < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES) {
+        while (n + skipped < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES) {
             rc = wan_spool_cursor_next(p->cursor, &rec);
             if (rc == -EBADMSG) {
                 continue; /* logged and counted by the spool */
             }
             if (rc != 0) {
                 break;
+            }
+            if (bound != 0 && record_ahead(repl, &rec, now_ms)) {
+                uint64_t at = rec.seq;
+                if (at > repl->restamp_done) {
+                    /* Peers refuse it: what precedes it ships, the rest waits for it. */
+                    restamp_start(p, &rec, now_ms);
+                    wan_spool_cursor_seek(p->cursor, at);
+                    held = true;
+                    break;
+                }
+                /* Re-stamped: the new record ships later; only its number goes in this
+                 * batch's range, so that the peer's ack covers it. */
+                if (first == 0) {
+                    first = at;
+                }
+                last = at;
+                skipped++;
+                continue;
             }
             /* rec is borrowed until the next call: its bytes go into the batch now */
             rc = batch_add_mutation(p, rec.data, rec.len);
@@ -265,6 +400,8 @@ static void peer_pump_once(struct gw_peer *p)
             }
             if (first == 0) {
                 first = rec.seq;
+            }
+            if (n == 0) {
                 oldest = rec.time_ms;
             }
             last = rec.seq;
@@ -278,7 +415,7 @@ static void peer_pump_once(struct gw_peer *p)
             }
             return;
         }
-        if (n == 0) {
+        if (n == 0 && skipped == 0) {
             peer_announce_lost(p);
             return;
         }
@@ -287,8 +424,8 @@ static void peer_pump_once(struct gw_peer *p)
                                __atomic_load_n(&repl->ack_waiters, __ATOMIC_RELAXED) == 0
                            ? REPL_IDLE_COALESCE_MS
                            : 0;
-        if (hold > 0 && n < REPL_BATCH_MAX && bytes < REPL_BATCH_BYTES &&
-            (int64_t)oldest + hold > wall_ms()) {
+        if (!held && n > 0 && hold > 0 && n + skipped < REPL_BATCH_MAX &&
+            bytes < REPL_BATCH_BYTES && (int64_t)oldest + hold > wall_ms()) {
             /* Let this small batch gather a few more mutations (bounded by `hold` ms of
              * added lag) instead of paying a whole batch exchange for one or two. */
             int64_t wait = (int64_t)oldest + hold - wall_ms();
@@ -298,6 +435,9 @@ static void peer_pump_once(struct gw_peer *p)
                 evtimer_add(p->coalesce_ev, &tv);
             }
             return;
+        }
+        if (n == 0) {
+            oldest = (uint64_t)wall_ms();
         }
         rc = batch_finish(p, first, last);
         if (rc == 0) {
@@ -316,7 +456,77 @@ static void peer_pump_once(struct gw_peer *p)
         p->batches[p->inflight].count = (uint32_t)n;
         p->inflight++;
         __atomic_add_fetch(&p->shipped, n, __ATOMIC_RELAXED);
+        if (held) {
+            return;
+        }
     }
+}
+
+/* ---- peer clocks ---- */
+
+#define SKEW_LOG_MS 10000 /* one line per peer per this long about its clock */
+
+/* A message from p carried its wall clock (peer_ms): note its offset from ours, and say
+ * so (once per interval) when it is off by more than the bound. */
+static void clock_measure(struct gw_peer *p, uint64_t peer_ms)
+{
+    const struct wan_hlc *hlc = &p->repl->srv->hlc;
+    int64_t now = wall_ms();
+    int64_t off =
+        gw_skew_offset_ms(peer_ms, (uint64_t)now, __atomic_load_n(&p->rtt_ms, __ATOMIC_RELAXED));
+    uint64_t mag = off < 0 ? (uint64_t)(-off) : (uint64_t)off;
+
+    __atomic_store_n(&p->clock_offset_ms, off, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->clock_measured_ms, now, __ATOMIC_RELEASE);
+    if (hlc->max_drift_ms != 0 && mag > hlc->max_drift_ms &&
+        gw_skew_gate_pass(&p->offset_log, now, SKEW_LOG_MS, NULL)) {
+        log_warn("peer %s: its clock is %c%" PRIu64 ".%03" PRIu64 " s off ours "
+                 "(replication.max_clock_skew %" PRIu64 " ms): %s",
+                 p->site, off < 0 ? '-' : '+', mag / 1000, mag % 1000, hlc->max_drift_ms,
+                 off > 0 ? "its writes are refused here until it is right"
+                         : "ours run ahead of it; if every peer says so, this gateway's clock is "
+                           "wrong");
+    }
+}
+
+/* Once per tick: say what the HLC's bound did since the last line (once per interval). */
+static void clock_tick(struct gw_repl *repl)
+{
+    struct wan_hlc_stats st;
+    int64_t now = wall_ms();
+    uint64_t held;
+
+    wan_hlc_stats(&repl->srv->hlc, &st);
+    if (st.resets > repl->hlc_resets_seen) {
+        repl->hlc_resets_seen = st.resets;
+        log_error("this gateway's clock stepped back more than replication.max_clock_skew: "
+                  "its hybrid clock restarts from it, and the writes it stamped ahead are "
+                  "re-stamped before they ship");
+    }
+    if (st.refused > repl->hlc_refused_seen &&
+        gw_skew_gate_pass(&repl->refused_log, now, SKEW_LOG_MS, &held)) {
+        log_warn("%" PRIu64 " versions from peers (acks, warm-up reads, backfills) were more "
+                 "than replication.max_clock_skew ahead of our clock and were not applied",
+                 st.refused - repl->hlc_refused_seen);
+        repl->hlc_refused_seen = st.refused;
+    }
+}
+
+/* A link idle for a second carries a heartbeat: an empty batch with only our clock, so
+ * that both ends keep measuring each other's clock without traffic (the ack carries the
+ * peer's back). */
+static void peer_heartbeat(struct gw_peer *p, int64_t now)
+{
+    Geogate__Wan__V1__ShipRequest hb = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
+
+    if (!p->up || now - p->last_send_ms < 1000 || p->inflight > 0) {
+        return;
+    }
+    hb.origin_site = (char *)p->repl->srv->cfg->site;
+    hb.gateway_id = p->repl->srv->cfg->gateway_id;
+    hb.sent_ms = (uint64_t)now;
+    p->last_send_ms = now; /* also when the queue is full: try again in a second */
+    (void)wan_grpc_client_ship(p->client, &hb);
 }
 
 static void peer_up(void *arg, const char *site)
@@ -339,12 +549,18 @@ static void peer_down(void *arg, int status, const char *reason)
     struct gw_peer *p = arg;
     uint32_t wait;
 
-    if (p->up) {
+    if (status == WAN_GRPC_FAILED_PRECONDITION) {
+        /* It refused our batches for their versions: our clock runs ahead of its by more
+         * than the bound.  They stay in the spool; say it once per interval, not per try. */
+        if (gw_skew_gate_pass(&p->skew_out_log, wall_ms(), SKEW_LOG_MS, NULL)) {
+            log_error("peer %s refuses our writes: %s (is this gateway's clock right?)", p->site,
+                      reason);
+        }
+    } else if (p->up) {
         log_warn("peer %s: link down: %s", p->site, reason);
     } else {
         log_debug("peer %s: cannot connect: %s", p->site, reason);
     }
-    (void)status;
     snprintf(p->last_error, sizeof(p->last_error), "%s", reason);
     __atomic_store_n(&p->up, false, __ATOMIC_RELEASE);
     __atomic_store_n(&p->serving, false, __ATOMIC_RELEASE);
@@ -353,7 +569,11 @@ static void peer_down(void *arg, int status, const char *reason)
     p->inflight = 0;
     p->up_since_ms = 0;
     /* Unacked batches ship again on the next link, from the peer's acked seq. */
-    wait = wan_grpc_backoff_ms(p->attempt++, 100, 5000, &p->repl->rng);
+    /* A refusal for clock skew repeats until a clock is fixed: retry every few seconds,
+     * not at the first attempt's 100 ms (every try is a TLS handshake on both ends), and
+     * not slower, so that a clock fixed without a restart is noticed soon. */
+    wait = wan_grpc_backoff_ms(status == WAN_GRPC_FAILED_PRECONDITION ? 6 : p->attempt++, 100, 5000,
+                               &p->repl->rng);
     p->retry_at_ms = gw_now_ms() + wait;
     p->addr = (p->addr + 1) % p->conf->naddresses;
     __atomic_add_fetch(&p->reconnects, 1, __ATOMIC_RELAXED);
@@ -407,6 +627,9 @@ static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
     uint32_t done = 0;
     int rc;
 
+    if (ack->sent_ms != 0) {
+        clock_measure(p, ack->sent_ms);
+    }
     if (ack->n_newer > 0) {
         apply_newer(p, ack);
     }
@@ -565,6 +788,13 @@ size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size
         s->dropped = ps.dropped;
         s->lost_from_peer = __atomic_load_n(&p->in_lost_total, __ATOMIC_RELAXED);
         s->reconnects = __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED);
+        {
+            int64_t at = __atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE);
+            s->clock_measured = at != 0;
+            s->clock_offset_ms = __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED);
+            s->clock_age_ms = at != 0 && (int64_t)now > at ? now - (uint64_t)at : 0;
+            s->skew_refused = __atomic_load_n(&p->skew_refused, __ATOMIC_RELAXED);
+        }
     }
     return n;
 }
@@ -600,8 +830,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         } else if (p->up) {
             peer_pump(p);
             peer_health(p, now);
+            peer_heartbeat(p, wall_ms());
         }
     }
+    clock_tick(repl);
     gw_failover_tick(repl->srv);
 }
 
@@ -684,6 +916,7 @@ static int srv_ship_open(void *arg, struct wan_grpc_ship_stream *st, const char 
         return WAN_GRPC_RESOURCE_EXHAUSTED;
     }
     in->repl = repl;
+    in->peer = peer_by_site(repl, peer_site);
     in->st = st;
     snprintf(in->site, sizeof(in->site), "%s", peer_site);
     *stream_arg = in;
@@ -720,6 +953,7 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool
     ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
+    ack.sent_ms = (uint64_t)wall_ms();
     wan_grpc_server_ship_ack(in->st, &ack);
     if (in->ending) {
         wan_grpc_server_ship_finish(in->st, WAN_GRPC_OK, NULL);
@@ -728,16 +962,75 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool
     wan_grpc_server_ship_resume(in->st);
 }
 
+/* A heartbeat (an empty batch, first_seq = last_seq = 0, no lost): answered at once with an
+ * ack that carries our clock and only what was acked before; not counted as a batch. */
+static void inbound_heartbeat(struct gw_inbound *in)
+{
+    Geogate__Wan__V1__ShipAck ack = GEOGATE__WAN__V1__SHIP_ACK__INIT;
+
+    ack.acked_seq = in->last_seq;
+    ack.lost_seen = in->lost_seen;
+    ack.applied = in->applied;
+    ack.rejected_older = in->rejected;
+    ack.sent_ms = (uint64_t)wall_ms();
+    wan_grpc_server_ship_ack(in->st, &ack);
+}
+
+/*
+ * A batch carries a version more than max_clock_skew (ahead_ms) ahead of our clock: the
+ * sender's clock runs ahead, or ran ahead when it stamped it.  Applying it would drag our
+ * HLC along (the receive rule) or hold a version our HLC has not passed; dropping it would
+ * lose the write.  So none of it is applied or observed, and the stream ends with
+ * FAILED_PRECONDITION naming the skew: the sender keeps the batch (unacked) in its spool
+ * and tries again (docs/REPLICATION.md, "Clock skew").  Counted, logged once per interval.
+ */
+static void inbound_refuse(struct gw_inbound *in, struct wan_grpc_ship_stream *st,
+                           uint64_t ahead_ms)
+{
+    struct gw_repl *repl = in->repl;
+    struct gw_peer *p = in->peer;
+    bool known = p != NULL && __atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE) != 0;
+    int64_t off = known ? __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED) : 0;
+    uint64_t held = 0;
+    char why[200];
+
+    gw_skew_describe(why, sizeof(why), repl->srv->cfg->site, ahead_ms,
+                     (uint32_t)repl->srv->hlc.max_drift_ms, known, off);
+    if (p != NULL) {
+        __atomic_add_fetch(&p->skew_refused, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->skew_ahead_ms, ahead_ms, __ATOMIC_RELAXED);
+    }
+    if (p == NULL || gw_skew_gate_pass(&p->skew_log, wall_ms(), SKEW_LOG_MS, &held)) {
+        log_warn("peer %s: batch refused (%" PRIu64 " more since the last line): %s", in->site,
+                 held, why);
+    }
+    wan_grpc_server_ship_finish(st, WAN_GRPC_FAILED_PRECONDITION, why);
+}
+
 static int srv_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_stream *st,
                           Geogate__Wan__V1__ShipRequest *req)
 {
     struct gw_repl *repl = arg;
     struct gw_inbound *in = stream_arg;
-    uint64_t last;
+    uint64_t last, ahead;
 
-    (void)st;
     if (in->busy) {
         return WAN_GRPC_SHIP_BUSY;
+    }
+    if (req->sent_ms != 0 && in->peer != NULL) {
+        clock_measure(in->peer, req->sent_ms);
+    }
+    if (req->n_mutations == 0 && req->first_seq == 0 && req->last_seq == 0 && req->lost == 0) {
+        /* (an empty batch that announces lost records is not one: it goes on below) */
+        inbound_heartbeat(in);
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        return WAN_GRPC_SHIP_TAKEN;
+    }
+    ahead = gw_skew_batch_ahead_ms(req, wan_hlc_clock_now_ms(&repl->srv->hlc));
+    if (repl->srv->hlc.max_drift_ms != 0 && ahead > repl->srv->hlc.max_drift_ms) {
+        inbound_refuse(in, st, ahead);
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        return WAN_GRPC_SHIP_TAKEN;
     }
     last = req->last_seq != 0 ? req->last_seq : req->first_seq + req->n_mutations - 1;
     if (req->n_mutations == 0 && req->last_seq == 0) {
@@ -749,7 +1042,7 @@ static int srv_ship_batch(void *arg, void *stream_arg, struct wan_grpc_ship_stre
     in->busy = true;
     in->last_seq = last > in->last_seq ? last : in->last_seq;
     __atomic_add_fetch(&repl->in_batches, 1, __ATOMIC_RELAXED);
-    gw_apply_batch(repl->w, req, true, inbound_applied, in); /* takes req */
+    gw_apply_ship(repl->w, req, inbound_applied, in); /* takes req */
     return WAN_GRPC_SHIP_TAKEN;
 }
 
@@ -772,7 +1065,8 @@ static void srv_ship_closed(void *arg, void *stream_arg, struct wan_grpc_ship_st
 
     (void)arg;
     (void)st;
-    if (status != WAN_GRPC_OK) {
+    if (status != WAN_GRPC_OK && status != WAN_GRPC_FAILED_PRECONDITION) {
+        /* (a refusal for clock skew was logged by inbound_refuse, once per interval) */
         log_info("peer %s: inbound stream closed: %s", in->site, why);
     }
     if (in->busy) {
@@ -1044,6 +1338,25 @@ void gw_repl_destroy(struct gw_server *srv)
 
 /* ---- stats ---- */
 
+void gw_repl_clock_status(struct gw_server *srv, struct gw_clock_status *out)
+{
+    struct wan_hlc_stats hs;
+
+    memset(out, 0, sizeof(*out));
+    wan_hlc_stats(&srv->hlc, &hs);
+    out->max_skew_ms = srv->hlc.max_drift_ms;
+    out->wall_ms = hs.now_ms;
+    out->hlc_ms = wan_hlc_physical_ms(hs.last);
+    out->hlc_lead_ms = (int64_t)out->hlc_ms - (int64_t)out->wall_ms;
+    out->hlc_max_lead_ms = hs.max_lead_ms;
+    out->refused_versions = hs.refused;
+    out->resets = hs.resets;
+    if (srv->repl != NULL) {
+        out->restamped = __atomic_load_n(&srv->repl->restamped, __ATOMIC_RELAXED);
+        out->restamp_superseded = __atomic_load_n(&srv->repl->restamp_superseded, __ATOMIC_RELAXED);
+    }
+}
+
 static uint64_t lag_quantile(const struct gw_peer *p, double q)
 {
     uint64_t total = __atomic_load_n(&p->lag_count, __ATOMIC_RELAXED);
@@ -1090,6 +1403,18 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
                         __atomic_load_n(&repl->in_applied, __ATOMIC_RELAXED));
     evbuffer_add_printf(b, "STAT inbound:rejected_older %" PRIu64 "\r\n",
                         __atomic_load_n(&repl->in_rejected, __ATOMIC_RELAXED));
+    {
+        struct gw_clock_status cs;
+        gw_repl_clock_status(srv, &cs);
+        evbuffer_add_printf(b, "STAT clock:max_skew_ms %" PRIu64 "\r\n", cs.max_skew_ms);
+        evbuffer_add_printf(b, "STAT clock:hlc_lead_ms %" PRId64 "\r\n", cs.hlc_lead_ms);
+        evbuffer_add_printf(b, "STAT clock:hlc_max_lead_ms %" PRIu64 "\r\n", cs.hlc_max_lead_ms);
+        evbuffer_add_printf(b, "STAT clock:refused_versions %" PRIu64 "\r\n", cs.refused_versions);
+        evbuffer_add_printf(b, "STAT clock:resets %" PRIu64 "\r\n", cs.resets);
+        evbuffer_add_printf(b, "STAT clock:restamped %" PRIu64 "\r\n", cs.restamped);
+        evbuffer_add_printf(b, "STAT clock:restamp_superseded %" PRIu64 "\r\n",
+                            cs.restamp_superseded);
+    }
     for (size_t i = 0; i < repl->npeers; i++) {
         struct gw_peer *p = &repl->peers[i];
         struct wan_spool_peer_stats ps;
@@ -1117,6 +1442,12 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
                             lag_quantile(p, 0.5));
         evbuffer_add_printf(b, "STAT peer:%s:lag_p99_ms %" PRIu64 "\r\n", p->site,
                             lag_quantile(p, 0.99));
+        if (__atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE) != 0) {
+            evbuffer_add_printf(b, "STAT peer:%s:clock_offset_ms %" PRId64 "\r\n", p->site,
+                                __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED));
+        }
+        evbuffer_add_printf(b, "STAT peer:%s:clock_refused_batches %" PRIu64 "\r\n", p->site,
+                            __atomic_load_n(&p->skew_refused, __ATOMIC_RELAXED));
     }
 }
 

@@ -92,4 +92,21 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *out);
 void gw_repl_spool_json(struct gw_server *srv, struct evbuffer *out);
 void gw_repl_spool_metrics(struct gw_server *srv, struct evbuffer *out);
 
+/* This gateway's hybrid clock against its wall clock, and what the bound on clock skew did
+ * (docs/REPLICATION.md, "Clock skew"); peers' offsets are in gw_failover_peers(). */
+struct gw_clock_status {
+    uint64_t max_skew_ms;        /* replication.max_clock_skew; 0 = no bound */
+    uint64_t wall_ms;            /* the physical clock now */
+    uint64_t hlc_ms;             /* the HLC's physical part now (last value handed out) */
+    int64_t hlc_lead_ms;         /* hlc_ms - wall_ms: <= 0 unless a version ran ahead */
+    uint64_t hlc_max_lead_ms;    /* the furthest it ran ahead since start */
+    uint64_t refused_versions;   /* peer versions beyond the bound, not applied (not Ship) */
+    uint64_t resets;             /* restarts after our clock stepped back past the bound */
+    uint64_t restamped;          /* our writes stamped ahead, re-stamped before shipping */
+    uint64_t restamp_superseded; /* such writes found replaced by a later one */
+};
+
+/* Any thread. */
+void gw_repl_clock_status(struct gw_server *srv, struct gw_clock_status *out);
+
 #endif

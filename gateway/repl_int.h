@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "gateway/config.h"
+#include "gateway/skew.h"
 #include "wan/grpc_client.h"
 #include "wan/grpc_server.h"
 #include "wan/spool.h"
@@ -103,10 +104,20 @@ struct gw_peer {
     bool backfill_pending; /* a catch-up waits for the running backfill to end */
     uint8_t *bbuf; /* the serialized ShipRequest being built (WAN thread) */
     size_t blen, bcap;
+    /* its clock (docs/REPLICATION.md, "Clock skew"); WAN thread writes, others read */
+    int64_t clock_offset_ms;          /* its clock minus ours, from the last batch or ack it sent */
+    int64_t clock_measured_ms;        /* when (our unix ms); 0: not yet */
+    uint64_t skew_refused;            /* its batches refused: versions beyond max_clock_skew */
+    uint64_t skew_ahead_ms;           /* how far ahead the last refused one was */
+    struct gw_skew_gate skew_log;     /* its refused batches, logged once per interval */
+    struct gw_skew_gate skew_out_log; /* ours it refused, logged once per interval */
+    struct gw_skew_gate offset_log;   /* its clock off by more than the bound */
+    int64_t last_send_ms;             /* our last batch or heartbeat to it */
 };
 
 struct gw_inbound {
     struct gw_repl *repl;
+    struct gw_peer *peer; /* the configured peer it comes from (NULL: none) */
     struct wan_grpc_ship_stream *st;
     char site[64];
     bool busy;
@@ -138,6 +149,15 @@ struct gw_repl {
     uint64_t in_rejected;
     uint64_t spool_errors;
     int ack_waiters; /* writes waiting for a peer's ack, all workers (atomic) */
+    /* re-stamping our records stamped ahead of our clock (WAN thread; counters atomic) */
+    uint64_t restamp_done;    /* every such record up to this seq is re-stamped or replaced */
+    uint64_t restamp_pending; /* the last seq of the run being re-stamped */
+    bool restamp_running;
+    int64_t restamp_retry_ms; /* after a failed run: not before this */
+    uint64_t restamped, restamp_superseded;
+    struct gw_skew_gate restamp_log;
+    uint64_t hlc_resets_seen, hlc_refused_seen; /* logged up to these */
+    struct gw_skew_gate refused_log;
 };
 
 #endif

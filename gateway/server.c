@@ -215,7 +215,10 @@ int gw_server_run(struct gw_config *cfg)
     srv.versioned = cfg->wan.enabled;
     srv.site_id = wan_site_id(cfg->site);
     srv.tombstone_ttl_s = cfg->replication.tombstone_ttl_s;
-    wan_hlc_init(&srv.hlc, NULL, NULL, 0);
+    /* The bound is what keeps one site with a wrong clock from dragging every site's
+     * versions into the future (docs/REPLICATION.md, "Clock skew"); it is read from the HLC
+     * from here on, so a reload cannot make the two disagree. */
+    wan_hlc_init(&srv.hlc, NULL, NULL, cfg->replication.max_clock_skew_ms);
     srv.fo.peer = -1;
     srv.fo.best_peer = -1;
     srv.fo.mode = GW_MODE_LOCAL;

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,10 +214,20 @@ static void ctl_print_status(const struct ctl_json *st)
         printf("peers     (unacked = ours, not yet acknowledged by the peer: data at risk)\n");
     }
     for (const struct ctl_json *p = peers ? peers->child : NULL; p != NULL; p = p->next) {
-        printf("  %-12s link %s, %s, priority %.0f, rtt %.0f ms\n", ctl_json_str(p, "site", "?"),
+        double off = ctl_json_num(p, "clock_offset_ms", NAN); /* null until measured */
+        double refused = ctl_json_num(p, "clock_refused_batches", 0);
+
+        printf("  %-12s link %s, %s, priority %.0f, rtt %.0f ms", ctl_json_str(p, "site", "?"),
                ctl_json_bool(p, "link_up", false) ? "up" : "DOWN",
                ctl_json_bool(p, "serving", false) ? "serving" : "NOT serving",
                ctl_json_num(p, "priority", 0), ctl_json_num(p, "rtt_ms", 0));
+        if (!isnan(off)) {
+            printf(", clock %+.3f s", off / 1000.0);
+        }
+        if (refused > 0) {
+            printf(", %.0f batches REFUSED (clock skew)", refused);
+        }
+        printf("\n");
         printf("  %-12s unacked %.0f records, %s, oldest %.1fs; lag p50 %.0f ms, p99 %.0f ms; "
                "acked seq %.0f\n",
                "", ctl_json_num(p, "spool_records", 0),
@@ -224,6 +235,14 @@ static void ctl_print_status(const struct ctl_json *st)
                ctl_json_num(p, "oldest_unacked_age_ms", 0) / 1000.0,
                ctl_json_num(p, "lag_p50_ms", 0), ctl_json_num(p, "lag_p99_ms", 0),
                ctl_json_num(p, "acked_seq", 0));
+    }
+    if (ctl_json_get(st, "clock") != NULL) {
+        const struct ctl_json *ck = ctl_json_get(st, "clock");
+        printf("clock     hybrid clock %+.3f s from the wall clock (at most %+.3f s since start; "
+               "max_clock_skew %.0f ms); %.0f writes re-stamped, %.0f peer versions refused\n",
+               ctl_json_num(ck, "hlc_lead_ms", 0) / 1000.0,
+               ctl_json_num(ck, "hlc_max_lead_ms", 0) / 1000.0, ctl_json_num(ck, "max_skew_ms", 0),
+               ctl_json_num(ck, "restamped", 0), ctl_json_num(ck, "refused_versions", 0));
     }
     if (peers != NULL && peers->child != NULL) {
         printf("warm-up   hit ratio %.2f (ends at %.2f), %.0f local hits, %.0f misses, %.0f "

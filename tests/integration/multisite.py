@@ -343,16 +343,21 @@ class Lab:
 
     # ---- gateways ----
 
-    def start_site(self, name, timeout=15.0):
-        """Start the site's gateway (same config, same spool dir as before)."""
+    def start_site(self, name, timeout=15.0, env=None):
+        """Start the site's gateway (same config, same spool dir as before).  env: extra
+        environment (e.g. libfaketime's LD_PRELOAD and FAKETIME for a clock an hour ahead)."""
         s = self.sites[name]
         if s.gateway is not None and s.gateway.alive():
             raise RuntimeError("%s is already running" % name)
         s.starts += 1
         log = os.path.join(self.dir, name, "geogate.%d.log" % s.starts)
         s.logs.append(log)
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
         p = harness.Proc([harness.GEOGATE, "--config", s.config], "geogate:%s" % name,
-                         stderr_path=log)
+                         stderr_path=log, env=full_env)
         s.gateway = p
         try:
             harness.wait_port(s.port, timeout=timeout, proc=p.p)
