@@ -179,8 +179,13 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
         p->blen += 8;
     }
     p->last_send_ms = wall_ms();
-    p->bbuf[p->blen++] = PB_TAG(8, 0); /* sent_ms: the peer measures our clock from it */
-    p->blen += pb_varint(p->bbuf + p->blen, (uint64_t)p->last_send_ms);
+    if (p->last_send_ms - p->clock_sent_ms >= REPL_CLOCK_EVERY_MS) {
+        /* sent_ms: the peer measures our clock from it.  Once a second is enough, and
+         * keeps its 7 bytes off most batches (each batch exchange is WAN overhead). */
+        p->clock_sent_ms = p->last_send_ms;
+        p->bbuf[p->blen++] = PB_TAG(8, 0);
+        p->blen += pb_varint(p->bbuf + p->blen, (uint64_t)p->last_send_ms);
+    }
     return 0;
 }
 
@@ -519,13 +524,14 @@ static void peer_heartbeat(struct gw_peer *p, int64_t now)
 {
     Geogate__Wan__V1__ShipRequest hb = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
 
-    if (!p->up || now - p->last_send_ms < 1000 || p->inflight > 0) {
+    if (!p->up || now - p->last_send_ms < REPL_CLOCK_EVERY_MS || p->inflight > 0) {
         return;
     }
     hb.origin_site = (char *)p->repl->srv->cfg->site;
     hb.gateway_id = p->repl->srv->cfg->gateway_id;
     hb.sent_ms = (uint64_t)now;
     p->last_send_ms = now; /* also when the queue is full: try again in a second */
+    p->clock_sent_ms = now;
     (void)wan_grpc_client_ship(p->client, &hb);
 }
 
@@ -541,6 +547,7 @@ static void peer_up(void *arg, const char *site)
     wan_spool_peer_acked(p->repl->spool, p->site, &p->acked);
     wan_spool_cursor_seek(p->cursor, p->acked + 1);
     p->inflight = 0;
+    p->clock_sent_ms = 0; /* the first batch of a link tells our clock */
     peer_pump(p);
 }
 
@@ -953,7 +960,10 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool
     ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
-    ack.sent_ms = (uint64_t)wall_ms();
+    if (wall_ms() - in->clock_sent_ms >= REPL_CLOCK_EVERY_MS) {
+        in->clock_sent_ms = wall_ms(); /* as for batches: once a second is enough */
+        ack.sent_ms = (uint64_t)in->clock_sent_ms;
+    }
     wan_grpc_server_ship_ack(in->st, &ack);
     if (in->ending) {
         wan_grpc_server_ship_finish(in->st, WAN_GRPC_OK, NULL);
@@ -972,7 +982,8 @@ static void inbound_heartbeat(struct gw_inbound *in)
     ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
-    ack.sent_ms = (uint64_t)wall_ms();
+    in->clock_sent_ms = wall_ms();
+    ack.sent_ms = (uint64_t)in->clock_sent_ms;
     wan_grpc_server_ship_ack(in->st, &ack);
 }
 

@@ -55,6 +55,8 @@ struct tls_ctx;
 #define REPL_BATCH_BYTES (512u << 10) /* bytes per batch */
 #define REPL_TICK_MS 100
 #define REPL_LAG_BUCKETS 24          /* 1 ms .. ~8 s, doubling */
+#define REPL_CLOCK_EVERY_MS 1000     /* batches and acks carry our clock this often at most;
+                                        a link idle this long carries a heartbeat */
 
 struct repl_batch {
     uint64_t last_seq;
@@ -113,6 +115,7 @@ struct gw_peer {
     struct gw_skew_gate skew_out_log; /* ours it refused, logged once per interval */
     struct gw_skew_gate offset_log;   /* its clock off by more than the bound */
     int64_t last_send_ms;             /* our last batch or heartbeat to it */
+    int64_t clock_sent_ms;            /* the last time one of them carried our clock */
 };
 
 struct gw_inbound {
@@ -127,6 +130,7 @@ struct gw_inbound {
     uint64_t applied;
     uint64_t rejected;
     uint64_t lost_seen; /* echoed in acks */
+    int64_t clock_sent_ms; /* the last ack that carried our clock */
 };
 
 struct gw_repl {
