@@ -291,7 +291,9 @@ static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool fa
                  __atomic_load_n(&repl->restamp_superseded, __ATOMIC_RELAXED), repl->restamp_done);
     }
     /* Not from here: a run that finished at once would pump inside the pump. */
-    event_active(repl->kick_ev, EV_READ, 0);
+    if (repl->kick_ev != NULL) {
+        event_active(repl->kick_ev, EV_READ, 0);
+    }
 }
 
 /* Re-stamp the run of records ahead of our clock that starts at *first (borrowed from
