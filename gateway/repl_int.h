@@ -164,4 +164,7 @@ struct gw_repl {
     struct gw_skew_gate refused_log;
 };
 
+/* The lag histogram's quantile q (0..1) in ms, as a bucket's upper bound (repl_stats.c). */
+uint64_t gw_repl_lag_quantile(const struct gw_peer *p, double q);
+
 #endif
