@@ -182,7 +182,9 @@ static bool client_may_resume(const struct gw_client *c)
 static void client_resume(struct gw_client *c)
 {
     c->paused = false;
-    gw_conn_resume_read(&c->conn);
+    if (!c->draining) {
+        gw_conn_resume_read(&c->conn);
+    }
     client_process(c);
 }
 
@@ -261,11 +263,8 @@ static void client_flush(struct gw_client *c)
             return;
         }
     }
-    if (c->draining && TAILQ_EMPTY(&c->reqs) && c->in_state == GW_IN_LINE) {
-        client_close_after_write(c);
-        return;
-    }
-    if ((!c->paused || !client_try_resume(c)) && c->conn.eof && TAILQ_EMPTY(&c->reqs)) {
+    if ((!c->paused || !client_try_resume(c)) && (c->conn.eof || c->draining) &&
+        TAILQ_EMPTY(&c->reqs)) {
         client_process(c); /* commands still in the input, then the close */
     }
 }
@@ -1299,11 +1298,9 @@ static void client_process_once(struct gw_client *c)
             return; /* resumed by gw_client_barrier_release */
         }
         if (c->draining) {
+            /* nothing more is read from the socket; what was read is still answered
+             * (client_finish_at_eof closes once it is) */
             gw_conn_pause_read(&c->conn);
-            if (TAILQ_EMPTY(&c->reqs)) {
-                client_close_after_write(c);
-            }
-            return;
         }
         if (avail == 0) {
             return;
@@ -1397,12 +1394,13 @@ static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t
     return used;
 }
 
-/* After the client's EOF: once every command it sent is answered (what is left in the
- * input is no whole command), close after the last reply is written.  memcached
- * likewise drops a command cut short by the close. */
+/* After the client's EOF, or while draining: once every command it sent (and the
+ * gateway read) is answered and what is left in the input is no whole command, close
+ * after the last reply is written.  memcached likewise drops a command cut short by the
+ * close. */
 static void client_finish_at_eof(struct gw_client *c)
 {
-    if (c->conn.eof && !c->closing && !c->quitting && !c->paused && c->barrier == 0 &&
+    if ((c->conn.eof || (c->draining && c->in_state == GW_IN_LINE)) && !c->closing && !c->quitting && !c->paused && c->barrier == 0 &&
         TAILQ_EMPTY(&c->reqs)) {
         client_close_after_write(c);
     }
@@ -1553,9 +1551,10 @@ void gw_client_drain(struct gw_client *c)
         return;
     }
     c->draining = true;
-    if (TAILQ_EMPTY(&c->reqs) && c->in_state == GW_IN_LINE &&
-        evbuffer_get_length(c->conn.in) == 0) {
-        client_close_after_write(c);
+    /* what it sent and the gateway read is answered; a data block on its way is read to
+     * its end (client_process_once stops reading at the next line) */
+    if (!c->in_process) {
+        client_process(c);
     }
 }
 
