@@ -602,8 +602,9 @@ static void job_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
             if (j->call != NULL) {
                 wan_grpc_client_backfill_cancel(j->call);
             }
-            job_end(j, rc == -ECANCELED ? BF_CANCELLED : BF_FAILED, "applying items: %s",
-                    gw_ingest_reason(j->in));
+            /* cancelled, the items' way may close first (a stopping WAN thread): -EIO */
+            job_end(j, rc == -ECANCELED || atomic_load(&j->cancel) ? BF_CANCELLED : BF_FAILED,
+                    "applying items: %s", gw_ingest_reason(j->in));
             return;
         }
         bytes += m->key.len + m->value.len;
