@@ -156,6 +156,7 @@ struct bf_serve {
     int walker_rc;
     char err[256];
     bool finished; /* WAN thread: trailers asked for */
+    struct bf_serve *next; /* in gw_backfill's list of calls served, under its lock */
 };
 
 /* Totals of the serving side, for /status and /metrics. */
@@ -170,10 +171,21 @@ struct gw_backfill {
     pthread_mutex_t lock;
     struct bf_job *job; /* running or last */
     struct bf_serve_totals served;
+    struct bf_serve *serves; /* calls served, until freed (gw_backfill_serve_stop_all) */
 };
 
 static void serve_free(struct bf_serve *s)
 {
+    struct gw_backfill *bf = s->srv->backfill;
+
+    pthread_mutex_lock(&bf->lock);
+    for (struct bf_serve **pp = &bf->serves; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bf->lock);
     if (s->thread_started) {
         pthread_join(s->thread, NULL);
     }
@@ -482,6 +494,10 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
         return WAN_GRPC_RESOURCE_EXHAUSTED;
     }
     s->thread_started = true;
+    pthread_mutex_lock(&srv->backfill->lock);
+    s->next = srv->backfill->serves;
+    srv->backfill->serves = s;
+    pthread_mutex_unlock(&srv->backfill->lock);
     __atomic_add_fetch(&srv->backfill->served.calls, 1, __ATOMIC_RELAXED);
     log_info("backfill for %s: started%s%s%s, rate %s%u items/s", peer_site,
              s->resumed ? " (resumed)" : "", s->prefix_len ? ", prefix " : "",
@@ -493,6 +509,31 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
 void gw_backfill_serve_writable(void *call_arg)
 {
     serve_wake_cb(-1, 0, call_arg);
+}
+
+void gw_backfill_serve_stop_all(struct gw_server *srv)
+{
+    struct gw_backfill *bf = srv->backfill;
+    struct bf_serve *s;
+
+    if (bf == NULL) {
+        return;
+    }
+    for (;;) {
+        pthread_mutex_lock(&bf->lock);
+        s = bf->serves;
+        pthread_mutex_unlock(&bf->lock);
+        if (s == NULL) {
+            break;
+        }
+        /* Its wake-up will never run now: stop the walker here; serve_free joins it. */
+        pthread_mutex_lock(&s->lock);
+        s->call = NULL;
+        atomic_store(&s->cancel, true);
+        pthread_cond_broadcast(&s->room);
+        pthread_mutex_unlock(&s->lock);
+        serve_free(s);
+    }
 }
 
 void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why)

@@ -41,6 +41,10 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
                            Geogate__Wan__V1__BackfillRequest *req, void **call_arg);
 void gw_backfill_serve_writable(void *call_arg);
 void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why);
+/* The WAN thread has stopped and its gRPC server is gone (so every call is closed): stop
+ * the walkers still going and free their calls, before the WAN thread's event base goes.
+ * Any thread; idempotent. */
+void gw_backfill_serve_stop_all(struct gw_server *srv);
 
 /* ---- pulling from a peer ---- */
 
@@ -55,8 +59,7 @@ struct gw_backfill_params {
 
 /* Set up the backfill state of srv (before the workers start): 0 or -ENOMEM.  shutdown
  * cancels and joins a running job (while the workers still run: it waits for them); free
- * releases the state once every thread has stopped.  A gateway that stops while serving a
- * peer's call leaves that walker to the process exit. */
+ * releases the state once every thread has stopped (after gw_backfill_serve_stop_all). */
 int gw_backfill_init(struct gw_server *srv);
 void gw_backfill_shutdown(struct gw_server *srv);
 void gw_backfill_free(struct gw_server *srv);

@@ -878,6 +878,8 @@ static int repl_stop(void *arg)
         wan_grpc_server_destroy(repl->server);
         repl->server = NULL;
     }
+    /* the calls just closed cannot be freed by the WAN thread's wake-ups any more */
+    gw_backfill_serve_stop_all(repl->srv);
     if (repl->kick_ev) {
         event_free(repl->kick_ev);
         repl->kick_ev = NULL;
