@@ -48,6 +48,9 @@ void gw_backfill_serve_stop_all(struct gw_server *srv);
 
 /* ---- pulling from a peer ---- */
 
+struct gw_catchup;
+struct gw_catchup_entry;
+
 struct gw_backfill_params {
     struct gw_pool *pool; /* the caller thread's current pool (a reference is taken) */
     const char *from;   /* peer site name (configured under wan.peers) */
@@ -55,6 +58,12 @@ struct gw_backfill_params {
     int64_t rate;       /* items/s the peer may send; 0 no limit; < 0 replication.backfill_rate */
     bool automatic;     /* started by the gateway itself (catch-up), not an operator */
     const char *why;    /* for the log and /status */
+    /* A catch-up (automatic) only, else NULL: where the job records how far it got
+     * (borrowed; outlives every job), and the entry it starts from (copied: its cursor,
+     * items so far, generation).  The job clears the entry when it is done, or cancelled
+     * other than by the gateway stopping. */
+    struct gw_catchup *catchup;
+    const struct gw_catchup_entry *resume;
 };
 
 /* Set up the backfill state of srv (before the workers start): 0 or -ENOMEM.  shutdown

@@ -99,7 +99,7 @@ struct gw_peer {
     uint64_t in_lost;      /* the last ShipRequest.lost acted on */
     uint64_t in_spool_id;
     uint64_t in_lost_total; /* summed over gaps */
-    bool backfill_pending; /* a catch-up waits for the running backfill to end */
+    int64_t catchup_retry_ms; /* an owed catch-up is not (re)started before (catchup.h) */
     uint8_t *bbuf; /* the serialized ShipRequest being built (WAN thread) */
     size_t blen, bcap;
 };
@@ -137,6 +137,7 @@ struct gw_repl {
     uint64_t in_rejected;
     uint64_t spool_errors;
     int ack_waiters; /* writes waiting for a peer's ack, all workers (atomic) */
+    struct gw_catchup *catchup; /* catch-ups owed, on disk (WAN thread and backfill jobs) */
 };
 
 #endif
