@@ -36,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/catchup.h"
 #include "gateway/config.h"
 #include "gateway/ingest.h"
 #include "gateway/json.h"
@@ -56,6 +57,7 @@
 #define BF_MAX_FAILURES 20          /* calls in a row without a new batch */
 #define BF_TICK_MS 200
 #define BF_MAX_MESSAGE (8u << 20)
+#define BF_SAVE_MS 500              /* a catch-up records its cursor at most this often */
 
 /* ---- the cursor ---- */
 
@@ -156,6 +158,7 @@ struct bf_serve {
     int walker_rc;
     char err[256];
     bool finished; /* WAN thread: trailers asked for */
+    struct bf_serve *next; /* in gw_backfill's list of calls served, under its lock */
 };
 
 /* Totals of the serving side, for /status and /metrics. */
@@ -170,10 +173,21 @@ struct gw_backfill {
     pthread_mutex_t lock;
     struct bf_job *job; /* running or last */
     struct bf_serve_totals served;
+    struct bf_serve *serves; /* calls served, until freed (gw_backfill_serve_stop_all) */
 };
 
 static void serve_free(struct bf_serve *s)
 {
+    struct gw_backfill *bf = s->srv->backfill;
+
+    pthread_mutex_lock(&bf->lock);
+    for (struct bf_serve **pp = &bf->serves; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bf->lock);
     if (s->thread_started) {
         pthread_join(s->thread, NULL);
     }
@@ -482,6 +496,10 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
         return WAN_GRPC_RESOURCE_EXHAUSTED;
     }
     s->thread_started = true;
+    pthread_mutex_lock(&srv->backfill->lock);
+    s->next = srv->backfill->serves;
+    srv->backfill->serves = s;
+    pthread_mutex_unlock(&srv->backfill->lock);
     __atomic_add_fetch(&srv->backfill->served.calls, 1, __ATOMIC_RELAXED);
     log_info("backfill for %s: started%s%s%s, rate %s%u items/s", peer_site,
              s->resumed ? " (resumed)" : "", s->prefix_len ? ", prefix " : "",
@@ -493,6 +511,31 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
 void gw_backfill_serve_writable(void *call_arg)
 {
     serve_wake_cb(-1, 0, call_arg);
+}
+
+void gw_backfill_serve_stop_all(struct gw_server *srv)
+{
+    struct gw_backfill *bf = srv->backfill;
+    struct bf_serve *s;
+
+    if (bf == NULL) {
+        return;
+    }
+    for (;;) {
+        pthread_mutex_lock(&bf->lock);
+        s = bf->serves;
+        pthread_mutex_unlock(&bf->lock);
+        if (s == NULL) {
+            break;
+        }
+        /* Its wake-up will never run now: stop the walker here; serve_free joins it. */
+        pthread_mutex_lock(&s->lock);
+        s->call = NULL;
+        atomic_store(&s->cancel, true);
+        pthread_cond_broadcast(&s->room);
+        pthread_mutex_unlock(&s->lock);
+        serve_free(s);
+    }
 }
 
 void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why)
@@ -546,9 +589,14 @@ struct bf_job {
     int64_t retry_at_ms;
     bool link_up;
     uint64_t rng;
+    /* a catch-up: where its progress is recorded (NULL for an operator's backfill) */
+    struct gw_catchup *catchup;
+    uint64_t catchup_gen;
+    int64_t saved_ms;
     /* progress, under bf->lock */
     enum bf_state state;
     uint64_t items, tombstones, bytes, batches, peer_items, resumes;
+    uint64_t items_before, restarts; /* a catch-up resumed after a restart: what it had */
     struct gw_ingest_counts counts;
     int64_t started_ms, ended_ms;
     time_t started_unix;
@@ -573,6 +621,13 @@ static void job_end(struct bf_job *j, enum bf_state state, const char *fmt, ...)
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
     }
+    /* Done, or cancelled by an operator: nothing is owed any more.  Cancelled because the
+     * gateway stops, or failed: the entry stays, and a restart or repl.c's retry resumes
+     * it.  Before the state changes: repl.c reads "not running" first, then the entry. */
+    if (j->catchup != NULL && j->state == BF_RUNNING &&
+        (state == BF_DONE || (state == BF_CANCELLED && !j->srv->draining))) {
+        gw_catchup_done(j->catchup, j->from, j->catchup_gen);
+    }
     pthread_mutex_lock(&j->bf->lock);
     if (j->state == BF_RUNNING) {
         j->state = state;
@@ -584,6 +639,25 @@ static void job_end(struct bf_job *j, enum bf_state state, const char *fmt, ...)
 }
 
 static void job_call(struct bf_job *j);
+
+/* A catch-up records its cursor once every item up to it is in the local pool (so the
+ * items in flight to the WAN thread are waited for first): a restart resumes from there.
+ * Returns 0 or the ingest's error. */
+static int job_save(struct bf_job *j)
+{
+    uint64_t items;
+    int rc = gw_ingest_flush(j->in, NULL);
+
+    if (rc != 0) {
+        return rc;
+    }
+    pthread_mutex_lock(&j->bf->lock);
+    items = j->items;
+    pthread_mutex_unlock(&j->bf->lock);
+    gw_catchup_progress(j->catchup, j->from, j->catchup_gen, j->cursor, j->cursor_len, items);
+    j->saved_ms = gw_now_ms();
+    return 0;
+}
 
 static void job_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
 {
@@ -602,8 +676,9 @@ static void job_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
             if (j->call != NULL) {
                 wan_grpc_client_backfill_cancel(j->call);
             }
-            job_end(j, rc == -ECANCELED ? BF_CANCELLED : BF_FAILED, "applying items: %s",
-                    gw_ingest_reason(j->in));
+            /* cancelled, the items' way may close first (a stopping WAN thread): -EIO */
+            job_end(j, rc == -ECANCELED || atomic_load(&j->cancel) ? BF_CANCELLED : BF_FAILED,
+                    "applying items: %s", gw_ingest_reason(j->in));
             return;
         }
         bytes += m->key.len + m->value.len;
@@ -625,6 +700,16 @@ static void job_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
     }
     gw_ingest_counts(j->in, &j->counts);
     pthread_mutex_unlock(&j->bf->lock);
+    if (j->catchup != NULL && j->cursor_len > 0 && gw_now_ms() - j->saved_ms >= BF_SAVE_MS) {
+        int rc = job_save(j);
+        if (rc != 0) {
+            if (j->call != NULL) {
+                wan_grpc_client_backfill_cancel(j->call);
+            }
+            job_end(j, rc == -ECANCELED || atomic_load(&j->cancel) ? BF_CANCELLED : BF_FAILED,
+                    "applying items: %s", gw_ingest_reason(j->in));
+        }
+    }
 }
 
 static bool retryable(int status)
@@ -956,6 +1041,15 @@ int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p,
                           : (uint32_t)(p->rate > UINT32_MAX ? UINT32_MAX : p->rate);
     j->automatic = p->automatic;
     snprintf(j->why, sizeof(j->why), "%s", p->why != NULL ? p->why : "");
+    if (p->catchup != NULL && p->resume != NULL) {
+        j->catchup = p->catchup;
+        j->catchup_gen = p->resume->gen;
+        memcpy(j->cursor, p->resume->cursor, p->resume->cursor_len);
+        j->cursor_len = p->resume->cursor_len;
+        j->items = j->items_before = p->resume->items;
+        j->restarts = p->resume->restarts;
+        j->saved_ms = gw_now_ms();
+    }
     j->rng = (uint64_t)gw_now_ms() * 0x9e3779b97f4a7c15ull;
     atomic_init(&j->cancel, false);
     j->state = BF_RUNNING;
@@ -984,9 +1078,10 @@ int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p,
     if (old != NULL) {
         job_reap(old); /* ended: its thread is finishing or gone */
     }
-    log_info("backfill from %s: started (%s%s%s%s), rate %s%u items/s", j->from,
+    log_info("backfill from %s: started (%s%s%s%s), rate %s%u items/s%s", j->from,
              j->automatic ? "automatic" : "operator", j->why[0] ? ": " : "", j->why,
-             plen ? ", prefix given" : "", j->rate ? "" : "unlimited ", j->rate);
+             plen ? ", prefix given" : "", j->rate ? "" : "unlimited ", j->rate,
+             j->cursor_len > 0 ? ", resuming from its last cursor" : "");
     return 0;
 }
 
@@ -1043,7 +1138,7 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
     }
     elapsed = (j->state == BF_RUNNING ? now : j->ended_ms) - j->started_ms;
     if (elapsed > 0) {
-        rate = (double)j->items * 1000.0 / (double)elapsed;
+        rate = (double)(j->items - j->items_before) * 1000.0 / (double)elapsed;
     }
     if (j->peer_items > 0) {
         pct = 100.0 * (double)j->items / (double)j->peer_items;
@@ -1069,11 +1164,12 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
         ",\"rate_limit\":%u,\"started\":%lld,\"elapsed_ms\":%" PRId64 ",\"items\":%" PRIu64
         ",\"tombstones\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"batches\":%" PRIu64
         ",\"peer_items\":%" PRIu64 ",\"percent\":%.1f,\"items_per_s\":%.0f,\"eta_s\":%.1f"
-        ",\"resumes\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"rejected_older\":%" PRIu64
+        ",\"resumes\":%" PRIu64 ",\"restarts\":%" PRIu64 ",\"items_before_restart\":%" PRIu64
+        ",\"applied\":%" PRIu64 ",\"rejected_older\":%" PRIu64
         ",\"skipped_expired\":%" PRIu64 ",\"error\":",
         j->rate, (long long)j->started_unix, elapsed, j->items, j->tombstones, j->bytes,
-        j->batches, j->peer_items, pct, rate, eta, j->resumes, j->counts.applied,
-        j->counts.rejected_older, j->counts.skipped_expired);
+        j->batches, j->peer_items, pct, rate, eta, j->resumes, j->restarts, j->items_before,
+        j->counts.applied, j->counts.rejected_older, j->counts.skipped_expired);
     gw_json_str(out, j->error);
     evbuffer_add_printf(out, ",\"served_calls\":%" PRIu64 ",\"served_items\":%" PRIu64 "}",
                         __atomic_load_n(&bf->served.calls, __ATOMIC_RELAXED),

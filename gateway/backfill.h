@@ -41,8 +41,15 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
                            Geogate__Wan__V1__BackfillRequest *req, void **call_arg);
 void gw_backfill_serve_writable(void *call_arg);
 void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why);
+/* The WAN thread has stopped and its gRPC server is gone (so every call is closed): stop
+ * the walkers still going and free their calls, before the WAN thread's event base goes.
+ * Any thread; idempotent. */
+void gw_backfill_serve_stop_all(struct gw_server *srv);
 
 /* ---- pulling from a peer ---- */
+
+struct gw_catchup;
+struct gw_catchup_entry;
 
 struct gw_backfill_params {
     struct gw_pool *pool; /* the caller thread's current pool (a reference is taken) */
@@ -51,12 +58,17 @@ struct gw_backfill_params {
     int64_t rate;       /* items/s the peer may send; 0 no limit; < 0 replication.backfill_rate */
     bool automatic;     /* started by the gateway itself (catch-up), not an operator */
     const char *why;    /* for the log and /status */
+    /* A catch-up (automatic) only, else NULL: where the job records how far it got
+     * (borrowed; outlives every job), and the entry it starts from (copied: its cursor,
+     * items so far, generation).  The job clears the entry when it is done, or cancelled
+     * other than by the gateway stopping. */
+    struct gw_catchup *catchup;
+    const struct gw_catchup_entry *resume;
 };
 
 /* Set up the backfill state of srv (before the workers start): 0 or -ENOMEM.  shutdown
  * cancels and joins a running job (while the workers still run: it waits for them); free
- * releases the state once every thread has stopped.  A gateway that stops while serving a
- * peer's call leaves that walker to the process exit. */
+ * releases the state once every thread has stopped (after gw_backfill_serve_stop_all). */
 int gw_backfill_init(struct gw_server *srv);
 void gw_backfill_shutdown(struct gw_server *srv);
 void gw_backfill_free(struct gw_server *srv);

@@ -31,6 +31,7 @@
 
 #include "gateway/apply.h"
 #include "gateway/backfill.h"
+#include "gateway/catchup.h"
 #include "gateway/config.h"
 #include "gateway/failover.h"
 #include "gateway/json.h"
@@ -806,7 +807,34 @@ size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size
     return n;
 }
 
-static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why);
+#define CATCHUP_RETRY_MS 30000 /* a catch-up that failed is tried again this long after */
+
+static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
+                     const struct gw_catchup_entry *e);
+
+/* A catch-up owed by p that is not running: one held back by another backfill, one a
+ * restart cut short (once our link to p is up again: its job would only fail before), or
+ * one that failed (every CATCHUP_RETRY_MS).  "Not running" is read before the entry: a
+ * job clears its entry before it stops running. */
+static void catch_up_owed(struct gw_repl *repl, struct gw_peer *p, int64_t now)
+{
+    struct gw_catchup_entry e;
+    char why[160];
+
+    if (repl->catchup == NULL || repl->srv->draining || !p->up || now < p->catchup_retry_ms ||
+        !repl->srv->cfg->replication.auto_backfill || gw_backfill_running(repl->srv) ||
+        !gw_catchup_pending(repl->catchup, p->site, &e)) {
+        return;
+    }
+    if (e.items > 0 || e.cursor_len > 0) {
+        snprintf(why, sizeof(why), "catch-up resumed after %" PRIu64 " items%s", e.items,
+                 e.restarts > 0 ? " and a restart" : "");
+    } else {
+        snprintf(why, sizeof(why), "catch-up %s",
+                 e.restarts > 0 ? "owed since before a restart" : "held back until now");
+    }
+    catch_up(repl, p, why, &e);
+}
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -829,9 +857,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 p->lost = ps.dropped;
             }
         }
-        if (p->backfill_pending && !gw_backfill_running(repl->srv)) {
-            catch_up(repl, p, "catch-up held back by another backfill");
-        }
+        catch_up_owed(repl, p, now);
         if (!p->up && !p->connecting && now >= p->retry_at_ms) {
             peer_connect(p);
         } else if (p->up) {
@@ -846,8 +872,11 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- receiving ---- */
 
-/* Start the automatic catch-up from p (WAN thread). */
-static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why)
+/* Start the automatic catch-up from p (WAN thread), from entry e of the catch-up state
+ * (NULL: not recorded, so not resumable).  Busy: tick_cb starts it when the running
+ * backfill ends. */
+static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
+                     const struct gw_catchup_entry *e)
 {
     struct gw_backfill_params bp;
     char err[256];
@@ -859,9 +888,14 @@ static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why)
     bp.rate = -1;
     bp.automatic = true;
     bp.why = why;
+    bp.catchup = e != NULL ? repl->catchup : NULL;
+    bp.resume = e;
     rc = gw_backfill_start(repl->srv, &bp, err, sizeof(err));
-    p->backfill_pending = rc == -EBUSY;
-    if (rc != 0 && rc != -EBUSY) {
+    if (rc == -EBUSY) {
+        return;
+    }
+    p->catchup_retry_ms = gw_now_ms() + CATCHUP_RETRY_MS;
+    if (rc != 0) {
         log_error("peer %s: cannot start the catch-up backfill: %s", p->site, err);
     }
 }
@@ -881,8 +915,10 @@ static void inbound_lost(struct gw_repl *repl, struct gw_inbound *in,
                          const Geogate__Wan__V1__ShipRequest *req)
 {
     struct gw_peer *p = peer_by_site(repl, in->site);
+    struct gw_catchup_entry e;
     uint64_t gap;
     char why[160];
+    int rc;
 
     in->lost_seen = req->lost;
     if (p == NULL) {
@@ -906,7 +942,11 @@ static void inbound_lost(struct gw_repl *repl, struct gw_inbound *in,
              in->site, gap);
     snprintf(why, sizeof(why), "%s's spool lost %" PRIu64 " records meant for this site",
              in->site, gap);
-    catch_up(repl, p, why);
+    /* On disk before this batch is acked (the ack tells the peer we know): a restart from
+     * now on resumes the catch-up instead of forgetting it. */
+    rc = gw_catchup_owe(repl->catchup, p->site, &e);
+    p->catchup_retry_ms = 0;
+    catch_up(repl, p, why, rc == -EINVAL ? NULL : &e);
 }
 
 static int srv_ship_open(void *arg, struct wan_grpc_ship_stream *st, const char *peer_site,
@@ -1209,6 +1249,8 @@ static int repl_stop(void *arg)
         wan_grpc_server_destroy(repl->server);
         repl->server = NULL;
     }
+    /* the calls just closed cannot be freed by the WAN thread's wake-ups any more */
+    gw_backfill_serve_stop_all(repl->srv);
     if (repl->kick_ev) {
         event_free(repl->kick_ev);
         repl->kick_ev = NULL;
@@ -1229,6 +1271,7 @@ static void repl_free(struct gw_repl *repl)
             wan_spool_cursor_destroy(repl->peers[i].cursor);
         }
     }
+    gw_catchup_close(repl->catchup);
     if (repl->spool) {
         wan_spool_close(repl->spool);
     }
@@ -1298,6 +1341,27 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
             if (wan_spool_cursor_create(repl->spool, repl->peers[i].acked + 1,
                                         &repl->peers[i].cursor) != 0) {
                 goto fail;
+            }
+        }
+        /* After the spool: its lock on the directory covers the catch-up file too. */
+        if (gw_catchup_open(cfg->wan.spool_dir, names, repl->npeers, &repl->catchup) != 0) {
+            log_error("cannot load the catch-up state in %s: out of memory", cfg->wan.spool_dir);
+            goto fail;
+        }
+        for (size_t i = 0; i < repl->npeers; i++) {
+            struct gw_catchup_entry e;
+            if (!gw_catchup_pending(repl->catchup, names[i], &e)) {
+                continue;
+            }
+            if (cfg->replication.auto_backfill) {
+                log_info("peer %s: the catch-up from it was cut short (%" PRIu64 " items so "
+                         "far): resuming it %s once the link is up",
+                         names[i], e.items,
+                         e.cursor_len > 0 ? "from its last cursor" : "from the start");
+            } else {
+                log_error("peer %s: the catch-up from it was cut short and "
+                          "replication.auto_backfill is off: run `geogatectl backfill --from %s`",
+                          names[i], names[i]);
             }
         }
     }

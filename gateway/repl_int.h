@@ -103,7 +103,7 @@ struct gw_peer {
     uint64_t in_lost;      /* the last ShipRequest.lost acted on */
     uint64_t in_spool_id;
     uint64_t in_lost_total; /* summed over gaps */
-    bool backfill_pending; /* a catch-up waits for the running backfill to end */
+    int64_t catchup_retry_ms; /* an owed catch-up is not (re)started before (catchup.h) */
     uint8_t *bbuf; /* the serialized ShipRequest being built (WAN thread) */
     size_t blen, bcap;
     /* its clock (docs/REPLICATION.md, "Clock skew"); WAN thread writes, others read */
@@ -162,6 +162,7 @@ struct gw_repl {
     struct gw_skew_gate restamp_log;
     uint64_t hlc_resets_seen, hlc_refused_seen; /* logged up to these */
     struct gw_skew_gate refused_log;
+    struct gw_catchup *catchup; /* catch-ups owed, on disk (WAN thread and backfill jobs) */
 };
 
 /* The lag histogram's quantile q (0..1) in ms, as a bucket's upper bound (repl_stats.c). */

@@ -239,6 +239,7 @@ struct gw_worker {
     size_t out_cap;
     bool draining;
     bool stop; /* set by another thread when notify_fd failed: leave the loop */
+    bool exited; /* atomic: the loop is over, no message is read any more (gw_worker_call) */
     int64_t now_ms;
     struct gw_conn_list flushq; /* conns with output to write at the end of the iteration */
     struct gw_req_queue sync_wait; /* replies waiting for the spool's fsync (this pass) */

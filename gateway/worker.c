@@ -14,6 +14,7 @@
 #include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -30,6 +31,7 @@
 
 #define GW_TICK_MS 50
 #define GW_TRIM_MS 2000
+#define GW_CALL_CHECK_MS 100 /* gw_worker_call looks this often whether the worker stopped */
 
 struct gw_call {
     int (*fn)(void *arg);
@@ -264,6 +266,7 @@ static void *worker_main(void *arg)
     }
     gw_repl_pass_end(w);
     gw_conn_flush_all(w);
+    __atomic_store_n(&w->exited, true, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -281,7 +284,25 @@ int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg)
         sem_destroy(&call.done);
         return -EIO;
     }
-    while (sem_wait(&call.done) == -1 && errno == EINTR) {
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += GW_CALL_CHECK_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (sem_timedwait(&call.done, &ts) == 0) {
+            break;
+        }
+        /* A worker that has stopped (a drain) reads no more messages: waiting on would
+         * hang the caller, and the shutdown that joins it.  Whatever it ran before it
+         * stopped has posted already; the message left in the pipe is never read. */
+        if (errno == ETIMEDOUT && __atomic_load_n(&w->exited, __ATOMIC_ACQUIRE) &&
+            sem_trywait(&call.done) != 0) {
+            sem_destroy(&call.done);
+            return -EIO;
+        }
     }
     rc = call.rc;
     sem_destroy(&call.done);

@@ -27,7 +27,8 @@ struct gw_msg {
 };
 
 /* Run fn(arg) on w's thread and wait for it; returns what fn returned, or -EIO when the
- * message could not be sent.  Never from w's own thread. */
+ * message could not be sent or w left its loop without running fn (fn never runs then).
+ * Never from w's own thread. */
 int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg);
 
 /* Set up w (event base, pipe, backends for pool; takes a pool reference) and start

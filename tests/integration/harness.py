@@ -3,14 +3,27 @@
 Every test starts what it needs (real memcached, real nutcracker, the real
 geogate binary) on free loopback ports, bounds every wait, and stops everything
 it started when it ends.  Nothing here talks to an address other than 127.0.0.1.
+
+Sanitizer reports fail tests.  A process of ours (a binary under $GEOGATE_BIN) started
+with a log file has that log read once it has exited: a LeakSanitizer report (written at
+exit), an AddressSanitizer error or an UndefinedBehaviorSanitizer "runtime error" in it
+fails the test during which the process ended, with the report's first lines.  Importing
+this module is enough: it adds the check to every unittest test (a last cleanup), class
+(a class cleanup, for tearDownClass) and module (a module cleanup), and anything found
+after those makes the unittest process exit 1.  A process stopped with SIGKILL cannot
+report leaks; that is not checked.
 """
+import atexit
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("GEOGATE_BIN", os.path.join(ROOT, "bin"))
@@ -74,16 +87,117 @@ def wait_port(port, timeout=10.0, proc=None):
     raise TimeoutError("nothing listening on port %d after %.1fs" % (port, timeout))
 
 
+# ---- sanitizer reports in the logs of our own processes ---------------------------------
+
+# "==PID==ERROR: LeakSanitizer: detected memory leaks", "==PID==ERROR: AddressSanitizer: ...",
+# "file.c:12:5: runtime error: ..." (UBSan); anchored at a line start so that a key or a
+# client's junk quoted in a log line cannot look like one.
+_SANITIZER_RE = re.compile(r"^(==\d+==ERROR: (?:LeakSanitizer|AddressSanitizer)\b"
+                           r"|\S+:\d+:\d+: runtime error: )", re.M)
+_SUMMARY_RE = re.compile(r"^SUMMARY: \w+Sanitizer: .*$", re.M)
+REPORT_LINES = 40
+
+_watched = []   # Procs of ours with a log, not checked yet
+_reports = []   # reports found, not yet turned into a test failure
+
+
+def sanitizer_report(text, name="", path=""):
+    """The first REPORT_LINES lines of the first sanitizer report in text (plus its SUMMARY
+    lines), or None when there is none."""
+    m = _SANITIZER_RE.search(text)
+    if m is None:
+        return None
+    lines = text[m.start():].splitlines()
+    head = lines[:REPORT_LINES]
+    if len(lines) > REPORT_LINES:
+        head.append("    ... %d more lines" % (len(lines) - REPORT_LINES))
+    summaries = [s for s in _SUMMARY_RE.findall(text) if s not in head]
+    return "%s (%s):\n%s" % (name, path, "\n".join(head + summaries))
+
+
+def check_log(name, path):
+    """Read the log of a process that has exited; remember a sanitizer report in it."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return
+    r = sanitizer_report(text, name, path)
+    if r is not None:
+        _reports.append(r)
+
+
+def _check_exited():
+    for p in list(_watched):
+        if not p.alive():
+            _watched.remove(p)
+            check_log(p.name, p.stderr_path)
+
+
+def assert_no_sanitizer_reports():
+    """Raise AssertionError with every report found since the last call (processes that
+    have exited meanwhile are checked first)."""
+    _check_exited()
+    if _reports:
+        found = list(_reports)
+        del _reports[:]
+        raise AssertionError("sanitizer report in the log of a process that exited:\n\n" +
+                             "\n\n".join(found))
+
+
+def _install_checks():
+    """Every test, test class and module of the process runs the check last."""
+    run = unittest.TestCase.run
+    classes = set()
+
+    def run_checked(self, result=None):
+        cls = type(self)
+        if cls not in classes:
+            classes.add(cls)
+            cls.addClassCleanup(assert_no_sanitizer_reports)  # after tearDownClass
+        self.addCleanup(assert_no_sanitizer_reports)  # first added: runs after the others
+        return run(self, result)
+
+    unittest.TestCase.run = run_checked
+    unittest.addModuleCleanup(assert_no_sanitizer_reports)  # after tearDownModule
+
+    def at_exit():
+        # Registered at import, so it runs after every other exit handler (LIFO).
+        try:
+            assert_no_sanitizer_reports()
+        except AssertionError as e:
+            sys.stdout.flush()
+            print("\nFAIL (after the tests ended): %s" % e, file=sys.stderr, flush=True)
+            os._exit(1)
+
+    atexit.register(at_exit)
+
+
+_install_checks()
+
+
+def _ours(argv):
+    try:
+        return os.path.dirname(os.path.realpath(argv[0])) == os.path.realpath(BIN)
+    except (OSError, IndexError, TypeError):
+        return False
+
+
 class Proc:
-    """A child process that is always stopped (TERM, then KILL) on stop()."""
+    """A child process that is always stopped (TERM, then KILL) on stop().  With a log
+    (stderr_path), a binary of ours has its log checked for sanitizer reports once it has
+    exited (module comment)."""
 
     def __init__(self, argv, name, stderr_path=None, env=None):
         self.name = name
         self.argv = argv
         self.stderr_path = stderr_path
+        _check_exited()  # before a log of the same name is truncated
         self._err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._err,
                                   stderr=self._err, env=env)
+        if stderr_path and _ours(argv):
+            _watched.append(self)
 
     @property
     def pid(self):
@@ -100,16 +214,23 @@ class Proc:
         return self.p.wait(timeout=timeout)
 
     def stop(self, timeout=5.0):
+        if SANITIZED:
+            timeout = max(timeout, 20.0)  # the drain, then LeakSanitizer's scan at exit
         if self.alive():
             self.p.terminate()
             try:
                 self.p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                print("harness: %s did not exit within %.0fs of SIGTERM: killed (its leaks "
+                      "are not checked)" % (self.name, timeout), file=sys.stderr)
                 self.p.kill()
                 self.p.wait(timeout=5)
         if self._err not in (None, subprocess.DEVNULL):
             self._err.close()
             self._err = None
+        if self in _watched:
+            _watched.remove(self)
+            check_log(self.name, self.stderr_path)
         return self.p.returncode
 
     def kill(self):

@@ -9,6 +9,9 @@ Real memcached, real gateways, real mTLS, the WAN emulator between the sites:
 - a link cut longer than the peer's spool can hold, then healed: both sites say records
   were lost, the receiving site backfills by itself, 0 divergent keys;
 - with replication.auto_backfill: false the loss is reported and nothing is pulled;
+- that catch-up cut short by a restart of the receiving gateway (SIGTERM, SIGKILL) or of
+  the sending one: it starts again by itself, from its last cursor (not from the start),
+  and ends with 0 divergent keys;
 - refusals: unknown site, own site, a job already running, bad rate.
 """
 import json
@@ -264,6 +267,77 @@ class AutoCatchUp(unittest.TestCase):
 
     def test_auto_backfill_off_reports_and_waits(self):
         self.run_cut(auto=False)
+
+
+class CatchUpRestart(unittest.TestCase):
+    """The automatic catch-up in progress, then a restart of one gateway: it goes on by
+    itself from where it was, not from the start.  Slow enough (RATE) to be cut short."""
+    N = 20000
+    RATE = 2500
+
+    def run_restart(self, site, kill):
+        extra = {"eu-west": "replication:\n  backfill_rate: %d" % self.RATE}
+        with Lab(["us-east", "eu-west"], nodes=2, admin=True, wanem=True,
+                 spool_max_bytes=1 << 20, extra_yaml=extra) as lab:
+            lab.isolate("eu-west", "cut")
+            keys = ["cr:%06d" % i for i in range(self.N)]
+            load(lab, "us-east", keys, lambda k: ("x" * 100 + k).encode())
+            time.sleep(1.5)  # the spool trims on its tick
+            lab.heal("eu-west")
+            deadline = time.monotonic() + 60 * SLOW
+            st = {}
+            while time.monotonic() < deadline:
+                st = backfill_state(lab, "eu-west")
+                if st["state"] == "running" and st["items"] >= self.N // 4:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(st.get("state"), "running", st)
+            self.assertTrue(st["automatic"], st)
+            before = st["items"]
+            self.assertLess(before, self.N * 3 // 4, "the catch-up ran too fast to be cut short")
+            if kill:
+                lab.kill_site(site)
+            else:
+                self.assertEqual(lab.stop_site(site), 0)
+            lab.start_site(site)
+            lab.wait_links_up(30)
+            st = wait_backfill(lab, "eu-west", 120 * SLOW)
+            print("\n    %s %s with %d of %d items brought; then: %s" % (
+                site, "killed" if kill else "stopped", before, self.N, {
+                    k: st[k] for k in ("state", "items", "restarts", "items_before_restart",
+                                       "resumes", "applied", "elapsed_ms")}))
+            self.assertEqual(st["state"], "done", st)
+            self.assertTrue(st["automatic"], st)
+            self.assertGreaterEqual(st["items"], self.N, st)
+            with open(lab.sites["us-east"].logs[-1]) as f:
+                sender_log = f.read()  # the sender's current process
+            if site == "eu-west":
+                # A new process, started again by itself from the state it left on disk:
+                # it counts on from the items it had, and asked the peer for the rest only.
+                self.assertEqual(st["restarts"], 1, st)
+                self.assertGreater(st["items_before_restart"], 0, st)
+                self.assertLess(st["items"], self.N + st["items_before_restart"] // 2, st)
+                self.assertIn("resuming from its last cursor", lab.log("eu-west"))
+            else:
+                # The same job: it waited for the peer and went on from its cursor.
+                self.assertEqual(st["restarts"], 0, st)
+                self.assertGreaterEqual(st["resumes"], 1, st)
+                self.assertLess(st["items"], self.N + before // 2, st)
+            self.assertIn("(resumed)", sender_log)
+            lab.wait_drained(timeout=60)
+            self.assertEqual(lab.divergent(keys), [])
+
+    def test_receiver_sigterm_resumes(self):
+        self.run_restart("eu-west", kill=False)
+
+    def test_receiver_sigkill_resumes(self):
+        self.run_restart("eu-west", kill=True)
+
+    def test_sender_sigterm_resumes(self):
+        self.run_restart("us-east", kill=False)
+
+    def test_sender_sigkill_resumes(self):
+        self.run_restart("us-east", kill=True)
 
 
 class Refusals(unittest.TestCase):
