@@ -86,11 +86,24 @@ static void conn_eof(struct gw_conn *conn)
  * and so does one after the kernel reported the peer's FIN (EV_CLOSED, EPOLLRDHUP):
  * a FIN that arrives with the last bytes raises no edge of its own, and a short read
  * does not look for it, so without this a client that sends and closes at once would
- * never be seen to go. */
+ * never be seen to go.  A reset that arrives with the last bytes is not reported as
+ * EV_CLOSED at all (libevent turns EPOLLHUP|EPOLLERR into plain EV_READ), so a read
+ * that leaves an incomplete command behind comes round again too (conn_read_partial):
+ * the second read finds EAGAIN, more bytes, or the reset. */
 static void conn_read_more(struct gw_conn *conn)
 {
     if (conn->reading) {
         event_active(&conn->rev, EV_READ, 1);
+    }
+}
+
+/* After on_read: bytes the owner left in `in` are an incomplete command (or commands
+ * held back while reading is paused, when this does nothing).  Only a second read
+ * tells whether the peer is still there: nothing else will. */
+static void conn_read_partial(struct gw_conn *conn)
+{
+    if (conn->in != NULL && evbuffer_get_length(conn->in) > 0) {
+        conn_read_more(conn);
     }
 }
 
@@ -141,6 +154,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
                 evbuffer_add(conn->in, w->rbuf + used, (size_t)n - used);
             }
             conn->on_read(conn, conn->arg);
+            conn_read_partial(conn);
         } else if (n == 0) {
             conn_eof(conn);
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -177,6 +191,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
             __atomic_store_n(conn->bytes_in, *conn->bytes_in + (uint64_t)n, __ATOMIC_RELAXED);
         }
         conn->on_read(conn, conn->arg);
+        conn_read_partial(conn);
         return;
     }
     evbuffer_commit_space(conn->in, vec, 0);

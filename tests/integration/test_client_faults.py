@@ -571,6 +571,24 @@ class LifeCycleTest(unittest.TestCase):
             self.assertEqual(results["geogate"], results["memcached"])
         self.assert_gateway_alive()
 
+    def test_1d_reset_with_the_last_bytes(self):
+        """Clients that send part of a command and reset at once, so that the bytes and
+        the RST arrive together (the chaos soak's closing clients found this: the reset
+        raised no edge of its own, and each such connection stayed open for good): the
+        server's fds and curr_connections come back."""
+        warm_up(self.site.port)
+        parts = [b"set abort:a 0 0", b"set abort:b 0 0 100\r\nabc", b"get abort:c abort:d"]
+        for name, port, pid in self.targets():
+            with self.subTest(server=name):
+                base = Baseline(port, pid)
+                for i in range(300):
+                    s = connect(port)
+                    s.sendall(parts[i % len(parts)])
+                    reset_close(s)
+                base.wait_back(self, 10 * SLOW, "%s after 300 clients reset with a partial "
+                               "command" % name)
+        self.assert_gateway_alive()
+
 
 class NodeCloseTest(unittest.TestCase):
     def test_1e_dead_node_connection_closed_while_idle(self):
