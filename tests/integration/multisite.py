@@ -343,8 +343,9 @@ class Lab:
 
     # ---- gateways ----
 
-    def start_site(self, name, timeout=15.0):
-        """Start the site's gateway (same config, same spool dir as before)."""
+    def start_site(self, name, timeout=15.0, env=None):
+        """Start the site's gateway (same config, same spool dir as before).  env: the
+        process's whole environment (default: ours), e.g. with libfaketime preloaded."""
         s = self.sites[name]
         if s.gateway is not None and s.gateway.alive():
             raise RuntimeError("%s is already running" % name)
@@ -352,7 +353,7 @@ class Lab:
         log = os.path.join(self.dir, name, "geogate.%d.log" % s.starts)
         s.logs.append(log)
         p = harness.Proc([harness.GEOGATE, "--config", s.config], "geogate:%s" % name,
-                         stderr_path=log)
+                         stderr_path=log, env=env)
         s.gateway = p
         try:
             harness.wait_port(s.port, timeout=timeout, proc=p.p)
