@@ -1523,8 +1523,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cmdline = "/usr/bin/python3 tests/bench/run_chaos.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]))
+    # --keep and --log-level change what is kept and logged, not what is measured
+    shown, skip = [], False
+    for a in (argv if argv is not None else sys.argv[1:]):
+        if skip:
+            skip = False
+        elif a == "--keep" or a.startswith("--log-level="):
+            pass
+        elif a == "--log-level":
+            skip = True
+        else:
+            shown.append(a)
+    cmdline = "/usr/bin/python3 tests/bench/run_chaos.py " + " ".join(shown)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt()
