@@ -83,6 +83,7 @@ struct remote_job {
     uint32_t pending;
     uint32_t *miss;
     uint32_t nmiss;
+    bool local_failed; /* a local node failed under the warm-up's own read */
     const char *error;
     Geogate__Wan__V1__ReadResponse *resp;
     /* gw_remote_read_key: no client request, a callback */
@@ -259,6 +260,14 @@ static void job_finish(struct remote_job *j)
     }
 
     r->pending = 0;
+    if (j->error != NULL && j->warm && j->miss != NULL && !j->local_failed) {
+        /* Warm-up asked the peer only for the local misses: when the peer cannot answer,
+         * the local answer stands (hits, and misses as misses), as it would without
+         * warm-up, instead of failing the whole read. */
+        log_debug("warm-up read from peer %s failed (%s): answered locally",
+                  w->srv->cfg->wan.peers[j->peer].site, j->error);
+        j->error = NULL;
+    }
     if (j->error != NULL) {
         STAT_INCR(&w->stats, server_errors);
         STAT_INCR(&w->stats, get_errors);
@@ -690,6 +699,7 @@ static void warm_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
         /* the node failed under the read: its keys count as misses, the peer answers */
         log_debug("warm-up read: %s; asking peer %s", error,
                   j->w->srv->cfg->wan.peers[j->peer].site);
+        j->local_failed = true;
         __atomic_add_fetch(&j->w->srv->fo.reads_retried, 1, __ATOMIC_RELAXED);
     } else {
         warm_parse(j, f, reply);

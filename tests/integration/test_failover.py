@@ -761,6 +761,47 @@ class FailoverTest(unittest.TestCase):
         self.check(not missing, "%d of %d keys of the returned node are misses (not warmed from the "
                    "peer): %r" % (len(missing), len(on_dead), missing[:3]))
 
+    def test_warmup_answers_locally_when_the_peer_cannot(self):
+        """A returned node's keys are being warmed from the peer when the peer becomes
+        unreachable (its links black-holed): reads go on being answered from the local
+        pool (hits, and misses as misses), never with an error, until the peer is back.
+        The chaos soak found multi-key gets failing whole with `SERVER_ERROR peer site
+        unavailable` for the first seconds, local hits included."""
+        lab = self.run_lab(wanem=True, extra_yaml=failover_yaml(fraction=0.5))
+        keys = [b"wk:%05d" % i for i in range(600)]
+        load_keys(lab, "us-east", keys, value_of)
+        lab.wait_drained(60)
+        dead = lab.sites["us-east"].memcached[0].port
+        lab.kill_node("us-east", 0)
+        _mark_down(lab, "us-east", dead, keys)
+        lab.start_node("us-east", 0)
+        deadline = time.monotonic() + 10 * SLOW
+        while lab.stats("us-east", "nodes").get("node:127.0.0.1:%d:state" % dead) != "up":
+            self.check(time.monotonic() < deadline, "the node never came back up")
+            time.sleep(0.05)
+        on_dead = [k for k in keys if lab.node_of("us-east", k) == dead]
+        on_live = [k for k in keys if k not in set(on_dead)]
+        with MCConn(lab.sites["us-east"].port) as c:
+            got = c.gets(on_dead[:20])
+        self.check(len(got) == 20, "warm-up did not fill from the peer: %d of 20" % len(got))
+        lab.isolate("eu-west", "blackhole")
+        errors, answered, t0 = [], 0, time.monotonic()
+        for i in range(8):  # the first ones while the peer is still believed to serve
+            ask = on_dead[20 + 10 * i:30 + 10 * i] + on_live[10 * i:10 + 10 * i]
+            try:
+                with MCConn(lab.sites["us-east"].port, timeout=10) as c:
+                    got = c.gets(ask)
+                answered += 1
+                lost = [k for k in on_live[10 * i:10 + 10 * i] if k not in got]
+                self.check(not lost, "keys of the live node missed: %r" % lost[:3])
+            except ConnectionError as e:
+                errors.append(str(e)[:100])
+        lab.heal("eu-west")
+        say("peer black-holed during warm-up: %d of 8 multi-gets answered in %.1f s, errors %r",
+            answered, time.monotonic() - t0, errors[:2])
+        self.check(not errors, "%d reads failed while the peer was unreachable: %r" % (
+            len(errors), errors[:3]))
+
     # ------------------------------------------------------------------------------
     # point 3: multi-key gets, gets/cas tokens, noreply across the switch
 
