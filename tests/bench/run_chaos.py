@@ -1162,7 +1162,7 @@ def run(args):
     if args.geogate_bin:
         os.environ["GEOGATE_BIN"] = os.path.abspath(args.geogate_bin)
     import harness
-    from multisite import Lab
+    from multisite import Lab, MCConn
     harness.GEOGATE = os.path.join(os.environ.get("GEOGATE_BIN", os.path.join(ROOT, "bin")), "geogate")
     if args.sanitized:
         os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
@@ -1291,8 +1291,7 @@ def run(args):
         for n in SITES:
             for m in lab.sites[n].memcached:
                 try:
-                    import multisite
-                    with multisite.MCConn(m.port) as c:
+                    with MCConn(m.port) as c:
                         evictions += int(c.stats().get("evictions", 0))
                 except OSError:
                     pass
@@ -1444,6 +1443,10 @@ def render(r, args, cmdline):
           ", ".join("%s %d" % (k[len("read error: "):], v) for k, v in sorted(cc.items())
                     if k.startswith("read error: ")) or "none",
           cc["slow clients"], cc["closing clients"], r["settle_s"]))
+    if r["evictions"]:
+        w("")
+        w("memcached evicted %d items during the run: an eviction is a loss the cache may make, "
+          "so the lost-writes figure may count it." % r["evictions"])
     w("")
     w("How the figures are read: *acknowledged writes lost* takes, for every key a writer "
       "owns, its last acknowledged operation; every site must hold its result (read through "
