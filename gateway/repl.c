@@ -142,6 +142,16 @@ static int batch_add_mutation(struct gw_peer *p, const uint8_t *data, size_t len
     return 0;
 }
 
+/* A loss is announced once the spool writes again: while a disk fault lasts, every
+ * second adds to it, and each announcement would start the peer's whole catch-up over
+ * again; one after the fault covers all of it. */
+static bool lost_announcable(struct gw_repl *repl)
+{
+    struct wan_spool_stats ss;
+
+    return wan_spool_stats(repl->spool, &ss) == 0 && ss.fault == 0;
+}
+
 /* The batch's other fields (field order is free in protobuf). */
 static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
 {
@@ -164,7 +174,7 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
     p->blen += pb_varint(p->bbuf + p->blen, first);
     p->bbuf[p->blen++] = PB_TAG(5, 0); /* last_seq */
     p->blen += pb_varint(p->bbuf + p->blen, last);
-    if (p->lost > p->lost_seen) {
+    if (p->lost > p->lost_seen && lost_announcable(repl)) {
         struct wan_spool_stats ss;
         wan_spool_stats(repl->spool, &ss);
         p->bbuf[p->blen++] = PB_TAG(6, 0); /* lost */
@@ -200,7 +210,8 @@ static void peer_announce_lost(struct gw_peer *p)
 {
     int64_t now = wall_ms();
 
-    if (p->lost <= p->lost_seen || p->inflight > 0 || now - p->lost_sent_ms < 1000) {
+    if (p->lost <= p->lost_seen || p->inflight > 0 || now - p->lost_sent_ms < 1000 ||
+        !lost_announcable(p->repl)) {
         return;
     }
     p->blen = 0;
