@@ -280,93 +280,13 @@ void gw_client_req_done(struct gw_client *c, struct gw_req *r)
 
 /* ---- local answers ---- */
 
-static void add_stat(struct evbuffer *b, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void add_stat(struct evbuffer *b, const char *name, const char *fmt, ...)
-{
-    va_list ap;
-
-    evbuffer_add_printf(b, "STAT %s ", name);
-    va_start(ap, fmt);
-    evbuffer_add_vprintf(b, fmt, ap);
-    va_end(ap);
-    evbuffer_add(b, "\r\n", 2);
-}
-
-static void stats_general(struct gw_worker *w, struct evbuffer *b)
-{
-    struct gw_server *srv = w->srv;
-    struct gw_stats *each[64];
-    struct gw_stats sum;
-    struct rusage ru;
-    time_t now = time(NULL);
-    uint32_t up = 0;
-    int n = srv->nthreads < 64 ? srv->nthreads : 64;
-
-    for (int i = 0; i < n; i++) {
-        each[i] = &srv->workers[i].stats;
-    }
-    gw_stats_sum(&sum, each, n);
-    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
-        up += gw_node_usable(&w->pool->nodes[i]);
-    }
-    getrusage(RUSAGE_SELF, &ru);
-    add_stat(b, "pid", "%d", (int)getpid());
-    add_stat(b, "uptime", "%ld", (long)(now - srv->started));
-    add_stat(b, "time", "%ld", (long)now);
-    add_stat(b, "version", "%s", GW_MC_VERSION);
-    add_stat(b, "libevent", "%s", event_get_version());
-    add_stat(b, "pointer_size", "%d", (int)(8 * sizeof(void *)));
-    add_stat(b, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    add_stat(b, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec,
-             (long)ru.ru_stime.tv_usec);
-    add_stat(b, "max_connections", "%u", srv->max_connections);
-    add_stat(b, "curr_connections", "%" PRId64,
-             __atomic_load_n(&srv->curr_connections, __ATOMIC_RELAXED));
-#define GW_STATS_RENDER(name) add_stat(b, #name, "%" PRIu64, sum.name);
-    GW_STATS_COUNTERS(GW_STATS_RENDER)
-#undef GW_STATS_RENDER
-    add_stat(b, "threads", "%d", srv->nworkers);
-    add_stat(b, "site", "%s", srv->cfg->site);
-    add_stat(b, "pool_nodes", "%u", w->pool->nnodes);
-    add_stat(b, "pool_nodes_up", "%u", up);
-    add_stat(b, "pool_hash", "%s", ring_hash_name(w->pool->hash));
-}
-
-static void stats_nodes(struct gw_worker *w, struct evbuffer *b)
-{
-    char name[300];
-
-    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
-        struct gw_node *nd = &w->pool->nodes[i];
-        int st = __atomic_load_n(&nd->state, __ATOMIC_RELAXED);
-        snprintf(name, sizeof(name), "node:%s:state", nd->label);
-        add_stat(b, name, "%s", gw_node_state_name(st));
-        snprintf(name, sizeof(name), "node:%s:failures", nd->label);
-        add_stat(b, name, "%u", __atomic_load_n(&nd->failures, __ATOMIC_RELAXED));
-        snprintf(name, sizeof(name), "node:%s:down_events", nd->label);
-        add_stat(b, name, "%" PRIu64, __atomic_load_n(&nd->down_events, __ATOMIC_RELAXED));
-    }
-}
-
-static void stats_reset(struct gw_server *srv)
-{
-    for (int i = 0; i < srv->nthreads; i++) {
-        struct gw_stats *st = &srv->workers[i].stats;
-#define GW_STATS_ZERO(name) __atomic_store_n(&st->name, 0, __ATOMIC_RELAXED);
-        GW_STATS_COUNTERS(GW_STATS_ZERO)
-#undef GW_STATS_ZERO
-    }
-}
-
 static void do_stats(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_req *r;
     struct evbuffer *b;
 
     if (m->subcommand != NULL && strcmp(m->subcommand, "reset") == 0) {
-        stats_reset(c->w->srv);
+        gw_client_stats_reset(c->w->srv);
         reply_line(c, "RESET");
         return;
     }
@@ -380,11 +300,11 @@ static void do_stats(struct gw_client *c, const struct mc_request *m)
         return;
     }
     if (m->subcommand == NULL) {
-        stats_general(c->w, b);
+        gw_client_stats_general(c->w, b);
     } else if (strcmp(m->subcommand, "peers") == 0) {
         gw_repl_stats(c->w->srv, b);
     } else {
-        stats_nodes(c->w, b);
+        gw_client_stats_nodes(c->w, b);
     }
     evbuffer_add(b, "END\r\n", 5);
     gw_req_finish(r);
@@ -435,7 +355,7 @@ static const char *wire_name(enum mc_cmd cmd)
 
 /* The peer site a key whose local node is down falls back to, or -1 (no replication,
  * or no peer serving). */
-static int fallback_peer(struct gw_worker *w)
+int gw_client_fallback_peer(struct gw_worker *w)
 {
     if (w->srv->repl == NULL) {
         return -1;
@@ -456,7 +376,7 @@ static int write_peer(struct gw_worker *w, enum gw_route_kind kind)
             return p;
         }
     }
-    return kind == GW_ROUTE_DOWN ? fallback_peer(w) : -1;
+    return kind == GW_ROUTE_DOWN ? gw_client_fallback_peer(w) : -1;
 }
 
 bool gw_client_retry_read(struct gw_req *r)
@@ -467,7 +387,7 @@ bool gw_client_retry_read(struct gw_req *r)
     int peer;
 
     if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) ||
-        r->keybuf == NULL || (peer = fallback_peer(r->w)) < 0 || r->nkeys == 0) {
+        r->keybuf == NULL || (peer = gw_client_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
         return false;
     }
     if (r->nkeys > 64 && (keys = malloc(r->nkeys * sizeof(*keys))) == NULL) {
@@ -570,146 +490,7 @@ static void forward_get_one(struct gw_client *c, const struct mc_request *m, uin
     gw_backend_send_get(gw_worker_backend(w, node), &r->frag, m->cmd, r->key1, nkey);
 }
 
-/*
- * gat/gats on a replicating gateway: the new expiry must reach the version header and
- * ship, so each key is touched by read-modify-write (vop.c), which also hands back the
- * item as it was read; the reply is built from those, in the client's key order.  Later
- * commands of the client wait (barrier), as for every multi-step command.
- */
-struct gat_job {
-    struct gw_client *c;
-    struct gw_req *r;
-    bool with_cas;
-    uint32_t pending;
-    uint32_t nkeys;
-    struct mc_token *keys;
-    char *keybuf;
-    struct gw_touch_result *res;
-};
-
-static void gat_touched(void *arg)
-{
-    struct gat_job *j = arg;
-    struct gw_client *c = j->c;
-    struct gw_req *r = j->r;
-    struct evbuffer *b;
-    const char *error = NULL;
-
-    if (--j->pending > 0) {
-        return;
-    }
-    for (uint32_t i = 0; i < j->nkeys; i++) {
-        if (j->res[i].failed) {
-            error = j->res[i].error;
-            break;
-        }
-    }
-    r->pending = 0;
-    r->nkeys = j->nkeys;
-    if (error != NULL) {
-        STAT_INCR(&c->w->stats, server_errors);
-        gw_req_finish_line(r, error);
-    } else if ((b = gw_req_reply(r)) != NULL) {
-        for (uint32_t i = 0; i < j->nkeys; i++) {
-            struct gw_touch_result *t = &j->res[i];
-            if (!t->found) {
-                continue;
-            }
-            r->hits++;
-            evbuffer_add_printf(b, "VALUE %.*s %u %zu", (int)j->keys[i].len, j->keys[i].p,
-                                t->flags, t->len);
-            if (j->with_cas) {
-                evbuffer_add_printf(b, " %" PRIu64, t->cas);
-            }
-            evbuffer_add(b, "\r\n", 2);
-            evbuffer_add(b, t->val, t->len);
-            evbuffer_add(b, "\r\n", 2);
-        }
-        evbuffer_add(b, "END\r\n", 5);
-        STAT_ADD(&c->w->stats, touch_hits, r->hits);
-        STAT_ADD(&c->w->stats, touch_misses, j->nkeys - r->hits);
-        gw_req_finish(r);
-    } else {
-        gw_req_finish_line(r, "SERVER_ERROR out of memory");
-    }
-    for (uint32_t i = 0; i < j->nkeys; i++) {
-        free(j->res[i].val);
-    }
-    free(j->res);
-    free(j->keys);
-    free(j->keybuf);
-    free(j);
-    gw_client_barrier_release(c);
-}
-
-static int fallback_peer(struct gw_worker *w);
-
-static void versioned_gat(struct gw_client *c, const struct mc_request *m)
-{
-    struct gat_job *j;
-    size_t bytes = 0;
-    char *p;
-
-    for (uint32_t i = 0; i < m->nkeys; i++) {
-        if (gw_route_key(c->w, m->keys[i].p, m->keys[i].len).kind == GW_ROUTE_DOWN &&
-            fallback_peer(c->w) >= 0) {
-            /* a key's node is down: the peer serves the whole request, as a get */
-            gw_remote_retrieval(c, m, fallback_peer(c->w));
-            return;
-        }
-    }
-    j = calloc(1, sizeof(*j));
-
-    for (uint32_t i = 0; i < m->nkeys; i++) {
-        bytes += m->keys[i].len;
-    }
-    if (j == NULL || (j->keys = calloc(m->nkeys, sizeof(*j->keys))) == NULL ||
-        (j->res = calloc(m->nkeys, sizeof(*j->res))) == NULL ||
-        (j->keybuf = malloc(bytes + 1)) == NULL) {
-        if (j != NULL) {
-            free(j->keys);
-            free(j->res);
-        }
-        free(j);
-        reply_line(c, "SERVER_ERROR out of memory");
-        return;
-    }
-    j->r = client_req(c, m->cmd, false);
-    if (j->r == NULL) {
-        free(j->keys);
-        free(j->res);
-        free(j->keybuf);
-        free(j);
-        return;
-    }
-    j->r->pending = 1;
-    j->c = c;
-    j->with_cas = m->cmd == MC_CMD_GATS;
-    j->nkeys = m->nkeys;
-    p = j->keybuf;
-    for (uint32_t i = 0; i < m->nkeys; i++) {
-        memcpy(p, m->keys[i].p, m->keys[i].len);
-        j->keys[i].p = p;
-        j->keys[i].len = m->keys[i].len;
-        p += m->keys[i].len;
-    }
-    gw_client_barrier_hold(c);
-    j->pending = m->nkeys + 1;
-    STAT_ADD(&c->w->stats, cmd_touch, m->nkeys);
-    for (uint32_t i = 0; i < m->nkeys; i++) {
-        struct gw_route rt = gw_route_key(c->w, j->keys[i].p, j->keys[i].len);
-        if (rt.kind != GW_ROUTE_LOCAL) {
-            j->res[i].failed = true;
-            snprintf(j->res[i].error, sizeof(j->res[i].error), "%s",
-                     c->w->pool->nodes[rt.node].err_down);
-            j->pending--;
-            continue;
-        }
-        gw_vop_touch(c->w, rt.node, j->keys[i].p, j->keys[i].len, m->exptime, j->with_cas,
-                     &j->res[i], gat_touched, j);
-    }
-    gat_touched(j);
-}
+/* gat/gats on a replicating gateway: client_gat.c. */
 
 static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
 {
@@ -740,7 +521,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         }
     }
     if (w->srv->versioned && (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS)) {
-        versioned_gat(c, m);
+        gw_client_versioned_gat(c, m);
         return;
     }
     if (m->nkeys > 64) {
@@ -770,7 +551,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         if (w->srv->repl != NULL &&
             __atomic_load_n(&w->pool->nodes[rt.node].warm_until_ms, __ATOMIC_ACQUIRE) >
                 w->now_ms) {
-            int peer = fallback_peer(w);
+            int peer = gw_client_fallback_peer(w);
             if (peer >= 0) {
                 /* the node came back cold: its misses are read from the peer and filled */
                 gw_remote_warm_retrieval(c, m, peer);
@@ -913,7 +694,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     const char *name = wire_name(m->cmd);
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN && fallback_peer(c->w) < 0) {
+    if (rt.kind == GW_ROUTE_DOWN && gw_client_fallback_peer(c->w) < 0) {
         /* The value still has to be read past before the next command. */
         fail_now(c, m->cmd, m->noreply, c->w->pool->nodes[rt.node].err_down);
         c->in_state = GW_IN_SWALLOW;
@@ -975,8 +756,8 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
     }
     STAT_INCR(&c->w->stats, cmd_set);
     if (st->remote < 0 && gw_node_usable(&c->w->pool->nodes[st->node]) == false &&
-        fallback_peer(c->w) >= 0) {
-        st->remote = fallback_peer(c->w); /* went down while the value was arriving */
+        gw_client_fallback_peer(c->w) >= 0) {
+        st->remote = gw_client_fallback_peer(c->w); /* went down while the value was arriving */
     }
     if (st->remote < 0 && !gw_node_usable(&c->w->pool->nodes[st->node])) {
         if (in != NULL) {
@@ -1014,7 +795,7 @@ static void forward_keyed(struct gw_client *c, const struct mc_request *m)
     struct gw_req *r;
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN && fallback_peer(w) < 0) {
+    if (rt.kind == GW_ROUTE_DOWN && gw_client_fallback_peer(w) < 0) {
         fail_now(c, m->cmd, m->noreply, w->pool->nodes[rt.node].err_down);
         return;
     }

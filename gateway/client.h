@@ -31,6 +31,17 @@ void gw_client_reply_error(struct gw_client *c, const char *line);
  * instead and answer r from there.  false: no peer, or not such a read; r fails. */
 bool gw_client_retry_read(struct gw_req *r);
 
+/* The peer site a key whose local node is down falls back to, or -1. */
+int gw_client_fallback_peer(struct gw_worker *w);
+
+/* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
+void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
+
+/* `stats` (client_stats.c): the general counters, each node's health, `stats reset`. */
+void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b);
+void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b);
+void gw_client_stats_reset(struct gw_server *srv);
+
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 
