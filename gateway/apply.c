@@ -19,6 +19,7 @@
 #include "gateway/pool.h"
 #include "gateway/repl.h"
 #include "gateway/server.h"
+#include "gateway/skew.h"
 #include "gateway/vop.h"
 #include "gateway/worker.h"
 #include "wan/grpc_server.h"
@@ -88,6 +89,23 @@ struct apply_gets {
     uint32_t n;
     struct apply_op *ops[APPLY_GETS_KEYS];
 };
+
+
+/* Failures of one node repeat for every key of every batch until it is back: one line per
+ * 10 s per worker thread, with how many were held back. */
+static _Thread_local struct gw_skew_gate apply_log_gate;
+
+#define apply_warn(...)                                                                     \
+    do {                                                                                    \
+        uint64_t held_;                                                                     \
+        if (gw_skew_gate_pass(&apply_log_gate, gw_now_ms(), 10000, &held_)) {               \
+            log_warn(__VA_ARGS__);                                                          \
+            if (held_ > 0) {                                                                \
+                log_warn("(%" PRIu64 " more failed applies in the last 10 s not logged)",   \
+                         held_);                                                            \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
 
 static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error);
 
@@ -263,14 +281,27 @@ static bool carry_back(struct apply_batch *b, const struct gw_item *it)
     return true;
 }
 
-/* APPLY_MODE_RESTAMP: the local copy is still the item our clock stamped ahead: the same
- * item with a fresh version, as if written now.  Anything else here (a later write, whose
- * own record ships it; nothing) stays as it is. */
+/* APPLY_MODE_RESTAMP: the item a clock since put right stamped, written again with a
+ * fresh version, as if written now, and shipped; unless a later write replaced it here
+ * (that write's own record ships it).  A later write is one made since the clock
+ * restarted: its version is above the restart point.  The local copy may also be the
+ * re-stamped item itself (the same version), or gone, or older than the restart: the
+ * node lost it (restarted empty, evicted it) and maybe took a peer's older copy since,
+ * and the write was still acknowledged here, so it is put back and ships. */
 static void op_restamp(struct apply_op *op, const struct apply_cur *cur)
 {
     struct gw_server *srv = op->b->w->srv;
+    bool replaced;
 
-    if (!cur->present || !cur->versioned || wan_version_cmp(&cur->hdr.version, &op->old) != 0) {
+    if (!cur->present) {
+        replaced = false;
+    } else if (!cur->versioned) {
+        replaced = true; /* written by a plain memcached client: theirs */
+    } else {
+        replaced = wan_version_cmp(&cur->hdr.version, &op->old) != 0 &&
+                   cur->hdr.version.hlc > wan_hlc_restart(&srv->hlc);
+    }
+    if (replaced) {
         op->b->rejected++;
         op_free(op);
         return;
@@ -278,7 +309,7 @@ static void op_restamp(struct apply_op *op, const struct apply_cur *cur)
     op->nh.version.hlc = wan_hlc_now(&srv->hlc);
     op->nh.version.site_id = srv->site_id;
     op->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
-    op->present = true;
+    op->present = cur->present;
     op->cas = cur->cas;
     op_write(op);
 }
@@ -376,7 +407,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         /* The node failed: the batch is not acked as applied for this one; the peer
          * will ship it again after a reconnect only if we fail the stream, so count it
          * and log it.  (A down node means the site is failing over anyway.) */
-        log_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
+        apply_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
                  (const char *)op->m->key.data, error);
         op->b->failed = true; /* not acked: the peer ships it again */
         op_free(op);
@@ -384,7 +415,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
     }
     if (!op->writing) {
         if (gw_cur_parse(reply, &op->cur, err, sizeof(err)) != 0) {
-            log_warn("apply of key %.*s: %s", (int)op->m->key.len,
+            apply_warn("apply of key %.*s: %s", (int)op->m->key.len,
                      (const char *)op->m->key.data, err);
             op->b->rejected++;
             op_free(op);
@@ -427,7 +458,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         }
         text[n] = '\0';
         text[strcspn(text, "\r\n")] = '\0';
-        log_warn("apply of key %.*s refused by the node: %s", (int)op->m->key.len,
+        apply_warn("apply of key %.*s refused by the node: %s", (int)op->m->key.len,
                  (const char *)op->m->key.data, text);
     }
     op->b->rejected++;
@@ -479,7 +510,7 @@ static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
                 break;
             }
             if (cur_view(&cur, &mr, (const uint8_t *)eol + 1, mr.bytes) != 0) {
-                log_warn("apply of key %.*s: SERVER_ERROR unexpected reply from node",
+                apply_warn("apply of key %.*s: SERVER_ERROR unexpected reply from node",
                          (int)mr.nkey, mr.key);
                 g->ops[k]->b->rejected++;
                 op_free(g->ops[k++]);
@@ -494,12 +525,12 @@ static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
         if (why == NULL) {
             op_decide(op, &apply_absent); /* after END: absent */
         } else if (error != NULL) {
-            log_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
+            apply_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
                      (const char *)op->m->key.data, error);
             op->b->failed = true; /* not acked: the peer ships it again */
             op_free(op);
         } else {
-            log_warn("apply of key %.*s: %s", (int)op->m->key.len,
+            apply_warn("apply of key %.*s: %s", (int)op->m->key.len,
                      (const char *)op->m->key.data, why);
             op->b->rejected++;
             op_free(op);
@@ -628,9 +659,11 @@ static uint32_t key_hash(const uint8_t *key, size_t len)
 /*
  * Keep only the newest mutation of each key: lose[i] is set for every other one.  A hash
  * table of the keys, not a sort: sorting a batch by key cost more than a tenth of applying
- * it.  Returns how many lost, or -1 when out of memory.
+ * it.  last: the last one in the batch is the newest (a re-stamp run is spool order, and
+ * its versions straddle a clock that was put right).  Returns how many lost, or -1 when
+ * out of memory.
  */
-static ssize_t batch_dedup(Geogate__Wan__V1__Mutation *const *ms, size_t n, bool *lose)
+static ssize_t batch_dedup(Geogate__Wan__V1__Mutation *const *ms, size_t n, bool *lose, bool last)
 {
     size_t cap = 16;
     uint32_t *slot; /* index + 1 of the newest mutation of a key so far; 0: empty */
@@ -654,7 +687,7 @@ static ssize_t batch_dedup(Geogate__Wan__V1__Mutation *const *ms, size_t n, bool
             continue;
         }
         lost++;
-        if (cmp_version(ms[i], ms[slot[h] - 1]) < 0) {
+        if (last || cmp_version(ms[i], ms[slot[h] - 1]) < 0) {
             lose[slot[h] - 1] = true;
             slot[h] = (uint32_t)i + 1;
         } else {
@@ -755,7 +788,7 @@ static void batch_run(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, e
 
         lose = calloc(n, sizeof(*lose));
         b->ops = malloc(n * sizeof(*b->ops));
-        lost = lose != NULL && b->ops != NULL ? batch_dedup(ms, n, lose) : -1;
+        lost = lose != NULL && b->ops != NULL ? batch_dedup(ms, n, lose, mode == APPLY_MODE_RESTAMP) : -1;
         if (lost < 0) {
             free(gets);
             free(lose);

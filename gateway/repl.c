@@ -260,16 +260,43 @@ static void peer_pump(struct gw_peer *p)
 
 /* ---- re-stamping what our clock stamped ahead (docs/REPLICATION.md, "Clock skew") ---- */
 
-/* Whether a spooled record carries a version more than max_clock_skew ahead of our clock
- * now: one we stamped while our clock ran ahead (it stepped back since, or the gateway
- * restarted with the right time).  Every peer refuses such a record, so it is re-stamped
- * before anything after it ships. */
+/* Whether a spooled record must be re-stamped before it ships: it carries a version more
+ * than max_clock_skew ahead of our clock now (every peer refuses it), or it is a write of
+ * ours from before our clock was last put right (this process's start, or a step back)
+ * with a version above where the clock restarted.  The second kind may be within the
+ * bound by the time it is read, but shipped as it is it would beat writes made here
+ * after it (the clock restarted below it), on this site and everywhere. */
 static bool record_ahead(struct gw_repl *repl, const struct wan_spool_record *rec, uint64_t now_ms)
 {
     uint64_t hlc;
+    uint32_t site;
 
-    return gw_skew_mutation_hlc(rec->data, rec->len, &hlc) == 0 &&
+    if (gw_skew_mutation_hlc(rec->data, rec->len, &hlc, &site) != 0) {
+        return false;
+    }
+    return (site == 0 && rec->seq <= repl->restamp_seq && hlc > repl->restamp_above) ||
            wan_hlc_beyond_bound(&repl->srv->hlc, hlc, now_ms);
+}
+
+/* Where the re-stamp window stands: what the spool held when the clock (re)started.  A
+ * write stamped before a step back and spooled after this look is not in it: only the
+ * bound catches that one (a write's round trip to memcached, after a step of more than
+ * max_clock_skew). */
+static void restamp_window(struct gw_repl *repl)
+{
+    uint64_t resets = wan_hlc_resets(&repl->srv->hlc);
+    struct wan_spool_stats ss;
+
+    if (repl->restamp_window_set && resets == repl->restamp_resets) {
+        return;
+    }
+    if (wan_spool_stats(repl->spool, &ss) != 0) {
+        return;
+    }
+    repl->restamp_window_set = true;
+    repl->restamp_resets = resets;
+    repl->restamp_seq = ss.last_seq;
+    repl->restamp_above = wan_hlc_restart(&repl->srv->hlc);
 }
 
 static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,
@@ -376,6 +403,9 @@ static void peer_pump_once(struct gw_peer *p)
     uint64_t bound = repl->srv->hlc.max_drift_ms;
     uint64_t now_ms = bound != 0 ? wan_hlc_clock_now_ms(&repl->srv->hlc) : 0;
 
+    if (bound != 0) {
+        restamp_window(repl);
+    }
     while (p->up && p->inflight < REPL_INFLIGHT) {
         struct wan_spool_record rec;
         uint64_t first = 0, last = 0, oldest = 0;
@@ -1347,6 +1377,9 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
             log_error("cannot open the spool in %s: %s", cfg->wan.spool_dir, strerror(-rc));
             goto fail;
         }
+        /* Before any write of this process is spooled: everything it finds was stamped
+         * by the clock of an earlier process. */
+        restamp_window(repl);
         for (size_t i = 0; i < repl->npeers; i++) {
             wan_spool_peer_acked(repl->spool, names[i], &repl->peers[i].acked);
             if (wan_spool_cursor_create(repl->spool, repl->peers[i].acked + 1,

@@ -154,6 +154,11 @@ struct gw_repl {
     uint64_t spool_errors;
     int ack_waiters; /* writes waiting for a peer's ack, all workers (atomic) */
     /* re-stamping our records stamped ahead of our clock (WAN thread; counters atomic) */
+    /* Our records up to restamp_seq with versions above restamp_above were stamped by a
+     * clock since put right (the process before this one, or this one before its clock
+     * stepped back): re-stamped before they ship (record_ahead in repl.c). */
+    uint64_t restamp_seq, restamp_above, restamp_resets;
+    bool restamp_window_set;
     uint64_t restamp_done;    /* every such record up to this seq is re-stamped or replaced */
     uint64_t restamp_pending; /* the last seq of the run being re-stamped */
     bool restamp_running;

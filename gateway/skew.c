@@ -43,11 +43,14 @@ static int pb_varint(const uint8_t *data, size_t len, size_t *pos, uint64_t *out
     return -EBADMSG;
 }
 
-int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc)
+int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc, uint32_t *site_id)
 {
     size_t pos = 0;
 
     *hlc = 0;
+    if (site_id != NULL) {
+        *site_id = 0;
+    }
     while (pos < len) {
         uint64_t tag, n;
 
@@ -58,6 +61,9 @@ int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc)
         case 0: /* varint */
             if (pb_varint(data, len, &pos, &n) != 0) {
                 return -EBADMSG;
+            }
+            if (tag >> 3 == 7 && site_id != NULL) {
+                *site_id = (uint32_t)n;
             }
             break;
         case 1: /* fixed64: the hlc is one */

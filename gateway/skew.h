@@ -27,11 +27,13 @@ uint64_t gw_skew_batch_ahead_ms(const Geogate__Wan__V1__ShipRequest *req, uint64
  * at most rtt/2, and always on the side of "behind" when the message waited in a queue. */
 int64_t gw_skew_offset_ms(uint64_t peer_ms, uint64_t now_ms, uint32_t rtt_ms);
 
-/* The hlc (field 3) of a packed geogate.wan.v1.Mutation, read without unpacking it: the
- * shipper looks at every spooled record, so this must cost a few varints, not an
- * allocation.  *hlc is 0 when the field is absent.  Returns 0, or -EBADMSG when data is
- * not a well-formed protobuf message (truncated varint or field, unknown wire type). */
-int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc);
+/* The hlc (field 3) and, when site_id is not NULL, the version's site (field 7: 0 for
+ * the batch's origin, i.e. a write made here) of a packed geogate.wan.v1.Mutation, read
+ * without unpacking it: the shipper looks at every spooled record, so this must cost a
+ * few varints, not an allocation.  Absent fields read as 0.  Returns 0, or -EBADMSG when
+ * data is not a well-formed protobuf message (truncated varint or field, unknown wire
+ * type). */
+int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc, uint32_t *site_id);
 
 /* The gRPC status message for a refused batch: what site refused it, how far ahead its
  * newest version was, the bound, and the sender's measured offset when known.  Always

@@ -87,6 +87,7 @@ void wan_hlc_init(struct wan_hlc *hlc, wan_hlc_clock_fn clock, void *clock_arg,
     atomic_init(&hlc->refused, 0);
     atomic_init(&hlc->max_lead_ms, 0);
     atomic_init(&hlc->resets, 0);
+    atomic_init(&hlc->restart, hlc_clock_ms(hlc) << WAN_HLC_LOGICAL_BITS);
 }
 
 bool wan_hlc_beyond_bound(const struct wan_hlc *hlc, uint64_t remote, uint64_t now_ms)
@@ -135,7 +136,13 @@ static uint64_t hlc_advance(struct wan_hlc *hlc, uint64_t floor, uint64_t now_ms
     } while (!atomic_compare_exchange_weak_explicit(&hlc->last, &old, next, memory_order_acq_rel,
                                                     memory_order_relaxed));
     if (reset) {
-        atomic_fetch_add_explicit(&hlc->resets, 1, memory_order_relaxed);
+        uint64_t seen = atomic_load_explicit(&hlc->restart, memory_order_relaxed);
+        while (next - 1 > seen &&
+               !atomic_compare_exchange_weak_explicit(&hlc->restart, &seen, next - 1,
+                                                      memory_order_release,
+                                                      memory_order_relaxed)) {
+        }
+        atomic_fetch_add_explicit(&hlc->resets, 1, memory_order_release);
     }
     hlc_note_lead(hlc, next, now_ms);
     return next;
@@ -164,6 +171,16 @@ int wan_hlc_observe(struct wan_hlc *hlc, uint64_t remote, uint64_t *out)
         *out = v;
     }
     return 0;
+}
+
+uint64_t wan_hlc_restart(struct wan_hlc *hlc)
+{
+    return atomic_load_explicit(&hlc->restart, memory_order_acquire);
+}
+
+uint64_t wan_hlc_resets(struct wan_hlc *hlc)
+{
+    return atomic_load_explicit(&hlc->resets, memory_order_acquire);
 }
 
 uint64_t wan_hlc_peek(struct wan_hlc *hlc)

@@ -70,6 +70,8 @@ struct wan_hlc {
     _Atomic uint64_t max_lead_ms; /* the furthest a value handed out ran ahead of now_ms */
     _Atomic uint64_t resets;      /* times the physical clock was found stepped back past
                                      max_drift_ms, and the clock restarted from it */
+    _Atomic uint64_t restart;     /* where this clock started (wan_hlc_init) or last
+                                     restarted: see wan_hlc_restart() */
 };
 
 /* Set up a clock starting at 0.  clock may be NULL for the system's real-time clock.
@@ -101,6 +103,17 @@ uint64_t wan_hlc_now(struct wan_hlc *hlc);
  * counts it; the caller must then not apply the item (it would hold a version this clock
  * has not passed) and should log it. */
 int wan_hlc_observe(struct wan_hlc *hlc, uint64_t remote, uint64_t *out);
+
+/* Where this clock started (its physical clock at wan_hlc_init(), << 16) or last
+ * restarted after a step back.  Every value it hands out from then on is above it, and
+ * a value of ours above it that this clock did not hand out was stamped by a clock since
+ * put right (an earlier process, or this one before the step): the shipper re-stamps
+ * those (docs/REPLICATION.md, "Clock skew").  Any thread. */
+uint64_t wan_hlc_restart(struct wan_hlc *hlc);
+
+/* How many times the clock restarted after a step back (the `resets` of the stats; read
+ * before wan_hlc_restart(), it tells whether that moved).  Any thread. */
+uint64_t wan_hlc_resets(struct wan_hlc *hlc);
 
 /* The last value handed out or observed, without advancing.  Any thread. */
 uint64_t wan_hlc_peek(struct wan_hlc *hlc);

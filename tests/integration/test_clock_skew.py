@@ -10,6 +10,11 @@ Debian's faketime, then again on the right time.
                 to 0 divergent keys; a write made after that, anywhere, sticks.
   stepped_back  the same clock put right while the gateway runs (as an NTP step would): its
                 hybrid clock restarts from the corrected time, it re-stamps, all converge.
+  small_skew    ap-south 4 s ahead, cut off; it writes, is killed, its nodes restart empty,
+                it restarts on the right time and writes some of the keys again at once.
+                By the time its link heals, what it wrote while skewed is within the bound,
+                yet stamped above its restarted clock: the writes made after the restart
+                must win everywhere, and the ones its node lost must be put back.
 
 Bounded (well under 2 minutes), one lab, stopped on exit.  GEOGATE_KEEP_LAB=1 keeps its files.
 """
@@ -61,12 +66,12 @@ def eventually(fn, timeout, interval=0.1):
 @unittest.skipIf(FAKE_HOUR is None, "needs Debian's faketime (apt-get install faketime)")
 class ClockSkewTest(unittest.TestCase):
 
-    def start_lab(self, skew_env):
+    def start_lab(self, skew_env, wanem=False):
         if os.environ.get("GEOGATE_SANITIZED") == "1":
             # libfaketime is preloaded ahead of the sanitizer's runtime: tell ASan that is fine
             skew_env = dict(skew_env, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") +
                             ":verify_asan_link_order=0")
-        self.lab = Lab(SITES, nodes=2, admin=True, start=False)
+        self.lab = Lab(SITES, nodes=2, admin=True, start=False, wanem=wanem)
         self.addCleanup(self.lab.stop)
         for n in SITES:
             if n == SKEWED:
@@ -275,6 +280,60 @@ class ClockSkewTest(unittest.TestCase):
         self.assertIn("clock stepped back", lab.log(SKEWED))
         say("hybrid clock restarted %d time(s); whole test: %.1f s", c["resets"],
             time.monotonic() - t0)
+
+    def test_restart_soon_after_a_small_skew(self):
+        """Found by the chaos soak: a write stamped by a clock 2 s ahead, shipped after the
+        gateway restarted on the right time (within the bound by then), beat the write made
+        to the same key after the restart, at every site."""
+        lab = self.start_lab({"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+4s"}, wanem=True)
+        ahead = self.status(SKEWED)["clock"]["wall_ms"] - now_ms()
+        self.assertGreater(ahead, 3000, "faketime did not move the gateway's clock")
+        lab.isolate(SKEWED, "cut")
+        t0 = time.monotonic()
+        again = ["small:again:%d" % i for i in range(150)]
+        lost = ["small:lost:%d" % i for i in range(100)]
+        c = lab.client(SKEWED)
+        for k in again + lost:
+            c.set(k, b"skewed")
+        c.close()
+        lab.kill_site(SKEWED)
+        for i in range(lab.nodes):  # its nodes lose everything it wrote
+            lab.kill_node(SKEWED, i)
+            lab.start_node(SKEWED, i)
+        lab.start_site(SKEWED)
+        c = lab.client(SKEWED)
+        for k in again:
+            c.set(k, b"after-restart")
+        c.close()
+        rewritten = time.monotonic() - t0
+        say("written 4 s ahead, killed, restarted on the right time, %d keys written again "
+            "%.1f s after the first writes", len(again), rewritten)
+        # the rewrites are stamped below the skewed versions only while less than 4 s passed
+        self.assertLess(rewritten, 3.0, "the restart took too long to show anything")
+        # heal once every skewed version is within the bound: before the fix, they shipped
+        # as they were and beat the rewrites
+        time.sleep(max(0.0, 3.5 - (time.monotonic() - t0)))
+        lab.heal(SKEWED)
+        lab.wait_links_up(15 * SLOW)
+        lab.wait_drained(60 * SLOW)
+        for s in SITES:
+            d = lab.dump(s, again)
+            if len(d) != len(again):
+                miss = [k for k in again if k not in d][:3]
+                say("missing at %s: %s; raw: %s", s, miss,
+                    {x: lab.raw_dump(x, miss) for x in SITES})
+            self.assertEqual({v for v, _ in d.values()}, {b"after-restart"}, s)
+            self.assertEqual(len(d), len(again), s)
+            d = lab.dump(s, lost)
+            self.assertEqual(len(d), len(lost), "%s: writes its node lost were not put back" % s)
+            self.assertEqual({v for v, _ in d.values()}, {b"skewed"}, s)
+        self.assertEqual(lab.divergent(again + lost), [])
+        bst = lab.stats(SKEWED)
+        say("%s re-stamped %d writes (%d replaced since)", SKEWED, bst["clock:restamped"],
+            bst["clock:restamp_superseded"])
+        self.assertGreaterEqual(bst["clock:restamp_superseded"], len(again))
+        for s in SANE:
+            self.check_clock_bounded(s, "after the heal")
 
 
 if __name__ == "__main__":

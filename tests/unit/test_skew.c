@@ -47,14 +47,26 @@ static void test_mutation_hlc(void **state)
     m.site_id = 0x9e3779b9u;
     m.gateway_id = 3;
     len = pack(&m, buf, sizeof(buf));
-    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc), 0);
+    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, NULL), 0);
     assert_true(hlc == m.hlc);
+    {
+        uint32_t site = 0;
+        assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, &site), 0);
+        assert_true(site == m.site_id);
+        /* a write made at the batch's origin leaves the site out: 0 */
+        m.site_id = 0;
+        m.gateway_id = 0;
+        len = pack(&m, buf, sizeof(buf));
+        site = 7;
+        assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, &site), 0);
+        assert_true(site == 0 && hlc == m.hlc);
+    }
 
     /* a tombstone: no value */
     m.value.len = 0;
     m.tombstone = true;
     len = pack(&m, buf, sizeof(buf));
-    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc), 0);
+    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, NULL), 0);
     assert_true(hlc == m.hlc);
 
     /* a flush: no key either */
@@ -64,7 +76,7 @@ static void test_mutation_hlc(void **state)
         f.hlc = HLC(5, 0);
         f.expiry = 100;
         len = pack(&f, buf, sizeof(buf));
-        assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc), 0);
+        assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, NULL), 0);
         assert_true(hlc == f.hlc);
     }
 
@@ -72,9 +84,9 @@ static void test_mutation_hlc(void **state)
     m.hlc = 0;
     len = pack(&m, buf, sizeof(buf));
     hlc = 99;
-    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc), 0);
+    assert_int_equal(gw_skew_mutation_hlc(buf, len, &hlc, NULL), 0);
     assert_true(hlc == 0);
-    assert_int_equal(gw_skew_mutation_hlc(buf, 0, &hlc), 0);
+    assert_int_equal(gw_skew_mutation_hlc(buf, 0, &hlc, NULL), 0);
     assert_true(hlc == 0);
 }
 
@@ -103,7 +115,7 @@ static void test_mutation_hlc_truncated(void **state)
         int rc;
         assert_non_null(copy);
         memcpy(copy, buf, n);
-        rc = gw_skew_mutation_hlc(copy, n, &hlc);
+        rc = gw_skew_mutation_hlc(copy, n, &hlc, NULL);
         assert_true(rc == 0 || rc == -EBADMSG);
         if (n > hlc_at + 1 && n < hlc_at + 9) {
             assert_int_equal(rc, -EBADMSG);
@@ -130,17 +142,17 @@ static void test_mutation_hlc_malformed(void **state)
     uint64_t hlc;
 
     (void)state;
-    assert_int_equal(gw_skew_mutation_hlc(group_start, sizeof(group_start), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(group_end, sizeof(group_end), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(wire6, sizeof(wire6), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(wire7, sizeof(wire7), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(long_len, sizeof(long_len), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(endless_varint, sizeof(endless_varint), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(cut_tag, sizeof(cut_tag), &hlc), -EBADMSG);
-    assert_int_equal(gw_skew_mutation_hlc(cut_fixed32, sizeof(cut_fixed32), &hlc), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(group_start, sizeof(group_start), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(group_end, sizeof(group_end), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(wire6, sizeof(wire6), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(wire7, sizeof(wire7), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(long_len, sizeof(long_len), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(endless_varint, sizeof(endless_varint), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(cut_tag, sizeof(cut_tag), &hlc, NULL), -EBADMSG);
+    assert_int_equal(gw_skew_mutation_hlc(cut_fixed32, sizeof(cut_fixed32), &hlc, NULL), -EBADMSG);
     /* a fixed64 of another field (a newer sender's) is skipped, not taken for the hlc */
     hlc = 5;
-    assert_int_equal(gw_skew_mutation_hlc(unknown_fixed64, sizeof(unknown_fixed64), &hlc), 0);
+    assert_int_equal(gw_skew_mutation_hlc(unknown_fixed64, sizeof(unknown_fixed64), &hlc, NULL), 0);
     assert_true(hlc == 0);
 }
 
