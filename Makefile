@@ -40,7 +40,7 @@ MAIN_SRC := gateway/main.c
 PROTO_SRC := $(wildcard proto/*.proto)
 PROTO_GEN := $(PROTO_SRC:%.proto=%.pb-c.c)
 LIB_SRC  := $(sort $(wildcard ring/*.c tls/*.c wan/*.c) $(PROTO_GEN) \
-	$(filter-out $(MAIN_SRC),$(wildcard gateway/*.c)))
+	$(filter-out $(MAIN_SRC) $(wildcard gateway/ctl/*.c),$(wildcard gateway/*.c gateway/*/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libgeogate.a
 BENCH_SRC := $(wildcard tests/tools/bench/*.c)

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/config.h"
-#include "gateway/evmem.h"
-#include "gateway/log.h"
+#include "gateway/base/config.h"
+#include "gateway/base/evmem.h"
+#include "gateway/base/log.h"
 #include "gateway/server.h"
 
 static void usage(FILE *f)

@@ -22,15 +22,15 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
-#include "gateway/admin.h"
-#include "gateway/backfill.h"
-#include "gateway/config.h"
-#include "gateway/failover.h"
-#include "gateway/log.h"
-#include "gateway/pool.h"
-#include "gateway/remote.h"
-#include "gateway/repl.h"
-#include "gateway/worker.h"
+#include "gateway/admin/admin.h"
+#include "gateway/transfer/backfill.h"
+#include "gateway/base/config.h"
+#include "gateway/failover/failover.h"
+#include "gateway/base/log.h"
+#include "gateway/routing/pool.h"
+#include "gateway/failover/remote.h"
+#include "gateway/replication/repl.h"
+#include "gateway/loop/worker.h"
 
 #define GW_DRAIN_DEADLINE_MS 4500
 

@@ -12,7 +12,7 @@
 #include "gateway/types.h"
 #include "wan/version.h"
 
-/* Failover state (gateway/failover.c); fields marked atomic are read on the request
+/* Failover state (gateway/failover/failover.c); fields marked atomic are read on the request
  * path by every worker. */
 struct gw_failover_state {
     int mode; /* atomic: enum gw_site_mode */

@@ -24,9 +24,9 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
-#include "gateway/conn.h"
-#include "gateway/proto_mc.h"
-#include "gateway/stats.h"
+#include "gateway/loop/conn.h"
+#include "gateway/protocol/proto_mc.h"
+#include "gateway/base/stats.h"
 
 struct event;
 struct event_base;

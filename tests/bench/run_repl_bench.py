@@ -54,8 +54,8 @@ KEY_LEN = 16
 # A lag run whose open-loop sender ran more than this late (p99) against its schedule was
 # disturbed by something else on the machine: reported, but kept apart for the verdict.
 SLIP_OK_MS = 5.0
-INFLIGHT = 64                # gateway/repl_int.h REPL_INFLIGHT: batches in flight per peer
-COALESCE_MS = 8              # gateway/repl_int.h REPL_COALESCE_MS: a small batch's wait with others in flight
+INFLIGHT = 64                # gateway/replication/repl_int.h REPL_INFLIGHT: batches in flight per peer
+COALESCE_MS = 8              # gateway/replication/repl_int.h REPL_COALESCE_MS: a small batch's wait with others in flight
 
 
 class BenchError(Exception):
@@ -1023,7 +1023,7 @@ def render(args, info, res, elapsed, load_after):
 
 def notes(args, res):
     """The 'what limits' list: this run's numbers, and the mechanism behind them (from the
-    code: gateway/repl.c, wan/spool.c, gateway/apply.c)."""
+    code: gateway/replication/repl.c, wan/spool.c, gateway/store/apply.c)."""
     out = []
     t = res.get("throughput", {}).get("runs")
     if t and t["on"] and t["off"]:

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway/proto_mc.h"
+#include "gateway/protocol/proto_mc.h"
 
 #define FUZZ_MAX_LINE 4096  /* small, so MC_FRAME_TOO_LONG is reachable */
 #define FUZZ_MAX_VALUE 1000 /* small, so the too-large swallow is reachable */

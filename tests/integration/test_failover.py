@@ -19,7 +19,7 @@ geogate sites (us-east, eu-west, two memcached nodes each), a read load at us-ea
 
 Where a value was served from is told by its cas token: a value read from a peer carries
 its version clock (HLC: unix ms << 16, > 2^40) as the token, a local one memcached's
-own small cas (see gateway/remote.c).
+own small cas (see gateway/failover/remote.c).
 
 Mode changes are read from GET /status when the admin listener answers, otherwise from
 the gateway's "site mode X -> Y" log lines.  Every test prints what it measured.
@@ -895,7 +895,7 @@ class FailoverTest(unittest.TestCase):
     def test_operator_failover_failback(self):
         lab = self.run_lab(extra_yaml=failover_yaml())
         if not lab.has_admin("us-east"):
-            self.skipTest("the gateway serves no admin listener yet (gateway/admin.c not wired "
+            self.skipTest("the gateway serves no admin listener yet (gateway/admin/admin.c not wired "
                           "in): POST /failover and /failback cannot be tested")
         keys = [b"op:%04d" % i for i in range(200)]
         load_keys(lab, "us-east", keys, value_of)

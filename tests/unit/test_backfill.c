@@ -1,6 +1,6 @@
 /*
- * test_backfill — the pure parts of a backfill: the resume cursor (gateway/backfill.c) and
- * the key order a resumable walk depends on (gw_enum_key_cmp, gateway/snapshot.c).  The walk,
+ * test_backfill — the pure parts of a backfill: the resume cursor (gateway/transfer/backfill.c) and
+ * the key order a resumable walk depends on (gw_enum_key_cmp, gateway/transfer/snapshot.c).  The walk,
  * the RPC and the apply are covered by tests/integration/test_backfill.py with real
  * memcached and real gateways.
  */
@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "gateway/backfill.h"
-#include "gateway/snapshot.h"
+#include "gateway/transfer/backfill.h"
+#include "gateway/transfer/snapshot.h"
 
 static void test_cursor_round_trip(void **state)
 {

@@ -1,5 +1,5 @@
 /*
- * test_catchup — the catch-up state file (gateway/catchup.c): what survives a restart (the
+ * test_catchup — the catch-up state file (gateway/replication/catchup.c): what survives a restart (the
  * cursor, the items so far, one more restart), a new loss starting over, progress of an
  * older walk ignored, peers no longer configured forgotten, a damaged file ignored.  The
  * restarts themselves are in tests/integration/test_backfill.py (CatchUpRestart).
@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/catchup.h"
+#include "gateway/replication/catchup.h"
 
 static const char *const peers[] = {"us-east", "ap-south"};
 

@@ -1,5 +1,5 @@
 /*
- * test_config — gateway/config.c: minimal and full configs field by field, defaults,
+ * test_config — gateway/base/config.c: minimal and full configs field by field, defaults,
  * twemproxy server lines, host:port parsing, and a table of broken configs each with the
  * exact "NAME:LINE: message" it must produce.  Runs with cwd tests/unit (make unit).
  */
@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/config.h"
+#include "gateway/base/config.h"
 
 static char err[512];
 

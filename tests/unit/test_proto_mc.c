@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/proto_mc.h"
+#include "gateway/protocol/proto_mc.h"
 
 /* memcached's reply lines, spelled out here (not taken from proto_mc.c) so a typo
  * there shows up as a failure here. */

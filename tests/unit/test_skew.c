@@ -1,5 +1,5 @@
 /*
- * test_skew — gateway/skew.c: how far a batch's versions run ahead, peer clock offsets,
+ * test_skew — gateway/replication/skew.c: how far a batch's versions run ahead, peer clock offsets,
  * the hlc of a packed Mutation read without unpacking it (against protobuf-c's own
  * packing, and every truncation and malformed input), the status message that names a
  * skew, and the once-per-interval log gate.  Pure logic.
@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "gateway/skew.h"
+#include "gateway/replication/skew.h"
 #include "proto/geogate_wan.pb-c.h"
 
 #define HLC(ms, logical) (((uint64_t)(ms) << 16) | (logical))

@@ -1,6 +1,6 @@
 /*
- * test_snapshot — the snapshot file format (gateway/snapshot.c) and the restore's reading
- * of it (gateway/restore.c): header round trip and layout, the format version refused
+ * test_snapshot — the snapshot file format (gateway/transfer/snapshot.c) and the restore's reading
+ * of it (gateway/transfer/restore.c): header round trip and layout, the format version refused
  * before anything else is looked at, every damaged header rejected with its offset, and
  * files whose first record is bad, truncated or missing its end record stopped at the
  * right offset with nothing applied.  No memcached and no workers: the files here never
@@ -17,10 +17,10 @@
 #include <cmocka.h>
 #include <event2/buffer.h>
 
-#include "gateway/pool.h"
-#include "gateway/restore.h"
+#include "gateway/routing/pool.h"
+#include "gateway/transfer/restore.h"
 #include "gateway/server.h"
-#include "gateway/snapshot.h"
+#include "gateway/transfer/snapshot.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
 

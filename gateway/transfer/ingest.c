@@ -1,0 +1,459 @@
+/*
+ * ingest — see ingest.h.  The batches it hands to the workers finish on their threads and
+ * report back under the shared block's lock; the shared block is freed by whoever drops
+ * the last reference (normally the ingest's own thread, but a batch stranded on a stopping
+ * worker may outlive it).
+ */
+#include "gateway/transfer/ingest.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gateway/store/apply.h"
+#include "gateway/base/config.h"
+#include "gateway/base/log.h"
+#include "gateway/routing/pool.h"
+#include "gateway/protocol/proto_mc.h"
+#include "gateway/server.h"
+#include "gateway/transfer/snapshot.h"
+#include "gateway/loop/worker.h"
+
+#define INGEST_BATCH 256     /* mutations per gw_apply_batch */
+#define INGEST_INFLIGHT 8    /* batches in flight */
+#define INGEST_RAW_BATCH 256 /* version-0 items per round of adds */
+#define INGEST_WAIT_SLICE_MS 200
+
+struct ingest_shared {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int refs;          /* the ingest + each batch in flight */
+    uint32_t inflight; /* batches handed to workers, not done yet */
+    uint64_t applied, rejected;
+    bool failed;
+};
+
+struct ingest_batch {
+    struct ingest_shared *sh;
+    struct gw_worker *w;
+    Geogate__Wan__V1__ShipRequest *req;
+};
+
+/* A version-0 item waiting for its `add`. */
+struct raw_item {
+    uint32_t node;
+    Geogate__Wan__V1__Mutation *m;
+};
+
+struct gw_ingest {
+    struct gw_server *srv;
+    struct gw_pool *pool;
+    atomic_bool *cancel;
+    struct ingest_shared *sh;
+    Geogate__Wan__V1__ShipRequest *batch; /* being filled */
+    uint32_t next_worker;
+    struct raw_item raw[INGEST_RAW_BATCH];
+    uint32_t nraw;
+    struct gw_mc_sock *socks; /* one per node, opened on first use (fd -1 until then) */
+    struct gw_ingest_counts own; /* raw path and skips; the workers' part is in sh */
+    char reason[256];
+};
+
+static void shared_put(struct ingest_shared *sh)
+{
+    bool last;
+
+    pthread_mutex_lock(&sh->lock);
+    last = --sh->refs == 0;
+    pthread_mutex_unlock(&sh->lock);
+    if (last) {
+        pthread_cond_destroy(&sh->cond);
+        pthread_mutex_destroy(&sh->lock);
+        free(sh);
+    }
+}
+
+static bool cancelled(const struct gw_ingest *in)
+{
+    return in->cancel != NULL && atomic_load(in->cancel);
+}
+
+/* ---- versioned items: batches through the workers ---- */
+
+/* Worker thread: the batch is applied (or failed). */
+static void batch_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,
+                       Geogate__Wan__V1__Mutation **newer, size_t n_newer)
+{
+    struct ingest_batch *b = arg;
+    struct ingest_shared *sh = b->sh;
+
+    (void)newer; /* the site holds something newer: it stays, nothing to carry anywhere */
+    (void)n_newer;
+    pthread_mutex_lock(&sh->lock);
+    sh->applied += applied;
+    sh->rejected += rejected;
+    sh->failed = sh->failed || failed;
+    sh->inflight--;
+    pthread_cond_broadcast(&sh->cond);
+    pthread_mutex_unlock(&sh->lock);
+    free(b);
+    shared_put(sh);
+}
+
+/* Worker thread, through gw_worker_call. */
+static int batch_start(void *arg)
+{
+    struct ingest_batch *b = arg;
+
+    /* collect_newer: items held in a newer version come back to done (and are dropped)
+     * instead of being spooled for every peer: an ingest must not re-ship the site. */
+    gw_apply_batch(b->w, b->req, true, batch_done, b);
+    return 0;
+}
+
+static Geogate__Wan__V1__ShipRequest *batch_new(const struct gw_server *srv)
+{
+    Geogate__Wan__V1__ShipRequest *req = malloc(sizeof(*req));
+
+    if (req == NULL) {
+        return NULL;
+    }
+    geogate__wan__v1__ship_request__init(req);
+    req->gateway_id = srv->cfg->gateway_id;
+    req->origin_site = strdup(srv->cfg->site);
+    req->mutations = malloc(INGEST_BATCH * sizeof(*req->mutations));
+    if (req->origin_site == NULL || req->mutations == NULL) {
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        return NULL;
+    }
+    return req;
+}
+
+/* Wait until at most limit batches are in flight, or cancel.  Returns false when
+ * cancelled with batches still out. */
+static bool wait_inflight(struct gw_ingest *in, uint32_t limit)
+{
+    struct ingest_shared *sh = in->sh;
+    bool ok = true;
+
+    pthread_mutex_lock(&sh->lock);
+    while (sh->inflight > limit) {
+        struct timespec ts;
+        if (cancelled(in)) {
+            ok = false;
+            break;
+        }
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += INGEST_WAIT_SLICE_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&sh->cond, &sh->lock, &ts);
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return ok;
+}
+
+/* Hand the current batch to the WAN thread (or the next worker). */
+static int batch_submit(struct gw_ingest *in)
+{
+    struct gw_server *srv = in->srv;
+    Geogate__Wan__V1__ShipRequest *req = in->batch;
+    struct ingest_batch *b;
+
+    if (req == NULL || req->n_mutations == 0) {
+        return 0;
+    }
+    in->batch = NULL;
+    if (!wait_inflight(in, INGEST_INFLIGHT - 1)) {
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        snprintf(in->reason, sizeof(in->reason), "cancelled");
+        return -ECANCELED;
+    }
+    b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        snprintf(in->reason, sizeof(in->reason), "out of memory");
+        return -ENOMEM;
+    }
+    b->sh = in->sh;
+    if (srv->nthreads > srv->nworkers) {
+        /* The WAN thread, which applies what peers ship: batches of thousands of gets and
+         * cas on the client workers' connections would queue clients behind them (p99 of
+         * gets during a restore: 12.6 ms there, 1.9 ms here). */
+        b->w = &srv->workers[srv->nworkers];
+    } else {
+        b->w = &srv->workers[in->next_worker++ % (uint32_t)srv->nworkers];
+    }
+    b->req = req;
+    pthread_mutex_lock(&in->sh->lock);
+    in->sh->inflight++;
+    in->sh->refs++;
+    pthread_mutex_unlock(&in->sh->lock);
+    if (gw_worker_call(b->w, batch_start, b) != 0) {
+        /* Never reached the worker: take it back. */
+        pthread_mutex_lock(&in->sh->lock);
+        in->sh->inflight--;
+        in->sh->refs--;
+        pthread_mutex_unlock(&in->sh->lock);
+        geogate__wan__v1__ship_request__free_unpacked(req, NULL);
+        free(b);
+        snprintf(in->reason, sizeof(in->reason), "the gateway's WAN thread is stopping");
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ---- version-0 items: `add` over the ingest's own connections ---- */
+
+static void raw_clear(struct gw_ingest *in)
+{
+    for (uint32_t i = 0; i < in->nraw; i++) {
+        geogate__wan__v1__mutation__free_unpacked(in->raw[i].m, NULL);
+    }
+    in->nraw = 0;
+}
+
+/* Send every pending add for node and read the replies.  Returns 0 or -EIO (reason set). */
+static int raw_flush_node(struct gw_ingest *in, uint32_t node)
+{
+    struct gw_mc_sock *s = &in->socks[node];
+    char line[MC_KEY_MAX_LENGTH + 96];
+    uint32_t sent = 0;
+    int rc = 0;
+
+    if (s->fd == -1) {
+        char err[200];
+        if (gw_mc_sock_open(s, in->pool, node, 0, err, sizeof(err)) != 0) {
+            snprintf(in->reason, sizeof(in->reason), "%s", err);
+            return -EIO;
+        }
+    }
+    for (uint32_t i = 0; i < in->nraw && rc == 0; i++) {
+        const Geogate__Wan__V1__Mutation *m = in->raw[i].m;
+        int n;
+        if (in->raw[i].node != node) {
+            continue;
+        }
+        n = snprintf(line, sizeof(line), "add %.*s %" PRIu32 " %" PRIu32 " %zu\r\n",
+                     (int)m->key.len, (const char *)m->key.data, m->flags, m->expiry, m->value.len);
+        rc = gw_mc_sock_send(s, line, (size_t)n);
+        if (rc == 0 && m->value.len > 0) {
+            rc = gw_mc_sock_send(s, m->value.data, m->value.len);
+        }
+        if (rc == 0) {
+            rc = gw_mc_sock_send(s, "\r\n", 2);
+        }
+        sent++;
+    }
+    for (uint32_t i = 0; i < sent && rc == 0; i++) {
+        char *reply;
+        size_t len;
+        rc = gw_mc_sock_line(s, &reply, &len);
+        if (rc != 0) {
+            break;
+        }
+        if (strcmp(reply, "STORED") == 0) {
+            in->own.applied++;
+        } else if (strcmp(reply, "NOT_STORED") == 0) {
+            in->own.rejected_older++; /* something is there: anything beats version 0 */
+        } else {
+            log_warn("node %s refused an item: %.100s", s->label, reply);
+            in->own.rejected_older++;
+        }
+    }
+    if (rc != 0) {
+        snprintf(in->reason, sizeof(in->reason), "node %s: %s while writing items", s->label,
+                 rc == -ETIMEDOUT ? "no answer" : "connection lost");
+        gw_mc_sock_close(s);
+        s->fd = -1;
+        return -EIO;
+    }
+    return 0;
+}
+
+static int raw_flush(struct gw_ingest *in)
+{
+    int rc = 0;
+
+    for (uint32_t node = 0; node < in->pool->nnodes && rc == 0; node++) {
+        for (uint32_t i = 0; i < in->nraw; i++) {
+            if (in->raw[i].node == node) {
+                rc = raw_flush_node(in, node);
+                break;
+            }
+        }
+    }
+    raw_clear(in);
+    return rc;
+}
+
+/* ---- the API ---- */
+
+int gw_ingest_create(struct gw_server *srv, struct gw_pool *pool, atomic_bool *cancel,
+                     struct gw_ingest **out)
+{
+    struct gw_ingest *in = calloc(1, sizeof(*in));
+
+    *out = NULL;
+    if (in == NULL) {
+        return -ENOMEM;
+    }
+    in->srv = srv;
+    in->pool = pool;
+    in->cancel = cancel;
+    in->sh = calloc(1, sizeof(*in->sh));
+    in->socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*in->socks));
+    if (in->sh == NULL || in->socks == NULL) {
+        free(in->sh);
+        free(in->socks);
+        free(in);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < pool->nnodes; i++) {
+        in->socks[i].fd = -1;
+    }
+    pthread_mutex_init(&in->sh->lock, NULL);
+    pthread_cond_init(&in->sh->cond, NULL);
+    in->sh->refs = 1;
+    *out = in;
+    return 0;
+}
+
+int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t now)
+{
+    bool versioned = m->hlc != 0 || m->site_id != 0;
+
+    in->reason[0] = '\0';
+    if (m->expiry != 0 && m->expiry <= now) {
+        in->own.skipped_expired++;
+        geogate__wan__v1__mutation__free_unpacked(m, NULL);
+        return 0;
+    }
+    if (versioned && in->srv->versioned) {
+        if (in->batch == NULL && (in->batch = batch_new(in->srv)) == NULL) {
+            geogate__wan__v1__mutation__free_unpacked(m, NULL);
+            snprintf(in->reason, sizeof(in->reason), "out of memory");
+            return -ENOMEM;
+        }
+        in->batch->mutations[in->batch->n_mutations++] = m;
+        return in->batch->n_mutations == INGEST_BATCH ? batch_submit(in) : 0;
+    }
+    if (m->tombstone) {
+        /* No versions here: an absence is what the pool already has. */
+        in->own.skipped_tombstones++;
+        geogate__wan__v1__mutation__free_unpacked(m, NULL);
+        return 0;
+    }
+    in->raw[in->nraw].node = gw_pool_route(in->pool, (const char *)m->key.data,
+                                           (uint32_t)m->key.len);
+    in->raw[in->nraw].m = m;
+    in->nraw++;
+    return in->nraw == INGEST_RAW_BATCH ? raw_flush(in) : 0;
+}
+
+static void *memdup(const void *p, size_t n)
+{
+    void *q = malloc(n);
+
+    if (q != NULL) {
+        memcpy(q, p, n);
+    }
+    return q;
+}
+
+int gw_ingest_take_copy(struct gw_ingest *in, const Geogate__Wan__V1__Mutation *m, uint32_t now)
+{
+    Geogate__Wan__V1__Mutation *c = malloc(sizeof(*c));
+
+    if (c == NULL) {
+        goto nomem;
+    }
+    *c = *m;
+    c->key.data = NULL;
+    c->value.data = NULL;
+    c->value.len = 0;
+    c->key.data = m->key.len > 0 ? memdup(m->key.data, m->key.len) : NULL;
+    if (m->key.len > 0 && c->key.data == NULL) {
+        free(c);
+        goto nomem;
+    }
+    if (m->value.len > 0) {
+        c->value.data = memdup(m->value.data, m->value.len);
+        if (c->value.data == NULL) {
+            geogate__wan__v1__mutation__free_unpacked(c, NULL);
+            goto nomem;
+        }
+        c->value.len = m->value.len;
+    }
+    return gw_ingest_take(in, c, now);
+
+nomem:
+    snprintf(in->reason, sizeof(in->reason), "out of memory");
+    return -ENOMEM;
+}
+
+void gw_ingest_counts(struct gw_ingest *in, struct gw_ingest_counts *counts)
+{
+    *counts = in->own;
+    pthread_mutex_lock(&in->sh->lock);
+    counts->applied += in->sh->applied;
+    counts->rejected_older += in->sh->rejected;
+    pthread_mutex_unlock(&in->sh->lock);
+}
+
+int gw_ingest_flush(struct gw_ingest *in, struct gw_ingest_counts *counts)
+{
+    int rc = cancelled(in) ? -ECANCELED : batch_submit(in);
+    bool failed;
+
+    if (rc == 0 && in->nraw > 0) {
+        rc = raw_flush(in);
+    }
+    if (!wait_inflight(in, 0) && rc == 0) {
+        rc = -ECANCELED;
+        snprintf(in->reason, sizeof(in->reason), "cancelled");
+    }
+    pthread_mutex_lock(&in->sh->lock);
+    failed = in->sh->failed;
+    in->sh->failed = false;
+    pthread_mutex_unlock(&in->sh->lock);
+    if (failed && rc == 0) {
+        rc = -EIO;
+        snprintf(in->reason, sizeof(in->reason),
+                 "a local memcached node failed to take items (see the gateway's log)");
+    }
+    if (counts != NULL) {
+        gw_ingest_counts(in, counts);
+    }
+    return rc;
+}
+
+const char *gw_ingest_reason(const struct gw_ingest *in)
+{
+    return in->reason;
+}
+
+void gw_ingest_destroy(struct gw_ingest *in)
+{
+    if (in == NULL) {
+        return;
+    }
+    if (in->batch != NULL) {
+        geogate__wan__v1__ship_request__free_unpacked(in->batch, NULL);
+    }
+    raw_clear(in);
+    wait_inflight(in, 0);
+    for (uint32_t i = 0; i < in->pool->nnodes; i++) {
+        gw_mc_sock_close(&in->socks[i]);
+    }
+    free(in->socks);
+    shared_put(in->sh);
+    free(in);
+}
