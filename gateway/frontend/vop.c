@@ -36,7 +36,6 @@
 #include "wan/version.h"
 
 #define VOP_MAX_TRIES 8
-#define VOP_RELATIVE_MAX 2592000 /* memcached: larger exptimes are absolute times */
 #define VOP_INLINE_VALUE 2048    /* values up to this go out with their command line */
 
 enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
@@ -75,20 +74,6 @@ struct vop {
     int remote; /* peer site the key falls back to (its local node is down), or -1 */
     const char *answer; /* delete: decided by the gets */
 };
-
-uint32_t gw_vop_expiry(int32_t exptime, uint32_t now)
-{
-    if (exptime == 0) {
-        return 0;
-    }
-    if (exptime < 0) {
-        return 1;
-    }
-    if (exptime <= VOP_RELATIVE_MAX) {
-        return now + (uint32_t)exptime;
-    }
-    return (uint32_t)exptime <= now ? 1 : (uint32_t)exptime;
-}
 
 static void vop_free(struct vop *v)
 {
@@ -421,7 +406,7 @@ static void vop_after_read(struct vop *v)
     case MC_CMD_ADD:
     case MC_CMD_CAS:
     case MC_CMD_REPLACE:
-        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
+        vop_stamp(v, mc_expiry_abs(v->exptime, now), false);
         v->nh.client_flags = v->flags;
         v->new_val = v->data;
         v->new_len = v->ndata;
@@ -469,7 +454,7 @@ static void vop_after_read(struct vop *v)
         v->arith_len = n;
         break;
     case MC_CMD_TOUCH:
-        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
+        vop_stamp(v, mc_expiry_abs(v->exptime, now), false);
         v->nh.client_flags = v->cur.hdr.client_flags;
         v->new_val = v->cur.val;
         v->new_len = v->cur.len;
@@ -780,7 +765,7 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
     case MC_CMD_ADD:
     case MC_CMD_CAS:
         /* Blind writes: no read first.  The version decides between sites. */
-        vop_stamp(v, gw_vop_expiry(exptime, now), false);
+        vop_stamp(v, mc_expiry_abs(exptime, now), false);
         v->nh.client_flags = flags;
         v->new_val = v->data;
         v->new_len = v->ndata;

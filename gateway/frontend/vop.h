@@ -70,9 +70,4 @@ void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t 
                   int32_t exptime, bool want_cas, struct gw_touch_result *res,
                   void (*done)(void *arg), void *arg);
 
-/* Absolute expiry (unix seconds, 0 = never) for a client's exptime, memcached's rules:
- * 0 never, up to 30 days relative, beyond that an absolute time; negative = already
- * expired (returns 1). */
-uint32_t gw_vop_expiry(int32_t exptime, uint32_t now);
-
 #endif

@@ -14,6 +14,7 @@
 /* memcached counts the terminal (empty) token too; we keep its arithmetic so the
  * WANT_TOKENS rules read the same. */
 #define MC_TOKENS_ON_STACK 24
+#define MC_EXPTIME_RELATIVE_MAX 2592000 /* memcached: larger exptimes are absolute times */
 
 static const char *const cmd_names[MC_CMD_MAX] = {
     [MC_CMD_NONE] = "none",       [MC_CMD_GET] = "get",
@@ -242,6 +243,20 @@ enum mc_frame mc_frame_no_eol(const char *head, size_t headlen, size_t total, si
 bool mc_data_block_ok(const char last2[2])
 {
     return last2[0] == '\r' && last2[1] == '\n';
+}
+
+uint32_t mc_expiry_abs(int32_t exptime, uint32_t now)
+{
+    if (exptime == 0) {
+        return 0;
+    }
+    if (exptime < 0) {
+        return 1;
+    }
+    if (exptime <= MC_EXPTIME_RELATIVE_MAX) {
+        return now + (uint32_t)exptime;
+    }
+    return (uint32_t)exptime <= now ? 1 : (uint32_t)exptime;
 }
 
 /* ---- tokenizer ---- */

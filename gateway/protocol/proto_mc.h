@@ -158,6 +158,11 @@ size_t mc_put_storage_line(char *p, const char *cmd, size_t ncmd, const char *ke
                            uint64_t cas);
 bool mc_strtoull(const char *s, uint64_t *out);
 
+/* The absolute expiry (unix seconds, 0 = never) of a client's exptime at `now`, by
+ * memcached's rules: 0 never, up to 30 days relative, beyond that an absolute time;
+ * negative, or an absolute time already past, is already expired (returns 1). */
+uint32_t mc_expiry_abs(int32_t exptime, uint32_t now);
+
 /* ---- backend replies ---- */
 
 enum mc_reply_kind {

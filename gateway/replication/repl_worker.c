@@ -23,7 +23,6 @@
 #include "gateway/replication/repl_int.h"
 #include "gateway/protocol/req.h"
 #include "gateway/server.h"
-#include "gateway/frontend/vop.h"
 #include "gateway/loop/worker.h"
 #include "proto/geogate_wan.pb-c.h"
 
@@ -334,7 +333,7 @@ void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
     m.flush = true;
     m.hlc = wan_hlc_now(&w->srv->hlc);
     /* The delay travels as an absolute time, so a late delivery does not stretch it. */
-    m.expiry = delay > 0 ? gw_vop_expiry(delay, (uint32_t)time(NULL)) : 0;
+    m.expiry = delay > 0 ? mc_expiry_abs(delay, (uint32_t)time(NULL)) : 0;
     len = geogate__wan__v1__mutation__get_packed_size(&m);
     geogate__wan__v1__mutation__pack(&m, buf);
     gw_repl_spool_flush(w); /* after the writes before it */

@@ -981,6 +981,23 @@ static void test_data_block(void **state)
     assert_false(mc_data_block_ok("\0\0"));
 }
 
+/* memcached's exptime: relative up to 30 days, an absolute unix time beyond. */
+static void test_expiry_abs(void **state)
+{
+    const uint32_t now = 1700000000u;
+
+    (void)state;
+    assert_int_equal(mc_expiry_abs(0, now), 0);             /* never */
+    assert_int_equal(mc_expiry_abs(-1, now), 1);            /* already expired */
+    assert_int_equal(mc_expiry_abs(INT32_MIN, now), 1);
+    assert_int_equal(mc_expiry_abs(1, now), now + 1);
+    assert_int_equal(mc_expiry_abs(2592000, now), now + 2592000); /* 30 days: relative */
+    assert_int_equal(mc_expiry_abs(2592001, now), 1);       /* absolute and long past */
+    assert_int_equal(mc_expiry_abs((int32_t)now, now), 1);  /* absolute, now: expired */
+    assert_int_equal(mc_expiry_abs((int32_t)now + 5, now), now + 5);
+    assert_int_equal(mc_expiry_abs(INT32_MAX, now), (uint32_t)INT32_MAX);
+}
+
 /* memcached's util.c, bug for bug. */
 static void test_numbers(void **state)
 {
@@ -1181,6 +1198,7 @@ int main(void)
         cmocka_unit_test(test_parse_stays_in_bounds),
         cmocka_unit_test(test_parse_max_value),
         cmocka_unit_test(test_data_block),
+        cmocka_unit_test(test_expiry_abs),
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_cmd_names),
         cmocka_unit_test(test_reply_lines),
