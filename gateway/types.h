@@ -78,10 +78,38 @@ struct gw_frag {
 
 TAILQ_HEAD(gw_frag_queue, gw_frag);
 
+struct gw_req;
+struct gw_client;
+
+/*
+ * What a request's owner (the client connection that made it) does at the points where
+ * the code answering the request would otherwise have to call up into it: the request
+ * carries a pointer to one static table of these, set when it is made (gw_req_new), so
+ * nothing below the frontend calls the frontend.  All are required; worker loop only.
+ */
+struct gw_req_ops {
+    /* r's reply is complete (r->done); r->client is set.  May free r. */
+    void (*done)(struct gw_req *r);
+    /* Part of r's reply already went to r->client when r failed: an error line now would
+     * read as data, so the owner hangs up once what is written so far is out. */
+    void (*abort)(struct gw_req *r);
+    /* r, a read whose node failed under it (r->node_lost, nothing streamed), may be
+     * answered another way (a peer site): true when the owner took it over, false to
+     * answer r with its error. */
+    bool (*retry_read)(struct gw_req *r);
+    /* Every node said OK to r, a flush_all (r->client may be NULL by now). */
+    void (*flushed)(struct gw_req *r);
+    /* A multi-step command (r->barrier) of c began: c reads no further command until
+     * as many barrier_release.  barrier_release may run after r is freed, hence c. */
+    void (*barrier_hold)(struct gw_client *c);
+    void (*barrier_release)(struct gw_client *c);
+};
+
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;  /* in the client's queue, in arrival order */
     TAILQ_ENTRY(gw_req) sync_link; /* in the worker's sync_wait, while held for fsync */
     struct gw_client *client;  /* NULL once the client has gone (orphaned) */
+    const struct gw_req_ops *ops; /* its owner's callbacks; kept when orphaned */
     struct gw_worker *w;
     enum mc_cmd cmd;
     bool noreply;

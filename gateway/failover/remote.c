@@ -18,7 +18,6 @@
 
 #include "gateway/store/apply.h"
 #include "gateway/backend/backend.h"
-#include "gateway/frontend/client.h"
 #include "gateway/base/config.h"
 #include "gateway/failover/failover.h"
 #include "gateway/base/log.h"
@@ -547,19 +546,15 @@ void gw_remote_stop(struct gw_worker *w)
 
 /* ---- entry points ---- */
 
-void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int peer)
+void gw_remote_retrieval(struct gw_req *r, const struct mc_request *m, int peer)
 {
-    struct remote_job *j = job_new(c->w, m, peer, false);
+    struct remote_job *j = job_new(r->w, m, peer, false);
 
     if (j == NULL) {
-        gw_client_reply_error(c, "SERVER_ERROR out of memory");
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;
     }
-    j->r = gw_client_new_req(c, m->cmd);
-    if (j->r == NULL) {
-        job_free(j);
-        return;
-    }
+    j->r = r;
     j->r->pending = 1; /* a closing client orphans it */
     job_start_read(j);
 }
@@ -709,26 +704,23 @@ static void warm_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
     }
 }
 
-void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer)
+void gw_remote_warm_retrieval(struct gw_req *r, const struct mc_request *m, int peer)
 {
-    struct gw_worker *w = c->w;
-    struct remote_job *j = job_new(c->w, m, peer, true);
+    struct gw_worker *w = r->w;
+    struct remote_job *j = job_new(w, m, peer, true);
     uint32_t nn = w->pool->nnodes;
 
     if (j == NULL) {
-        gw_client_reply_error(c, "SERVER_ERROR out of memory");
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;
     }
     j->local = calloc(m->nkeys, sizeof(*j->local));
     j->node_of = calloc(m->nkeys, sizeof(*j->node_of));
     j->frags = calloc(nn, sizeof(*j->frags));
     j->caps = calloc(nn, sizeof(*j->caps));
-    j->r = gw_client_new_req(c, m->cmd);
-    if (j->local == NULL || j->node_of == NULL || j->frags == NULL || j->caps == NULL ||
-        j->r == NULL) {
-        if (j->r != NULL) {
-            gw_req_finish_line(j->r, "SERVER_ERROR out of memory");
-        }
+    j->r = r;
+    if (j->local == NULL || j->node_of == NULL || j->frags == NULL || j->caps == NULL) {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
         job_free(j);
         return;
     }

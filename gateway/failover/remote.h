@@ -22,9 +22,10 @@ void gw_remote_stop(struct gw_worker *w);
 /* Redial links that are down (worker tick). */
 void gw_remote_tick(struct gw_worker *w, int64_t now_ms);
 
-/* Answer retrieval m (get/gets/gat/gats: gat/gats do not touch at a peer) from peer
- * `peer` (index into cfg->wan.peers).  Queues the reply on c in order. */
-void gw_remote_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
+/* Answer r, retrieval m (get/gets/gat/gats: gat/gats do not touch at a peer), from peer
+ * `peer` (index into cfg->wan.peers).  r is its owner's request, already queued in order
+ * (the owner's callbacks in r->ops take the reply); an error finishes r with its line. */
+void gw_remote_retrieval(struct gw_req *r, const struct mc_request *m, int peer);
 
 /* Read one key from `peer` for a read-modify-write that falls back to it (vop.c):
  * done runs once with the peer's item (NULL: absent) or an error line. */
@@ -37,7 +38,8 @@ void gw_remote_read_key(struct gw_worker *w, int peer, const char *key, uint32_t
  * `peer` instead: keys are what it asked for, in the client's order. */
 void gw_remote_retry(struct gw_req *r, const struct mc_token *keys, uint32_t nkeys, int peer);
 
-/* Warm-up read: local first, misses from `peer`, filled locally. */
-void gw_remote_warm_retrieval(struct gw_client *c, const struct mc_request *m, int peer);
+/* Warm-up read of r (as gw_remote_retrieval): local first, misses from `peer`, filled
+ * locally. */
+void gw_remote_warm_retrieval(struct gw_req *r, const struct mc_request *m, int peer);
 
 #endif

@@ -5,7 +5,7 @@
  *              ├─ swallow / data-block states finish a storage command first
  *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place)
  *              └─ dispatch: error reply | local answer | forward via gw_route_key
- *   backend replies ──> req.c ──> gw_client_req_done ──> client_flush writes every
+ *   backend replies ──> req.c ──> client_req_ops.done ──> client_flush writes every
  *              finished request at the head of the queue, in order
  *
  * Back-pressure: what the gateway holds for one client is bounded whatever it sends.
@@ -69,6 +69,10 @@ static void client_process(struct gw_client *c);
 static void client_close(struct gw_client *c);
 static bool socket_has_room(const struct gw_client *c);
 
+/* What req.c and the modules that answer requests (vop.c, remote.c) call back into a
+ * client through: every request a client makes carries it (defined below). */
+static const struct gw_req_ops client_req_ops;
+
 /* ---- building lines for nodes ---- */
 
 static bool out_reserve(struct gw_worker *w, size_t need)
@@ -111,7 +115,7 @@ static void reply_line(struct gw_client *c, const char *line)
         gw_conn_want_flush(&c->conn);
         return;
     }
-    r = gw_req_new(c->w, c, MC_CMD_NONE);
+    r = gw_req_new(c->w, c, &client_req_ops, MC_CMD_NONE);
     if (r == NULL) {
         client_close(c);
         return;
@@ -151,7 +155,7 @@ static void client_uncharge(struct gw_client *c, struct gw_req *r)
 /* Queue a new request for c; NULL (and the connection closed) when out of memory. */
 static struct gw_req *client_req(struct gw_client *c, enum mc_cmd cmd, bool noreply)
 {
-    struct gw_req *r = gw_req_new(c->w, c, cmd);
+    struct gw_req *r = gw_req_new(c->w, c, &client_req_ops, cmd);
 
     if (r == NULL) {
         log_error("out of memory: closing a client");
@@ -269,9 +273,11 @@ static void client_flush(struct gw_client *c)
     }
 }
 
-void gw_client_req_done(struct gw_client *c, struct gw_req *r)
+/* client_req_ops.done: r (one of c's requests) has its full reply. */
+static void client_req_done(struct gw_req *r)
 {
-    (void)r;
+    struct gw_client *c = r->client;
+
     if (c->closing) {
         return; /* the reaper frees finished requests */
     }
@@ -379,7 +385,10 @@ static int write_peer(struct gw_worker *w, enum gw_route_kind kind)
     return kind == GW_ROUTE_DOWN ? gw_client_fallback_peer(w) : -1;
 }
 
-bool gw_client_retry_read(struct gw_req *r)
+/* client_req_ops.retry_read: a get/gets whose node failed under it (req.c,
+ * r->node_lost): ask a serving peer site instead and answer r from there.  false: no
+ * peer, or not such a read; r fails. */
+static bool client_retry_read(struct gw_req *r)
 {
     struct mc_token stack[64];
     struct mc_token *keys = stack;
@@ -414,6 +423,22 @@ bool gw_client_retry_read(struct gw_req *r)
         free(keys);
     }
     return true;
+}
+
+/* A retrieval a peer site answers (remote.c), queued on c in order like any other;
+ * warm: a warm-up read, local first and the misses from the peer. */
+static void remote_read(struct gw_client *c, const struct mc_request *m, int peer, bool warm)
+{
+    struct gw_req *r = client_req(c, m->cmd, false);
+
+    if (r == NULL) {
+        return; /* the client is closed */
+    }
+    if (warm) {
+        gw_remote_warm_retrieval(r, m, peer);
+    } else {
+        gw_remote_retrieval(r, m, peer);
+    }
 }
 
 /* Fail a request at once because its node is down. */
@@ -512,11 +537,11 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         int mode = __atomic_load_n(&w->srv->fo.mode, __ATOMIC_ACQUIRE);
         int peer = __atomic_load_n(&w->srv->fo.peer, __ATOMIC_ACQUIRE);
         if (mode == GW_MODE_FAILED_OVER && peer >= 0) {
-            gw_remote_retrieval(c, m, peer);
+            remote_read(c, m, peer, false);
             return;
         }
         if (mode == GW_MODE_WARMUP && peer >= 0) {
-            gw_remote_warm_retrieval(c, m, peer);
+            remote_read(c, m, peer, true);
             return;
         }
     }
@@ -538,7 +563,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
                                ? __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE)
                                : -1;
             if (fallback >= 0) {
-                gw_remote_retrieval(c, m, fallback); /* per-key fallback */
+                remote_read(c, m, fallback, false); /* per-key fallback */
             } else {
                 fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
             }
@@ -554,7 +579,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
             int peer = gw_client_fallback_peer(w);
             if (peer >= 0) {
                 /* the node came back cold: its misses are read from the peer and filled */
-                gw_remote_warm_retrieval(c, m, peer);
+                remote_read(c, m, peer, true);
                 goto out;
             }
         }
@@ -883,7 +908,7 @@ static void drop_too_large(struct gw_client *c, const struct mc_request *m)
     if (m->cmd != MC_CMD_SET || rt.kind != GW_ROUTE_LOCAL || !out_reserve(w, 16 + m->nkey)) {
         return;
     }
-    r = gw_req_new(w, NULL, MC_CMD_DELETE); /* nobody waits for this one */
+    r = gw_req_new(w, NULL, &client_req_ops, MC_CMD_DELETE); /* nobody waits for this one */
     if (r == NULL) {
         return;
     }
@@ -1318,13 +1343,35 @@ void gw_client_barrier_release(struct gw_client *c)
     }
 }
 
-void gw_client_abort(struct gw_client *c)
+/* client_req_ops.abort: close r's client once what is already in its output is written;
+ * a reply broke off half-way and the stream can no longer be trusted. */
+static void client_abort(struct gw_req *r)
 {
+    struct gw_client *c = r->client;
+
     if (!c->closing) {
         log_warn("closing a client: a backend failed in the middle of its reply");
         client_close_after_write(c);
     }
 }
+
+/* client_req_ops.flushed: a flush_all every node took; a replicating gateway ships it
+ * (whether or not its client is still there). */
+static void client_flushed(struct gw_req *r)
+{
+    if (r->w->srv->versioned) {
+        gw_repl_ship_flush(r->w, r->flush_delay);
+    }
+}
+
+static const struct gw_req_ops client_req_ops = {
+    .done = client_req_done,
+    .abort = client_abort,
+    .retry_read = client_retry_read,
+    .flushed = client_flushed,
+    .barrier_hold = gw_client_barrier_hold,
+    .barrier_release = gw_client_barrier_release,
+};
 
 void gw_client_drain(struct gw_client *c)
 {

@@ -11,25 +11,15 @@
 /* Adopt an accepted socket.  Closes fd on failure. */
 void gw_client_accept(struct gw_worker *w, int fd);
 
-/* r (one of c's requests) has its full reply. */
-void gw_client_req_done(struct gw_client *c, struct gw_req *r);
-
-/* Close c once what is already in its output is written; used when a reply broke
- * off half-way and the stream can no longer be trusted. */
-void gw_client_abort(struct gw_client *c);
-
-/* A multi-step command is in flight: parse nothing more until it is released. */
+/* A multi-step command is in flight: parse nothing more until it is released.  (The
+ * modules below the frontend reach them through a request's ops.) */
 void gw_client_barrier_hold(struct gw_client *c);
 void gw_client_barrier_release(struct gw_client *c);
 
-/* For modules that answer requests asynchronously (remote.c): queue a new request on
- * c, in order (NULL and c closed when out of memory), or answer one error line now. */
+/* For client_gat.c, which answers requests asynchronously: queue a new request on c, in
+ * order (NULL and c closed when out of memory), or answer one error line now. */
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
-
-/* A get/gets whose node failed under it (req.c, r->node_lost): ask a serving peer site
- * instead and answer r from there.  false: no peer, or not such a read; r fails. */
-bool gw_client_retry_read(struct gw_req *r);
 
 /* The peer site a key whose local node is down falls back to, or -1. */
 int gw_client_fallback_peer(struct gw_worker *w);

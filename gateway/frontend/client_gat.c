@@ -102,7 +102,10 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m)
         if (gw_route_key(c->w, m->keys[i].p, m->keys[i].len).kind == GW_ROUTE_DOWN &&
             gw_client_fallback_peer(c->w) >= 0) {
             /* a key's node is down: the peer serves the whole request, as a get */
-            gw_remote_retrieval(c, m, gw_client_fallback_peer(c->w));
+            struct gw_req *r = gw_client_new_req(c, m->cmd);
+            if (r != NULL) {
+                gw_remote_retrieval(r, m, gw_client_fallback_peer(c->w));
+            }
             return;
         }
     }

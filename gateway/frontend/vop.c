@@ -25,7 +25,6 @@
 
 #include "gateway/store/apply.h"
 #include "gateway/backend/backend.h"
-#include "gateway/frontend/client.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/failover/remote.h"
@@ -107,6 +106,7 @@ static void vop_finish(struct vop *v, const char *line)
         return;
     }
     struct gw_client *c = r->barrier ? r->client : NULL;
+    const struct gw_req_ops *ops = r->ops; /* r may be freed before the barrier goes */
     struct evbuffer *b;
 
     r->pending = 0;
@@ -121,7 +121,7 @@ static void vop_finish(struct vop *v, const char *line)
     }
     vop_free(v);
     if (c != NULL) {
-        gw_client_barrier_release(c);
+        ops->barrier_release(c);
     }
 }
 
@@ -722,7 +722,7 @@ static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cm
      * next commands wait, so a pipelined "append k; get k" reads what memcached would. */
     if (cmd != MC_CMD_SET && cmd != MC_CMD_DELETE && r->client != NULL) {
         r->barrier = true;
-        gw_client_barrier_hold(r->client);
+        r->ops->barrier_hold(r->client);
     }
     return v;
 }
@@ -754,7 +754,7 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
     v->remote = remote_peer;
     if (remote_peer >= 0 && !r->barrier && r->client != NULL) {
         r->barrier = true; /* the reply waits for the peer: so do later commands */
-        gw_client_barrier_hold(r->client);
+        r->ops->barrier_hold(r->client);
     }
     if (remote_peer >= 0 && st->cmd != MC_CMD_SET) {
         vop_gets(v); /* add/cas/replace/append/prepend decide on the peer's item */
@@ -830,7 +830,7 @@ void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const st
     v->remote = remote_peer;
     if (remote_peer >= 0 && !r->barrier && r->client != NULL) {
         r->barrier = true;
-        gw_client_barrier_hold(r->client);
+        r->ops->barrier_hold(r->client);
     }
     if (m->cmd != MC_CMD_DELETE || remote_peer >= 0) {
         vop_gets(v);

@@ -12,11 +12,8 @@
 
 #include <event2/buffer.h>
 
-#include "gateway/frontend/client.h"
 #include "gateway/loop/conn.h"
 #include "gateway/base/log.h"
-#include "gateway/replication/repl.h"
-#include "gateway/server.h"
 
 /* Requests kept for reuse per worker.  None under AddressSanitizer: a pool would hide a
  * use after free or a double free from it. */
@@ -29,7 +26,8 @@
 #define GW_REQ_FREE_MAX 1024
 #endif
 
-struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd)
+struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, const struct gw_req_ops *ops,
+                          enum mc_cmd cmd)
 {
     struct gw_req *r = w->req_free;
 
@@ -45,6 +43,7 @@ struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd 
     }
     r->w = w;
     r->client = c;
+    r->ops = ops;
     r->cmd = cmd;
     r->frag.req = r;
     return r;
@@ -102,7 +101,7 @@ void gw_req_finish(struct gw_req *r)
 {
     r->done = true;
     if (r->client != NULL) {
-        gw_client_req_done(r->client, r);
+        r->ops->done(r);
     } else {
         gw_req_free(r);
     }
@@ -280,7 +279,7 @@ static void req_complete(struct gw_req *r)
     struct evbuffer *b;
 
     if (r->failed) {
-        if (r->node_lost && !r->streamed && gw_client_retry_read(r)) {
+        if (r->node_lost && !r->streamed && r->ops->retry_read(r)) {
             return; /* a peer site answers it instead */
         }
         if (mc_cmd_is_retrieval(r->cmd)) {
@@ -293,7 +292,7 @@ static void req_complete(struct gw_req *r)
         if (r->streamed && r->client != NULL) {
             /* Part of a value already went to the client: an error line now would
              * read as data.  The only honest answer left is to hang up. */
-            gw_client_abort(r->client);
+            r->ops->abort(r);
             gw_req_finish(r);
             return;
         }
@@ -313,9 +312,7 @@ static void req_complete(struct gw_req *r)
         return;
     }
     if (r->cmd == MC_CMD_FLUSH_ALL) {
-        if (r->w->srv->versioned) {
-            gw_repl_ship_flush(r->w, r->flush_delay);
-        }
+        r->ops->flushed(r);
         gw_req_finish_line(r, "OK");
         return;
     }

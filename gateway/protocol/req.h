@@ -13,7 +13,10 @@
 
 #include "gateway/types.h"
 
-struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, enum mc_cmd cmd);
+/* A new request of c (NULL: nobody waits for its reply) whose owner's callbacks are ops
+ * (borrowed: a static table).  NULL when out of memory. */
+struct gw_req *gw_req_new(struct gw_worker *w, struct gw_client *c, const struct gw_req_ops *ops,
+                          enum mc_cmd cmd);
 void gw_req_free(struct gw_req *r);
 
 /* Free the worker's requests kept for reuse (at shutdown). */
@@ -22,8 +25,8 @@ void gw_req_pool_release(struct gw_worker *w);
 /* The request's reply buffer, created on first use.  NULL if out of memory. */
 struct evbuffer *gw_req_reply(struct gw_req *r);
 
-/* Finish a request whose reply is complete: hand it to its client (or free it when
- * the client is gone). */
+/* Finish a request whose reply is complete: hand it to its owner (ops->done), or free
+ * it when the client is gone. */
 void gw_req_finish(struct gw_req *r);
 
 /* Finish r right away with one reply line (no CRLF), unless noreply. */
@@ -54,7 +57,7 @@ void gw_req_frag_fail(struct gw_frag *frag, const char *error);
 void gw_req_clear_failure(struct gw_req *r);
 
 /* frag will get no reply because its node failed under it (timeout, lost connection):
- * a read may still be answered by a peer site (gw_client_retry_read). */
+ * a read may still be answered by a peer site (its owner's ops->retry_read). */
 void gw_req_frag_lost(struct gw_frag *frag, const char *error);
 
 #endif
