@@ -1365,6 +1365,34 @@ void gw_client_reap(struct gw_worker *w)
     }
 }
 
+void gw_client_drain_all(struct gw_worker *w)
+{
+    struct gw_client *c, *next;
+
+    for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        gw_client_drain(c);
+    }
+}
+
+void gw_client_close_all(struct gw_worker *w)
+{
+    struct gw_client *c;
+
+    /* Anything still open after the drain deadline is closed now. */
+    while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
+        gw_client_drain(c);
+        if (TAILQ_FIRST(&w->clients) == c) {
+            /* still busy: force it */
+            c->quitting = true;
+            TAILQ_REMOVE(&w->clients, c, link);
+            TAILQ_INSERT_TAIL(&w->dead, c, link);
+            c->closing = true;
+        }
+    }
+    gw_client_reap(w);
+}
+
 /*
  * A client waiting for room in its socket: look again, less often the longer it waits
  * (a thousand clients that never read cost a few syscalls each per check).  No event
