@@ -23,6 +23,7 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/admin/admin.h"
 #include "gateway/backend/backend_worker.h"
 #include "gateway/transfer/backfill.h"
@@ -337,10 +338,10 @@ int gw_server_run(struct gw_config *cfg)
     gw_backfill_cancel(&srv); /* a job must not hold the drain up */
     if (srv.draining) {
         /* Wait for the workers, stopping them at the deadline if they linger. */
-        int64_t deadline = gw_now_ms() + GW_DRAIN_DEADLINE_MS;
+        int64_t deadline = gw_mono_ms() + GW_DRAIN_DEADLINE_MS;
         for (int i = 0; i < srv.nthreads; i++) {
             while (pthread_tryjoin_np(srv.workers[i].thread, NULL) != 0) {
-                if (gw_now_ms() > deadline) {
+                if (gw_mono_ms() > deadline) {
                     drain_deadline(&srv);
                     deadline = INT64_MAX;
                 }

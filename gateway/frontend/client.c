@@ -40,6 +40,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/backend/backend.h"
 #include "gateway/base/config.h"
 #include "gateway/loop/conn.h"
@@ -1268,7 +1269,7 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
     c->reply_est = GW_CLIENT_EST_INIT;
-    c->last_active_ms = gw_now_ms();
+    c->last_active_ms = gw_mono_ms();
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;

@@ -22,6 +22,7 @@
 
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/loop/conn.h"
 #include "gateway/loop/hooks.h"
 #include "gateway/routing/pool.h"
@@ -91,7 +92,7 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_worker *w = arg;
-    int64_t now = gw_now_ms();
+    int64_t now = gw_mono_ms();
 
     (void)fd;
     (void)what;
@@ -210,7 +211,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id,
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
     TAILQ_INIT(&w->sync_wait);
-    w->now_ms = gw_now_ms(); /* the tick keeps it; clients may come before the first one */
+    w->now_ms = gw_mono_ms(); /* the tick keeps it; clients may come before the first one */
     {
         struct event_config *ec = event_config_new();
         if (ec != NULL) {
