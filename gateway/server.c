@@ -10,6 +10,7 @@
  */
 #include "gateway/server.h"
 
+#include <errno.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,14 +23,19 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/admin/admin.h"
+#include "gateway/backend/backend_worker.h"
 #include "gateway/transfer/backfill.h"
 #include "gateway/base/config.h"
 #include "gateway/failover/failover.h"
+#include "gateway/frontend/client.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/failover/remote.h"
 #include "gateway/replication/repl.h"
+#include "gateway/protocol/req.h"
+#include "gateway/loop/hooks.h"
 #include "gateway/loop/worker.h"
 
 #define GW_DRAIN_DEADLINE_MS 4500
@@ -73,6 +79,53 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     (void)l;
     (void)arg;
     log_warn("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void worker_parser_release(struct gw_worker *w)
+{
+    mc_parser_release(&w->parser);
+}
+
+/*
+ * What every worker runs at each point of its loop, in this order (loop/hooks.h):
+ *
+ *   tick      node timeouts, retired node connections closed ─> peer links redialled ─>
+ *             clients (room, idle_timeout) ─> WAN thread's keep-alive to the nodes ─>
+ *             writes waiting for a peer's ack ─> probes of down nodes
+ *   pass end  the pass's spool records appended (fsync `always`: synced, held replies
+ *             released) ─> then the worker writes every socket
+ *   before a socket is written mid-pass: the spool records, so no reply overtakes its own
+ *   stop      ack waiters failed ─> clients closed ─> node connections closed (failing what
+ *             was pending) ─> clients those failures closed ─> peer links ─> spare
+ *             requests ─> the node table and the pool ─> the parser
+ *
+ * Returns 0, or -ENOSPC when a point has no room left (hooks.h, GW_HOOKS_PER_POINT).
+ */
+static int worker_hooks(struct gw_worker_hooks *h)
+{
+    gw_hooks_set_accept(h, gw_client_accept);
+    gw_hooks_set_reload(h, gw_backend_worker_reload);
+    if (gw_hooks_add_start(h, gw_backend_worker_start, gw_backend_worker_release) != 0 ||
+        gw_hooks_add_tick(h, gw_backend_worker_tick) != 0 ||
+        gw_hooks_add_tick(h, gw_remote_tick) != 0 || gw_hooks_add_tick(h, gw_client_tick) != 0 ||
+        gw_hooks_add_tick(h, gw_backend_worker_ping) != 0 ||
+        gw_hooks_add_tick(h, gw_repl_worker_tick) != 0 ||
+        gw_hooks_add_tick(h, gw_backend_worker_probe) != 0 ||
+        gw_hooks_add(h, GW_HOOK_PASS_END, gw_repl_pass_end) != 0 ||
+        gw_hooks_add(h, GW_HOOK_BEFORE_WRITE, gw_repl_spool_flush) != 0 ||
+        gw_hooks_add(h, GW_HOOK_DRAIN, gw_client_drain_all) != 0 ||
+        gw_hooks_add(h, GW_HOOK_REAP, gw_client_reap) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_repl_worker_stop) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_client_close_all) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_backend_worker_close) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_client_reap) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_remote_stop) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_req_pool_release) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_backend_worker_release) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, worker_parser_release) != 0) {
+        return -ENOSPC;
+    }
+    return 0;
 }
 
 static void apply_limits(struct gw_server *srv, const struct gw_config *cfg)
@@ -203,12 +256,14 @@ static struct evconnlistener *listen_on(struct gw_server *srv, const struct gw_a
 int gw_server_run(struct gw_config *cfg)
 {
     struct gw_server srv;
+    struct gw_worker_hooks hooks; /* read by the workers until they are joined */
     struct gw_admin *admin = NULL;
     char err[512];
     int started = 0;
     int rc = 1;
 
     memset(&srv, 0, sizeof(srv));
+    memset(&hooks, 0, sizeof(hooks));
     srv.cfg = cfg;
     srv.started = time(NULL);
     apply_limits(&srv, cfg);
@@ -239,12 +294,12 @@ int gw_server_run(struct gw_config *cfg)
     srv.nworkers = (int)cfg->threads;
     srv.nthreads = srv.nworkers + (cfg->wan.enabled && cfg->wan.npeers > 0 ? 1 : 0);
     srv.workers = calloc((size_t)srv.nthreads, sizeof(*srv.workers));
-    if (srv.workers == NULL || gw_backfill_init(&srv) != 0) {
+    if (srv.workers == NULL || worker_hooks(&hooks) != 0 || gw_backfill_init(&srv) != 0) {
         free(srv.workers);
         goto fail_workers;
     }
     for (started = 0; started < srv.nthreads; started++) {
-        if (gw_worker_start(&srv.workers[started], &srv, started, srv.pool) != 0) {
+        if (gw_worker_start(&srv.workers[started], &srv, started, &hooks) != 0) {
             log_error("cannot start worker thread %d", started);
             goto fail_start;
         }
@@ -283,10 +338,10 @@ int gw_server_run(struct gw_config *cfg)
     gw_backfill_cancel(&srv); /* a job must not hold the drain up */
     if (srv.draining) {
         /* Wait for the workers, stopping them at the deadline if they linger. */
-        int64_t deadline = gw_now_ms() + GW_DRAIN_DEADLINE_MS;
+        int64_t deadline = gw_mono_ms() + GW_DRAIN_DEADLINE_MS;
         for (int i = 0; i < srv.nthreads; i++) {
             while (pthread_tryjoin_np(srv.workers[i].thread, NULL) != 0) {
-                if (gw_now_ms() > deadline) {
+                if (gw_mono_ms() > deadline) {
                     drain_deadline(&srv);
                     deadline = INT64_MAX;
                 }

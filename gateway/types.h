@@ -37,6 +37,7 @@ struct gw_pool;
 struct gw_node;
 struct gw_config;
 struct gw_server;
+struct gw_worker_hooks;
 
 /* One key of a retrieval spread over several nodes: its reply, kept until all nodes
  * answered so replies go out in the client's key order. */
@@ -239,6 +240,7 @@ TAILQ_HEAD(gw_backend_list, gw_backend);
 struct gw_worker {
     int id;
     struct gw_server *srv;
+    const struct gw_worker_hooks *hooks; /* what the layers above plug in (loop/hooks.h) */
     pthread_t thread;
     bool joined;
     struct event_base *base;

@@ -20,6 +20,7 @@
  * can check /health) the actions must still not become remote controls.
  */
 #include "gateway/admin/admin.h"
+#include "gateway/base/clock.h"
 #include "gateway/admin/admin_xfer.h"
 
 #include <errno.h>
@@ -79,14 +80,6 @@ struct admin_snapshot {
     char reason[192]; /* why not healthy ("ok" when healthy) */
     int64_t now_ms;   /* unix ms */
 };
-
-static int64_t admin_wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void gw_server_set_draining(struct gw_server *srv)
 {
@@ -166,7 +159,7 @@ static int admin_snapshot_take(struct gw_server *srv, struct admin_snapshot *s)
     struct gw_stats **each;
 
     memset(s, 0, sizeof(*s));
-    s->now_ms = admin_wall_ms();
+    s->now_ms = gw_wall_ms();
     gw_failover_status(srv, &s->fo);
     s->npeers = gw_failover_peers(srv, s->peers, ADMIN_MAX_PEERS);
     gw_repl_clock_status(srv, &s->clock);

@@ -37,6 +37,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/base/config.h"
 #include "gateway/base/json.h"
 #include "gateway/base/log.h"
@@ -95,14 +96,6 @@ struct gw_admin_xfer {
     struct gw_server *srv;
     struct xfer_job *job[XFER_KIND_MAX]; /* the running one of each kind */
 };
-
-static int64_t xfer_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Drop one reference (any thread); the last frees the job's memory.  The main thread's
  * resources (event, request, pool) are released before the main reference is dropped. */
@@ -194,7 +187,7 @@ static struct xfer_job *job_new(struct gw_admin_xfer *x, enum xfer_kind kind,
     j->srv = x->srv;
     j->req = req;
     j->refs = 1;
-    j->started_ms = xfer_mono_ms();
+    j->started_ms = gw_mono_ms();
     atomic_init(&j->cancel, false);
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->room, NULL);
@@ -340,7 +333,7 @@ static void snapshot_written(struct evhttp_connection *evcon, void *arg)
 static void snapshot_log_end(struct xfer_job *j, const char *how)
 {
     const struct gw_snapshot_stats *st = &j->sstats;
-    double secs = (double)(xfer_mono_ms() - j->started_ms) / 1000.0;
+    double secs = (double)(gw_mono_ms() - j->started_ms) / 1000.0;
 
     log_info("snapshot %s: %" PRIu64 " records (%" PRIu64 " tombstones, %" PRIu64
              " version 0), %" PRIu64 " bytes in %.2f s (%.0f items/s); of %" PRIu64
@@ -515,7 +508,7 @@ static void restore_done(struct xfer_job *j)
         [GW_RESTORE_FAILED] = 503,      [GW_RESTORE_CANCELLED] = 503,
     };
     const struct gw_restore_result *res = &j->res;
-    double secs = (double)(xfer_mono_ms() - j->started_ms) / 1000.0;
+    double secs = (double)(gw_mono_ms() - j->started_ms) / 1000.0;
     struct evhttp_request *req;
     struct evbuffer *b;
     bool done;
@@ -621,9 +614,9 @@ int gw_admin_xfer_create(struct gw_server *srv, struct gw_admin_xfer **out)
 /* Wait up to XFER_JOIN_WAIT_MS for j's thread.  True when it was joined. */
 static bool job_join_bounded(struct xfer_job *j)
 {
-    int64_t deadline = xfer_mono_ms() + XFER_JOIN_WAIT_MS;
+    int64_t deadline = gw_mono_ms() + XFER_JOIN_WAIT_MS;
 
-    while (xfer_mono_ms() < deadline) {
+    while (gw_mono_ms() < deadline) {
         if (pthread_tryjoin_np(j->thread, NULL) == 0) {
             j->thread_started = false;
             return true;

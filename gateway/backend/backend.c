@@ -31,6 +31,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/loop/conn.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
@@ -90,7 +91,7 @@ static void be_connected(struct gw_conn *conn, void *arg)
 
     (void)conn;
     be->state = GW_BE_CONNECTED;
-    be->last_progress_ms = gw_now_ms();
+    be->last_progress_ms = gw_mono_ms();
 }
 
 static void be_error(struct gw_conn *conn, void *arg, bool eof)
@@ -144,7 +145,7 @@ static void be_enqueue(struct gw_backend *be, struct gw_frag *frag, struct gw_fr
 {
     frag->be = be;
     if (TAILQ_EMPTY(&be->pending)) {
-        be->last_progress_ms = gw_now_ms();
+        be->last_progress_ms = gw_mono_ms();
     }
     if (before != NULL) {
         TAILQ_INSERT_BEFORE(before, frag, link);
@@ -191,7 +192,7 @@ static bool be_group_has_client(const struct gw_backend *be, const struct gw_cli
 static void be_connect(struct gw_backend *be)
 {
     be->state = GW_BE_CONNECTING;
-    be->connect_started_ms = gw_now_ms();
+    be->connect_started_ms = gw_mono_ms();
     be->in_data = false;
     if (gw_conn_connect(&be->conn, be->w, (struct sockaddr *)&be->node->addr, be->node->addrlen,
                         be_read, be_error, be_connected, be) != 0) {
@@ -377,7 +378,7 @@ static void be_fail(struct gw_backend *be, const char *why, bool count_failure)
 {
     struct gw_frag_queue dead;
     struct gw_frag *f;
-    int64_t now = gw_now_ms();
+    int64_t now = gw_mono_ms();
 
     be->conn_gen++;
     be->state = GW_BE_IDLE;
@@ -476,7 +477,7 @@ static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const cha
     be_answered(be);
     be->probing = false;
     evbuffer_drain(in, consumed);
-    gw_node_probe_done(be->pool, be->node, ok, gw_now_ms());
+    gw_node_probe_done(be->pool, be->node, ok, gw_mono_ms());
 }
 
 /*
@@ -689,7 +690,7 @@ static void be_read(struct gw_conn *conn, void *arg)
     struct evbuffer *in = conn->in;
     uint64_t gen = be->conn_gen;
 
-    be->last_progress_ms = gw_now_ms();
+    be->last_progress_ms = gw_mono_ms();
     for (;;) {
         size_t avail = evbuffer_get_length(in);
         struct gw_frag *frag;

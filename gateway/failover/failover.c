@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/base/config.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
@@ -34,13 +35,6 @@ const char *gw_site_mode_name(enum gw_site_mode mode)
 }
 
 static pthread_mutex_t fo_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The WAN thread reads its own worker's pool (the main thread's may be swapped by a
  * reload meanwhile); other callers run on the main thread. */
@@ -108,15 +102,15 @@ static void set_mode(struct gw_server *srv, enum gw_site_mode mode, int peer, co
              peer >= 0 ? " via " : "", site, why);
     __atomic_store_n(&fo->peer, peer, __ATOMIC_RELEASE);
     __atomic_store_n(&fo->mode, (int)mode, __ATOMIC_RELEASE);
-    fo->since_ms = wall_ms();
+    fo->since_ms = gw_wall_ms();
     fo->switches++;
     if (mode == GW_MODE_WARMUP) {
-        fo->warmup_started_ms = gw_now_ms();
+        fo->warmup_started_ms = gw_mono_ms();
         __atomic_store_n(&fo->warm_hits, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&fo->warm_misses, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&fo->warm_peer_hits, 0, __ATOMIC_RELAXED);
         fo->win_hits = fo->win_misses = fo->win_peer_hits = 0;
-        fo->win_start_ms = gw_now_ms();
+        fo->win_start_ms = gw_mono_ms();
         fo->last_ratio = 0;
     }
     if (mode == GW_MODE_LOCAL) {
@@ -205,7 +199,7 @@ void gw_failover_tick(struct gw_server *srv)
 {
     struct gw_failover_state *fo = &srv->fo;
     const struct gw_config *cfg = srv->cfg;
-    int64_t now = gw_now_ms();
+    int64_t now = gw_mono_ms();
     bool healthy;
     int p;
 

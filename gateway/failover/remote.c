@@ -16,6 +16,7 @@
 
 #include <event2/buffer.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/store/apply.h"
 #include "gateway/backend/backend.h"
 #include "gateway/base/config.h"
@@ -438,7 +439,7 @@ static void link_down(void *arg, int status, const char *reason)
               l->w->srv->cfg->wan.peers[l->peer].site, reason);
     l->up = false;
     l->connecting = false;
-    l->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(l->attempt++, 100, 3000, &l->rng);
+    l->retry_at_ms = gw_mono_ms() + wan_grpc_backoff_ms(l->attempt++, 100, 3000, &l->rng);
     while ((j = TAILQ_FIRST(&l->waiting)) != NULL) {
         TAILQ_REMOVE(&l->waiting, j, link);
         j->error = "SERVER_ERROR peer site unavailable";
@@ -502,7 +503,7 @@ int gw_remote_start(void *arg)
     for (size_t i = 0; i < rm->n; i++) {
         rm->links[i].w = w;
         rm->links[i].peer = (int)i;
-        rm->links[i].rng = (uint64_t)gw_now_ms() * 2654435761u + i + (uint64_t)w->id;
+        rm->links[i].rng = (uint64_t)gw_mono_ms() * 2654435761u + i + (uint64_t)w->id;
         TAILQ_INIT(&rm->links[i].waiting);
     }
     w->remote = rm;

@@ -40,6 +40,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/backend/backend.h"
 #include "gateway/base/config.h"
 #include "gateway/loop/conn.h"
@@ -1293,7 +1294,7 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
     c->reply_est = GW_CLIENT_EST_INIT;
-    c->last_active_ms = gw_now_ms();
+    c->last_active_ms = gw_mono_ms();
     TAILQ_INIT(&c->reqs);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
     w->nclients++;
@@ -1410,6 +1411,34 @@ void gw_client_reap(struct gw_worker *w)
         w->nclients--;
         __atomic_sub_fetch(&w->srv->curr_connections, 1, __ATOMIC_RELAXED);
     }
+}
+
+void gw_client_drain_all(struct gw_worker *w)
+{
+    struct gw_client *c, *next;
+
+    for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
+        next = TAILQ_NEXT(c, link);
+        gw_client_drain(c);
+    }
+}
+
+void gw_client_close_all(struct gw_worker *w)
+{
+    struct gw_client *c;
+
+    /* Anything still open after the drain deadline is closed now. */
+    while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
+        gw_client_drain(c);
+        if (TAILQ_FIRST(&w->clients) == c) {
+            /* still busy: force it */
+            c->quitting = true;
+            TAILQ_REMOVE(&w->clients, c, link);
+            TAILQ_INSERT_TAIL(&w->dead, c, link);
+            c->closing = true;
+        }
+    }
+    gw_client_reap(w);
 }
 
 /*

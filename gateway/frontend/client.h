@@ -35,6 +35,13 @@ void gw_client_stats_reset(struct gw_server *srv);
 /* Stop taking new requests; close once what is in flight is answered. */
 void gw_client_drain(struct gw_client *c);
 
+/* Worker drain hook: every client stops taking requests (gw_client_drain). */
+void gw_client_drain_all(struct gw_worker *w);
+
+/* Worker stop hook, once its loop is over: close every client now, whatever it is still
+ * owed, and free it. */
+void gw_client_close_all(struct gw_worker *w);
+
 /* Every tick: resume clients whose socket has room again, close idle ones
  * (idle_timeout). */
 void gw_client_tick(struct gw_worker *w, int64_t now);

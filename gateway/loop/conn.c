@@ -21,7 +21,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include "gateway/replication/repl.h"
+#include "gateway/loop/hooks.h"
 #include "gateway/types.h"
 
 #define GW_READ_CHUNK 16384
@@ -247,7 +247,8 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    gw_repl_spool_flush(conn->w); /* replies queued this pass leave after their records */
+    /* a reply queued in this pass leaves only after what it depends on (the spool) */
+    gw_hooks_run(conn->w->hooks, GW_HOOK_BEFORE_WRITE, conn->w);
     if (gw_conn_flush(conn) != 0) {
         conn_fail(conn, false);
     }

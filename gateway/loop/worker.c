@@ -2,9 +2,12 @@
  * worker — see worker.h.  Messages from other threads arrive as fixed-size records
  * on a pipe (atomic writes below PIPE_BUF), so the loop needs no locks:
  *
- *   main thread ──GW_MSG_CONN fd──────> adopt a client
- *               ──GW_MSG_RELOAD pool──> swap pools, keep connections to nodes that stay
- *               ──GW_MSG_DRAIN────────> finish in-flight requests, close clients, exit
+ *   main thread ──GW_MSG_CONN fd──────> the accept hook adopts a client
+ *               ──GW_MSG_RELOAD pool──> the reload hook swaps pools
+ *               ──GW_MSG_DRAIN────────> drain hooks; exit once no client is left
+ *
+ * What runs at each point is registered by the layers above (hooks.h); the worker itself
+ * knows no client, node or spool.
  */
 #include "gateway/loop/worker.h"
 
@@ -19,14 +22,10 @@
 
 #include <event2/event.h>
 
-#include "gateway/backend/backend.h"
-#include "gateway/frontend/client.h"
+#include "gateway/base/clock.h"
 #include "gateway/loop/conn.h"
-#include "gateway/base/log.h"
+#include "gateway/loop/hooks.h"
 #include "gateway/routing/pool.h"
-#include "gateway/failover/remote.h"
-#include "gateway/replication/repl.h"
-#include "gateway/protocol/req.h"
 #include "gateway/server.h"
 
 #define GW_TICK_MS 50
@@ -40,101 +39,10 @@ struct gw_call {
     sem_t done;
 };
 
-/* The connections a worker needs for pool: the ones in old to a node that stays are
- * reused (taken out of old), the rest are created.  On failure old is untouched and
- * NULL is returned. */
-static struct gw_backend **backends_for(struct gw_worker *w, struct gw_pool *pool,
-                                        struct gw_backend **old, uint32_t nold)
-{
-    uint32_t n = pool->nnodes * pool->connections;
-    struct gw_backend **bes = calloc(n, sizeof(*bes));
-    int32_t *from = calloc(n, sizeof(*from));
-
-    if (bes == NULL || from == NULL) {
-        goto fail;
-    }
-    for (uint32_t i = 0; i < pool->nnodes; i++) {
-        for (uint32_t s = 0; s < pool->connections; s++) {
-            uint32_t k = i * pool->connections + s;
-            from[k] = -1;
-            for (uint32_t j = 0; j < nold; j++) {
-                if (old[j] != NULL && old[j]->slot == s &&
-                    strcmp(old[j]->node->label, pool->nodes[i].label) == 0) {
-                    from[k] = (int32_t)j;
-                    break;
-                }
-            }
-            if (from[k] < 0) {
-                bes[k] = gw_backend_create(w, pool, &pool->nodes[i], s);
-                if (bes[k] == NULL) {
-                    goto fail;
-                }
-            }
-        }
-    }
-    for (uint32_t k = 0; k < n; k++) {
-        if (from[k] >= 0) {
-            bes[k] = old[from[k]];
-            old[from[k]] = NULL;
-            bes[k]->pool = pool;
-            bes[k]->node = &pool->nodes[k / pool->connections];
-        }
-    }
-    free(from);
-    return bes;
-fail:
-    for (uint32_t k = 0; bes != NULL && k < n; k++) {
-        if (from != NULL && from[k] < 0 && bes[k] != NULL) {
-            gw_backend_destroy(bes[k]);
-        }
-    }
-    free(from);
-    free(bes);
-    return NULL;
-}
-
-static void worker_reload(struct gw_worker *w, struct gw_pool *pool)
-{
-    struct gw_backend **bes = backends_for(w, pool, w->backends, w->nbackends);
-
-    if (bes == NULL) {
-        log_error("worker %d: out of memory applying a reload; keeping the old pool", w->id);
-        gw_pool_put(pool);
-        return;
-    }
-    /* Connections to nodes that left the pool finish their requests, then close.
-     * They keep a reference to the old pool until then. */
-    for (uint32_t j = 0; j < w->nbackends; j++) {
-        struct gw_backend *be = w->backends[j];
-        if (be == NULL) {
-            continue;
-        }
-        if (be->npending == 0) {
-            gw_backend_destroy(be);
-        } else {
-            be->retiring = true;
-            gw_pool_get(be->pool);
-            TAILQ_INSERT_TAIL(&w->retired, be, retire_link);
-        }
-    }
-    free(w->backends);
-    w->backends = bes;
-    w->nbackends = pool->nnodes * pool->connections;
-    gw_pool_put(w->pool);
-    w->pool = pool;
-    log_debug("worker %d: now on pool generation %llu", w->id,
-              (unsigned long long)pool->generation);
-}
-
 static void worker_drain(struct gw_worker *w)
 {
-    struct gw_client *c, *next;
-
     w->draining = true;
-    for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
-        next = TAILQ_NEXT(c, link);
-        gw_client_drain(c);
-    }
+    gw_hooks_run(w->hooks, GW_HOOK_DRAIN, w);
     if (w->nclients == 0) {
         event_base_loopexit(w->base, NULL);
     }
@@ -154,10 +62,16 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
     for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
         switch (msgs[i].type) {
         case GW_MSG_CONN:
-            gw_client_accept(w, msgs[i].fd);
+            if (w->hooks->accept != NULL) {
+                w->hooks->accept(w, msgs[i].fd);
+            } else {
+                close(msgs[i].fd);
+            }
             break;
         case GW_MSG_RELOAD:
-            worker_reload(w, msgs[i].pool);
+            if (w->hooks->reload != NULL) {
+                w->hooks->reload(w, msgs[i].pool);
+            }
             break;
         case GW_MSG_DRAIN:
             worker_drain(w);
@@ -178,47 +92,20 @@ static void notify_cb(evutil_socket_t fd, short what, void *arg)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_worker *w = arg;
-    int64_t now = gw_now_ms();
-    struct gw_backend *be, *next;
+    int64_t now = gw_mono_ms();
 
     (void)fd;
     (void)what;
     w->now_ms = now;
-    for (uint32_t i = 0; i < w->nbackends; i++) {
-        gw_backend_tick(w->backends[i], now);
+    for (uint8_t i = 0; i < w->hooks->ntick; i++) {
+        w->hooks->tick[i](w, now);
     }
-    for (be = TAILQ_FIRST(&w->retired); be != NULL; be = next) {
-        next = TAILQ_NEXT(be, retire_link);
-        gw_backend_tick(be, now);
-        if (be->npending == 0) {
-            struct gw_pool *old = be->pool;
-            TAILQ_REMOVE(&w->retired, be, retire_link);
-            gw_backend_destroy(be);
-            gw_pool_put(old);
-        }
-    }
-    gw_remote_tick(w, now);
-    gw_client_tick(w, now);
     if (w->id == 0 && now - w->trim_ms >= GW_TRIM_MS) {
         /* Give freed memory back to the system: after a burst of large values, malloc
          * keeps the free pages in its arenas (between live blocks, where its own
          * trimming at the top of the heap does not reach). */
         w->trim_ms = now;
         malloc_trim(0);
-    }
-    /* The WAN thread watches the local nodes even when no client uses them (failed
-     * over, idle), so a node that dies or returns is noticed. */
-    if (w->srv->repl != NULL && w->id == w->srv->nworkers) {
-        for (uint32_t i = 0; i < w->nbackends; i++) {
-            gw_backend_ping(w->backends[i], now, 500);
-        }
-    }
-    gw_repl_worker_tick(w, now);
-    /* Whichever worker claims a down node first probes it. */
-    for (uint32_t i = 0; i < w->pool->nnodes; i++) {
-        if (gw_node_claim_probe(&w->pool->nodes[i], now)) {
-            gw_backend_probe(w->backends[i * w->pool->connections]);
-        }
     }
     if (w->draining && w->nclients == 0) {
         event_base_loopexit(w->base, NULL);
@@ -231,7 +118,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    gw_client_reap(w);
+    gw_hooks_run(w->hooks, GW_HOOK_REAP, w);
     if (w->draining && w->nclients == 0) {
         event_base_loopexit(w->base, NULL);
     }
@@ -247,8 +134,9 @@ struct gw_backend *gw_worker_backend(struct gw_worker *w, uint32_t node)
     return w->backends[node * conns + (w->rr++ % conns)];
 }
 
-/* One pass of the loop runs every ready callback; then everything they queued for
- * any socket is written, one writev per socket.  That is where requests from many
+/* One pass of the loop runs every ready callback; then the pass-end hooks (the spool is
+ * appended and synced before any reply it covers leaves); then everything they queued
+ * for any socket is written, one writev per socket.  That is where requests from many
  * clients to one node get batched into one write. */
 static void *worker_main(void *arg)
 {
@@ -258,13 +146,13 @@ static void *worker_main(void *arg)
         if (event_base_loop(w->base, EVLOOP_ONCE) != 0) {
             break;
         }
-        gw_repl_pass_end(w);
+        gw_hooks_run(w->hooks, GW_HOOK_PASS_END, w);
         gw_conn_flush_all(w);
         if (event_base_got_exit(w->base) || event_base_got_break(w->base)) {
             break;
         }
     }
-    gw_repl_pass_end(w);
+    gw_hooks_run(w->hooks, GW_HOOK_PASS_END, w);
     gw_conn_flush_all(w);
     __atomic_store_n(&w->exited, true, __ATOMIC_RELEASE);
     return NULL;
@@ -309,18 +197,21 @@ int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg)
     return rc;
 }
 
-int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct gw_pool *pool)
+int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id,
+                    const struct gw_worker_hooks *hooks)
 {
     struct timeval tick = {0, GW_TICK_MS * 1000};
+    uint8_t started;
 
     w->id = id;
     w->srv = srv;
+    w->hooks = hooks;
     TAILQ_INIT(&w->clients);
     TAILQ_INIT(&w->dead);
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);
     TAILQ_INIT(&w->sync_wait);
-    w->now_ms = gw_now_ms(); /* the tick keeps it; clients may come before the first one */
+    w->now_ms = gw_mono_ms(); /* the tick keeps it; clients may come before the first one */
     {
         struct event_config *ec = event_config_new();
         if (ec != NULL) {
@@ -351,13 +242,11 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     if (w->notify_ev == NULL || w->tick_ev == NULL || w->reap_ev == NULL) {
         goto fail_events;
     }
-    gw_pool_get(pool);
-    w->pool = pool;
-    w->backends = backends_for(w, pool, NULL, 0);
-    if (w->backends == NULL) {
-        goto fail_backends;
+    for (started = 0; started < hooks->nstart; started++) {
+        if (hooks->start[started](w) != 0) {
+            goto fail_hooks;
+        }
     }
-    w->nbackends = pool->nnodes * pool->connections;
     event_add(w->notify_ev, NULL);
     event_add(w->tick_ev, &tick);
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
@@ -366,12 +255,12 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct g
     return 0;
 
 fail_thread:
-    for (uint32_t i = 0; i < w->nbackends; i++) {
-        gw_backend_destroy(w->backends[i]);
+fail_hooks:
+    while (started-- > 0) {
+        if (hooks->undo[started] != NULL) {
+            hooks->undo[started](w);
+        }
     }
-    free(w->backends);
-fail_backends:
-    gw_pool_put(pool);
 fail_events:
     if (w->notify_ev) {
         event_free(w->notify_ev);
@@ -402,46 +291,16 @@ int gw_worker_send(struct gw_worker *w, const struct gw_msg *msg)
 
 void gw_worker_join(struct gw_worker *w)
 {
-    struct gw_client *c;
-    struct gw_backend *be;
-
     if (!w->joined) {
         pthread_join(w->thread, NULL);
         w->joined = true;
     }
-    gw_repl_worker_stop(w);
-    /* Anything still open after the drain deadline is closed now. */
-    while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
-        gw_client_drain(c);
-        if (TAILQ_FIRST(&w->clients) == c) {
-            /* still busy: force it */
-            c->quitting = true;
-            TAILQ_REMOVE(&w->clients, c, link);
-            TAILQ_INSERT_TAIL(&w->dead, c, link);
-            c->closing = true;
-        }
-    }
-    gw_client_reap(w);
-    for (uint32_t i = 0; i < w->nbackends; i++) {
-        gw_backend_destroy(w->backends[i]);
-    }
-    while ((be = TAILQ_FIRST(&w->retired)) != NULL) {
-        struct gw_pool *old = be->pool;
-        TAILQ_REMOVE(&w->retired, be, retire_link);
-        gw_backend_destroy(be);
-        gw_pool_put(old);
-    }
-    gw_client_reap(w); /* requests orphaned by the failures above */
-    gw_remote_stop(w);
-    gw_req_pool_release(w);
-    free(w->backends);
-    gw_pool_put(w->pool);
+    gw_hooks_run(w->hooks, GW_HOOK_STOP, w);
     event_free(w->notify_ev);
     event_free(w->tick_ev);
     event_free(w->reap_ev);
     close(w->notify_fd[0]);
     close(w->notify_fd[1]);
-    mc_parser_release(&w->parser);
     free(w->scratch);
     free(w->out);
     event_base_free(w->base);

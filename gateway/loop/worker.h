@@ -1,11 +1,14 @@
 /*
- * worker — one thread, one event loop: it owns its client connections, its
- * connections to every node, its counters, and a tick that times out requests and
- * probes down nodes.  Other threads talk to it only through its notify pipe.
+ * worker — one thread, one event loop: it holds its client connections, its
+ * connections to every node and its counters, and runs a tick; what happens to them
+ * (adopting a client, timing out requests, probing down nodes, the spool at the end of
+ * a pass) is done by the hooks the layers above register (hooks.h).  Other threads talk
+ * to it only through its notify pipe.
  */
 #ifndef GEOGATE_WORKER_H
 #define GEOGATE_WORKER_H
 
+#include "gateway/loop/hooks.h"
 #include "gateway/types.h"
 
 enum gw_msg_type {
@@ -31,14 +34,16 @@ struct gw_msg {
  * Never from w's own thread. */
 int gw_worker_call(struct gw_worker *w, int (*fn)(void *arg), void *arg);
 
-/* Set up w (event base, pipe, backends for pool; takes a pool reference) and start
- * its thread.  Returns 0 or -1. */
-int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id, struct gw_pool *pool);
+/* Set up w (event base, pipe), run the start hooks and start its thread; hooks (borrowed,
+ * read-only from now on) must outlive w.  Returns 0, or -1 with every start hook that ran
+ * undone. */
+int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id,
+                    const struct gw_worker_hooks *hooks);
 
 /* From any thread.  Returns 0 or -1 (pipe full or closed). */
 int gw_worker_send(struct gw_worker *w, const struct gw_msg *msg);
 
-/* Join the thread and free everything it owned. */
+/* Join the thread, run the stop hooks, free everything it owned. */
 void gw_worker_join(struct gw_worker *w);
 
 /* The connection to use for node (round-robin over pool->connections). */

@@ -29,6 +29,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/store/apply.h"
 #include "gateway/transfer/backfill.h"
 #include "gateway/replication/catchup.h"
@@ -83,13 +84,6 @@ static void tls_log(void *arg, const char *line)
 {
     (void)arg;
     log_warn("wan: %s", line);
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- shipping: WAN thread ---- */
@@ -187,7 +181,7 @@ static int batch_finish(struct gw_peer *p, uint64_t first, uint64_t last)
         put64(p->bbuf + p->blen, ss.id ^ ss.instance);
         p->blen += 8;
     }
-    p->last_send_ms = wall_ms();
+    p->last_send_ms = gw_wall_ms();
     if (p->last_send_ms - p->clock_sent_ms >= REPL_CLOCK_EVERY_MS) {
         /* sent_ms: the peer measures our clock from it.  Once a second is enough, and
          * keeps its 7 bytes off most batches (each batch exchange is WAN overhead). */
@@ -208,7 +202,7 @@ static void peer_pump_once(struct gw_peer *p);
  */
 static void peer_announce_lost(struct gw_peer *p)
 {
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
 
     if (p->lost <= p->lost_seen || p->inflight > 0 || now - p->lost_sent_ms < 1000 ||
         !lost_announcable(p->repl)) {
@@ -303,7 +297,7 @@ static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool fa
                          Geogate__Wan__V1__Mutation **newer, size_t n_newer)
 {
     struct gw_repl *repl = arg;
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
 
     (void)newer;
     (void)n_newer;
@@ -348,7 +342,7 @@ static void restamp_start(struct gw_peer *p, const struct wan_spool_record *firs
     uint64_t last = 0;
     int rc;
 
-    if (repl->restamp_running || wall_ms() < repl->restamp_retry_ms) {
+    if (repl->restamp_running || gw_wall_ms() < repl->restamp_retry_ms) {
         return;
     }
     /* The same packing as a batch: origin_site and gateway_id (a record of our own write
@@ -387,7 +381,7 @@ static void restamp_start(struct gw_peer *p, const struct wan_spool_record *firs
     req = rc == 0 ? geogate__wan__v1__ship_request__unpack(NULL, len, buf) : NULL;
     free(buf);
     if (req == NULL) {
-        repl->restamp_retry_ms = wall_ms() + 1000;
+        repl->restamp_retry_ms = gw_wall_ms() + 1000;
         log_warn("re-stamping writes stamped ahead of our clock: out of memory; trying again");
         return;
     }
@@ -472,10 +466,10 @@ static void peer_pump_once(struct gw_peer *p)
                            ? REPL_IDLE_COALESCE_MS
                            : 0;
         if (!held && n > 0 && hold > 0 && n + skipped < REPL_BATCH_MAX &&
-            bytes < REPL_BATCH_BYTES && (int64_t)oldest + hold > wall_ms()) {
+            bytes < REPL_BATCH_BYTES && (int64_t)oldest + hold > gw_wall_ms()) {
             /* Let this small batch gather a few more mutations (bounded by `hold` ms of
              * added lag) instead of paying a whole batch exchange for one or two. */
-            int64_t wait = (int64_t)oldest + hold - wall_ms();
+            int64_t wait = (int64_t)oldest + hold - gw_wall_ms();
             struct timeval tv = {0, (suseconds_t)((wait > 0 ? wait : 1) * 1000)};
             wan_spool_cursor_seek(p->cursor, first);
             if (p->coalesce_ev != NULL && !evtimer_pending(p->coalesce_ev, NULL)) {
@@ -484,7 +478,7 @@ static void peer_pump_once(struct gw_peer *p)
             return;
         }
         if (n == 0) {
-            oldest = (uint64_t)wall_ms();
+            oldest = (uint64_t)gw_wall_ms();
         }
         rc = batch_finish(p, first, last);
         if (rc == 0) {
@@ -518,7 +512,7 @@ static void peer_pump_once(struct gw_peer *p)
 static void clock_measure(struct gw_peer *p, uint64_t peer_ms)
 {
     const struct wan_hlc *hlc = &p->repl->srv->hlc;
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
     int64_t off =
         gw_skew_offset_ms(peer_ms, (uint64_t)now, __atomic_load_n(&p->rtt_ms, __ATOMIC_RELAXED));
     uint64_t mag = off < 0 ? (uint64_t)(-off) : (uint64_t)off;
@@ -540,7 +534,7 @@ static void clock_measure(struct gw_peer *p, uint64_t peer_ms)
 static void clock_tick(struct gw_repl *repl)
 {
     struct wan_hlc_stats st;
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
     uint64_t held;
 
     wan_hlc_stats(&repl->srv->hlc, &st);
@@ -584,7 +578,7 @@ static void peer_up(void *arg, const char *site)
     p->up = true;
     p->connecting = false;
     p->attempt = 0;
-    p->up_since_ms = wall_ms();
+    p->up_since_ms = gw_wall_ms();
     log_info("peer %s: link up (%s)", site, p->conf->addresses[p->addr].host);
     wan_spool_peer_acked(p->repl->spool, p->site, &p->acked);
     wan_spool_cursor_seek(p->cursor, p->acked + 1);
@@ -601,7 +595,7 @@ static void peer_down(void *arg, int status, const char *reason)
     if (status == WAN_GRPC_FAILED_PRECONDITION) {
         /* It refused our batches for their versions: our clock runs ahead of its by more
          * than the bound.  They stay in the spool; say it once per interval, not per try. */
-        if (gw_skew_gate_pass(&p->skew_out_log, wall_ms(), SKEW_LOG_MS, NULL)) {
+        if (gw_skew_gate_pass(&p->skew_out_log, gw_wall_ms(), SKEW_LOG_MS, NULL)) {
             log_error("peer %s refuses our writes: %s (is this gateway's clock right?)", p->site,
                       reason);
         }
@@ -623,7 +617,7 @@ static void peer_down(void *arg, int status, const char *reason)
      * not slower, so that a clock fixed without a restart is noticed soon. */
     wait = wan_grpc_backoff_ms(status == WAN_GRPC_FAILED_PRECONDITION ? 6 : p->attempt++, 100, 5000,
                                &p->repl->rng);
-    p->retry_at_ms = gw_now_ms() + wait;
+    p->retry_at_ms = gw_mono_ms() + wait;
     p->addr = (p->addr + 1) % p->conf->naddresses;
     __atomic_add_fetch(&p->reconnects, 1, __ATOMIC_RELAXED);
 }
@@ -672,7 +666,7 @@ static void apply_newer(struct gw_peer *p, const Geogate__Wan__V1__ShipAck *ack)
 static void peer_ack(void *arg, const Geogate__Wan__V1__ShipAck *ack)
 {
     struct gw_peer *p = arg;
-    uint64_t now = (uint64_t)wall_ms();
+    uint64_t now = (uint64_t)gw_wall_ms();
     uint32_t done = 0;
     int rc;
 
@@ -778,7 +772,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 static void health_done(void *arg, int status, const char *message, int serving)
 {
     struct gw_peer *p = arg;
-    int64_t rtt = gw_now_ms() - p->health_sent_ms;
+    int64_t rtt = gw_mono_ms() - p->health_sent_ms;
 
     (void)message;
     p->health_inflight = false;
@@ -805,7 +799,7 @@ size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size
 {
     struct gw_repl *repl = srv->repl;
     size_t n = 0;
-    uint64_t now = (uint64_t)wall_ms();
+    uint64_t now = (uint64_t)gw_wall_ms();
 
     if (repl == NULL) {
         return 0;
@@ -880,7 +874,7 @@ static void catch_up_owed(struct gw_repl *repl, struct gw_peer *p, int64_t now)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_repl *repl = arg;
-    int64_t now = gw_now_ms();
+    int64_t now = gw_mono_ms();
     int rc;
 
     (void)fd;
@@ -904,7 +898,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         } else if (p->up) {
             peer_pump(p);
             peer_health(p, now);
-            peer_heartbeat(p, wall_ms());
+            peer_heartbeat(p, gw_wall_ms());
         }
     }
     clock_tick(repl);
@@ -935,7 +929,7 @@ static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
     if (rc == -EBUSY) {
         return;
     }
-    p->catchup_retry_ms = gw_now_ms() + CATCHUP_RETRY_MS;
+    p->catchup_retry_ms = gw_mono_ms() + CATCHUP_RETRY_MS;
     if (rc != 0) {
         log_error("peer %s: cannot start the catch-up backfill: %s", p->site, err);
     }
@@ -1041,8 +1035,8 @@ static void inbound_applied(void *arg, uint64_t applied, uint64_t rejected, bool
     ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
-    if (wall_ms() - in->clock_sent_ms >= REPL_CLOCK_EVERY_MS) {
-        in->clock_sent_ms = wall_ms(); /* as for batches: once a second is enough */
+    if (gw_wall_ms() - in->clock_sent_ms >= REPL_CLOCK_EVERY_MS) {
+        in->clock_sent_ms = gw_wall_ms(); /* as for batches: once a second is enough */
         ack.sent_ms = (uint64_t)in->clock_sent_ms;
     }
     wan_grpc_server_ship_ack(in->st, &ack);
@@ -1063,7 +1057,7 @@ static void inbound_heartbeat(struct gw_inbound *in)
     ack.lost_seen = in->lost_seen;
     ack.applied = in->applied;
     ack.rejected_older = in->rejected;
-    in->clock_sent_ms = wall_ms();
+    in->clock_sent_ms = gw_wall_ms();
     ack.sent_ms = (uint64_t)in->clock_sent_ms;
     wan_grpc_server_ship_ack(in->st, &ack);
 }
@@ -1092,7 +1086,7 @@ static void inbound_refuse(struct gw_inbound *in, struct wan_grpc_ship_stream *s
         __atomic_add_fetch(&p->skew_refused, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&p->skew_ahead_ms, ahead_ms, __ATOMIC_RELAXED);
     }
-    if (p == NULL || gw_skew_gate_pass(&p->skew_log, wall_ms(), SKEW_LOG_MS, &held)) {
+    if (p == NULL || gw_skew_gate_pass(&p->skew_log, gw_wall_ms(), SKEW_LOG_MS, &held)) {
         log_warn("peer %s: batch refused (%" PRIu64 " more since the last line): %s", in->site,
                  held, why);
     }
@@ -1337,7 +1331,7 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
     repl->srv = srv;
     repl->w = wan;
     repl->fsync = cfg->wan.spool_fsync;
-    repl->rng = (uint64_t)wall_ms() ^ ((uint64_t)cfg->gateway_id << 32);
+    repl->rng = (uint64_t)gw_wall_ms() ^ ((uint64_t)cfg->gateway_id << 32);
     repl->npeers = cfg->wan.npeers;
     repl->peers = calloc(repl->npeers ? repl->npeers : 1, sizeof(*repl->peers));
     names = calloc(repl->npeers ? repl->npeers : 1, sizeof(*names));

@@ -12,6 +12,7 @@
 
 #include <event2/buffer.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/base/json.h"
 #include "gateway/server.h"
 #include "wan/spool.h"
@@ -40,11 +41,7 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
 {
     struct gw_repl *repl = srv->repl;
     struct wan_spool_stats ss;
-    struct timespec ts;
-    uint64_t now;
-
-    clock_gettime(CLOCK_REALTIME, &ts); /* the spool's append times are wall-clock ms */
-    now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t now = (uint64_t)gw_wall_ms(); /* the spool's append times are wall-clock ms */
 
     if (repl == NULL || repl->spool == NULL) {
         return;

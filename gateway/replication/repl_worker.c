@@ -17,6 +17,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/base/config.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
@@ -256,7 +257,7 @@ void gw_repl_wait_ack(struct gw_worker *w, int peer, uint64_t seq, uint32_t time
     }
     a->peer = peer;
     a->seq = seq;
-    a->deadline_ms = gw_now_ms() + timeout_ms;
+    a->deadline_ms = gw_mono_ms() + timeout_ms;
     a->done = done;
     a->arg = arg;
     TAILQ_INSERT_TAIL(w->ack_waits, a, link);

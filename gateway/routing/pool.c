@@ -29,13 +29,6 @@ const char *gw_node_state_name(int state)
     return state >= 0 && state < GW_NODE_STATE_MAX ? node_state_names[state] : "?";
 }
 
-int64_t gw_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int resolve(struct gw_node *node, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;

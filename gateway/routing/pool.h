@@ -88,6 +88,5 @@ bool gw_node_claim_probe(struct gw_node *node, int64_t now_ms);
 void gw_node_probe_done(struct gw_pool *pool, struct gw_node *node, bool ok, int64_t now_ms);
 
 const char *gw_node_state_name(int state);
-int64_t gw_now_ms(void);
 
 #endif

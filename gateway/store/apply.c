@@ -13,6 +13,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/backend/backend.h"
 #include "gateway/base/config.h"
 #include "gateway/base/log.h"
@@ -98,7 +99,7 @@ static _Thread_local struct gw_skew_gate apply_log_gate;
 #define apply_warn(...)                                                                     \
     do {                                                                                    \
         uint64_t held_;                                                                     \
-        if (gw_skew_gate_pass(&apply_log_gate, gw_now_ms(), 10000, &held_)) {               \
+        if (gw_skew_gate_pass(&apply_log_gate, gw_mono_ms(), 10000, &held_)) {               \
             log_warn(__VA_ARGS__);                                                          \
             if (held_ > 0) {                                                                \
                 log_warn("(%" PRIu64 " more failed applies in the last 10 s not logged)",   \

@@ -36,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/replication/catchup.h"
 #include "gateway/base/config.h"
 #include "gateway/transfer/ingest.h"
@@ -329,7 +330,7 @@ static int serve_batch(void *arg, uint32_t node, const char *last_key, size_t la
     if (s->rate > 0) {
         /* Pace: the items so far may not have taken less than items / rate seconds. */
         int64_t due = s->started_ms + (int64_t)(s->sent_items * 1000 / s->rate);
-        for (int64_t now = gw_now_ms(); now < due && !atomic_load(&s->cancel); now = gw_now_ms()) {
+        for (int64_t now = gw_mono_ms(); now < due && !atomic_load(&s->cancel); now = gw_mono_ms()) {
             sleep_ms(due - now < BF_WAIT_SLICE_MS ? due - now : BF_WAIT_SLICE_MS);
         }
     }
@@ -359,7 +360,7 @@ static void *serve_thread(void *arg)
     opt.item = serve_item;
     opt.batch = serve_batch;
     opt.arg = s;
-    s->started_ms = gw_now_ms();
+    s->started_ms = gw_mono_ms();
     s->stats = &st;
     rc = gw_enum_run(&src, &opt, &s->cancel, &st, err, sizeof(err));
     if (rc == 0) {
@@ -631,7 +632,7 @@ static void job_end(struct bf_job *j, enum bf_state state, const char *fmt, ...)
     pthread_mutex_lock(&j->bf->lock);
     if (j->state == BF_RUNNING) {
         j->state = state;
-        j->ended_ms = gw_now_ms();
+        j->ended_ms = gw_mono_ms();
         snprintf(j->error, sizeof(j->error), "%s", msg);
     }
     pthread_mutex_unlock(&j->bf->lock);
@@ -655,7 +656,7 @@ static int job_save(struct bf_job *j)
     items = j->items;
     pthread_mutex_unlock(&j->bf->lock);
     gw_catchup_progress(j->catchup, j->from, j->catchup_gen, j->cursor, j->cursor_len, items);
-    j->saved_ms = gw_now_ms();
+    j->saved_ms = gw_mono_ms();
     return 0;
 }
 
@@ -700,7 +701,7 @@ static void job_batch(void *arg, const Geogate__Wan__V1__BackfillBatch *b)
     }
     gw_ingest_counts(j->in, &j->counts);
     pthread_mutex_unlock(&j->bf->lock);
-    if (j->catchup != NULL && j->cursor_len > 0 && gw_now_ms() - j->saved_ms >= BF_SAVE_MS) {
+    if (j->catchup != NULL && j->cursor_len > 0 && gw_mono_ms() - j->saved_ms >= BF_SAVE_MS) {
         int rc = job_save(j);
         if (rc != 0) {
             if (j->call != NULL) {
@@ -760,7 +761,7 @@ static void job_done(void *arg, int status, const char *message)
     j->resumes++;
     snprintf(j->error, sizeof(j->error), "last interruption: %s", message != NULL ? message : "");
     pthread_mutex_unlock(&j->bf->lock);
-    j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+    j->retry_at_ms = gw_mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
 }
 
 static void job_call(struct bf_job *j)
@@ -778,7 +779,7 @@ static void job_call(struct bf_job *j)
     if (rc != 0) {
         j->call = NULL;
         j->failures++;
-        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -813,7 +814,7 @@ static void job_down(void *arg, int status, const char *reason)
     }
     j->addr = (j->addr + 1) % j->peer->naddresses;
     if (j->retry_at_ms == 0) {
-        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -875,7 +876,7 @@ static void job_tick_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
-    if (j->retry_at_ms == 0 || gw_now_ms() < j->retry_at_ms) {
+    if (j->retry_at_ms == 0 || gw_mono_ms() < j->retry_at_ms) {
         return;
     }
     j->retry_at_ms = 0;
@@ -883,7 +884,7 @@ static void job_tick_cb(evutil_socket_t fd, short what, void *arg)
         job_call(j);
     } else if (job_connect(j) != 0) {
         j->failures++;
-        j->retry_at_ms = gw_now_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
+        j->retry_at_ms = gw_mono_ms() + wan_grpc_backoff_ms(j->attempt++, 200, 5000, &j->rng);
     }
 }
 
@@ -898,7 +899,7 @@ static void *job_thread(void *arg)
     if (j->base == NULL) {
         pthread_mutex_lock(&j->bf->lock);
         j->state = BF_FAILED;
-        j->ended_ms = gw_now_ms();
+        j->ended_ms = gw_mono_ms();
         snprintf(j->error, sizeof(j->error), "out of memory");
         pthread_mutex_unlock(&j->bf->lock);
         goto out;
@@ -906,7 +907,7 @@ static void *job_thread(void *arg)
     j->tick = event_new(j->base, -1, EV_PERSIST, job_tick_cb, j);
     event_add(j->tick, &tick);
     if (job_connect(j) != 0) {
-        j->retry_at_ms = gw_now_ms() + 1000;
+        j->retry_at_ms = gw_mono_ms() + 1000;
     }
     event_base_dispatch(j->base);
     if (j->client != NULL) {
@@ -1048,12 +1049,12 @@ int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p,
         j->cursor_len = p->resume->cursor_len;
         j->items = j->items_before = p->resume->items;
         j->restarts = p->resume->restarts;
-        j->saved_ms = gw_now_ms();
+        j->saved_ms = gw_mono_ms();
     }
-    j->rng = (uint64_t)gw_now_ms() * 0x9e3779b97f4a7c15ull;
+    j->rng = (uint64_t)gw_mono_ms() * 0x9e3779b97f4a7c15ull;
     atomic_init(&j->cancel, false);
     j->state = BF_RUNNING;
-    j->started_ms = gw_now_ms();
+    j->started_ms = gw_mono_ms();
     j->started_unix = time(NULL);
 
     pthread_mutex_lock(&bf->lock);
@@ -1119,7 +1120,7 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out)
 {
     struct gw_backfill *bf = bf_of(srv);
     struct bf_job *j;
-    int64_t now = gw_now_ms(), elapsed;
+    int64_t now = gw_mono_ms(), elapsed;
     double rate = 0, pct = -1, eta = -1;
 
     if (bf == NULL) {

@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gateway/base/clock.h"
 #include "gateway/routing/pool.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
@@ -145,22 +146,14 @@ void gw_snap_end_record(uint64_t records, uint64_t tombstones,
 
 /* ---- blocking memcached connections ---- */
 
-static int64_t snap_mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait for events on s->fd for at most the connection's timeout.  0, -ETIMEDOUT, -EIO. */
 static int mc_sock_wait(struct gw_mc_sock *s, short events)
 {
-    int64_t deadline = snap_mono_ms() + s->timeout_ms;
+    int64_t deadline = gw_mono_ms() + s->timeout_ms;
 
     for (;;) {
         struct pollfd p = {.fd = s->fd, .events = events};
-        int64_t left = deadline - snap_mono_ms();
+        int64_t left = deadline - gw_mono_ms();
         int rc;
 
         if (left <= 0) {
@@ -633,7 +626,7 @@ static int snap_metadump(struct snap_run *r, struct gw_mc_sock *s, struct snap_k
      * 100,000 just-written items).  An older memcached that knows only "all" gets "all". */
     static const char *const cmds[] = {"lru_crawler metadump hash\r\n",
                                        "lru_crawler metadump all\r\n"};
-    int64_t busy_until = snap_mono_ms() + SNAP_BUSY_WAIT_MS;
+    int64_t busy_until = gw_mono_ms() + SNAP_BUSY_WAIT_MS;
     int busy_sleep_ms = 20;
     size_t which = 0;
     char dec[SNAP_KEY_MAX * 3 + 1];
@@ -650,7 +643,7 @@ static int snap_metadump(struct snap_run *r, struct gw_mc_sock *s, struct snap_k
         }
         if (strncmp(line, "BUSY", 4) == 0) {
             struct timespec ts = {0, busy_sleep_ms * 1000000L};
-            if (snap_mono_ms() > busy_until) {
+            if (gw_mono_ms() > busy_until) {
                 snprintf(r->err, r->errlen, "node %s: LRU crawler busy for %d s: %s", s->label,
                          SNAP_BUSY_WAIT_MS / 1000, line);
                 return -EBUSY;
