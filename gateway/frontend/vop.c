@@ -37,7 +37,6 @@
 
 #define VOP_MAX_TRIES 8
 #define VOP_RELATIVE_MAX 2592000 /* memcached: larger exptimes are absolute times */
-#define VOP_INLINE_VALUE 2048    /* values up to this go out with their command line */
 
 enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
 
@@ -179,60 +178,34 @@ static void vop_gets(struct vop *v)
 
 static void vop_remote_write(struct vop *v);
 
-/*
- * Write v->nh + v->new_val with `cmd` ("set", "add", "cas").  Memcached's exptime is the
- * absolute expiry (memcached reads values past 30 days as unix times), or the
- * tombstone lifetime for tombstones.
- */
-static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap, const char *cmd,
-                      uint64_t cas)
+/* Write v->nh + v->new_val with cmd (the cas token with GW_ITEM_CAS). */
+static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap,
+                      enum gw_item_cmd cmd, uint64_t cas)
 {
-    struct gw_server *srv = v->w->srv;
-    char line[MC_KEY_MAX_LENGTH + 96 + WAN_ITEM_HEADER_SIZE + VOP_INLINE_VALUE + 2];
+    char line[GW_ITEM_LINE_MAX];
+    struct gw_item it = {
+        .key = v->key,
+        .nkey = v->nkey,
+        .hdr = &v->nh,
+        .value = v->new_val,
+        .vlen = v->new_len,
+    };
     struct evbuffer *data;
-    int64_t exptime;
     size_t n;
 
     if (v->remote >= 0) {
         vop_remote_write(v);
         return;
     }
-    if (v->nh.tombstone) {
-        exptime = srv->tombstone_ttl_s;
-    } else {
-        exptime = v->nh.expiry == 1 ? -1 : (int64_t)v->nh.expiry; /* 1: already expired */
-    }
-    /* not by snprintf: that was the most expensive step of a replicating set */
-    n = mc_put_storage_line(line, cmd, strlen(cmd), v->key, v->nkey, WAN_ITEM_FLAGS_MARKER,
-                            exptime, WAN_ITEM_HEADER_SIZE + v->new_len, strcmp(cmd, "cas") == 0,
-                            cas);
-    if (v->new_len <= VOP_INLINE_VALUE) {
-        /* A small item goes out in one piece with its command line. */
-        wan_item_header_encode(&v->nh, (uint8_t *)line + n);
-        n += WAN_ITEM_HEADER_SIZE;
-        if (v->new_len > 0) {
-            memcpy(line + n, v->new_val, v->new_len);
-            n += v->new_len;
-        }
-        line[n++] = '\r';
-        line[n++] = '\n';
-        vop_send(v, frag, cap, false, line, n, NULL, 0);
-        return;
-    }
-    data = evbuffer_new();
-    if (data == NULL) {
+    n = gw_item_write(line, cmd, cas, &it, v->w->srv->tombstone_ttl_s, &data);
+    if (n == 0) {
         vop_finish(v, "SERVER_ERROR out of memory");
         return;
     }
-    {
-        uint8_t hdr[WAN_ITEM_HEADER_SIZE];
-        wan_item_header_encode(&v->nh, hdr);
-        evbuffer_add(data, hdr, sizeof(hdr));
+    vop_send(v, frag, cap, false, line, n, data, data != NULL ? evbuffer_get_length(data) : 0);
+    if (data != NULL) {
+        evbuffer_free(data);
     }
-    evbuffer_add(data, v->new_val, v->new_len);
-    evbuffer_add(data, "\r\n", 2);
-    vop_send(v, frag, cap, false, line, n, data, evbuffer_get_length(data));
-    evbuffer_free(data);
 }
 
 /* A fresh version for the item about to be written. */
@@ -258,71 +231,6 @@ static void vop_ship(struct vop *v)
         .vlen = v->new_len,
     };
     v->shipped = gw_repl_ship(v->w, &it);
-}
-
-void gw_cur_release(struct gw_cur *cur)
-{
-    free(cur->val);
-    memset(cur, 0, sizeof(*cur));
-}
-
-int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen)
-{
-    size_t len = evbuffer_get_length(reply);
-    const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
-    const char *eol;
-    struct mc_reply mr;
-
-    gw_cur_release(cur);
-    if (len >= 5 && memcmp(p, "END\r\n", 5) == 0) {
-        return 0;
-    }
-    eol = memchr(p, '\n', len);
-    if (eol == NULL || eol == p || len < 6 || memcmp(p, "VALUE ", 6) != 0) {
-        size_t n = eol != NULL && eol > p ? (size_t)(eol - p - 1) : len;
-        snprintf(err, errlen, "%.*s", (int)(n < errlen ? n : errlen - 1), p);
-        if (strncmp(err, "SERVER_ERROR", 12) != 0 && strncmp(err, "CLIENT_ERROR", 12) != 0) {
-            snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        }
-        return -1;
-    }
-    mc_reply_parse(p, (size_t)(eol - p - 1), &mr);
-    if (mr.kind != MC_REPLY_VALUE || (size_t)(eol - p + 1) + mr.bytes + 2 > len) {
-        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        return -1;
-    }
-    return gw_cur_from_value(cur, &mr, (const uint8_t *)eol + 1, mr.bytes, err, errlen);
-}
-
-int gw_cur_from_value(struct gw_cur *cur, const struct mc_reply *mr, const uint8_t *val,
-                      size_t vlen, char *err, size_t errlen)
-{
-    gw_cur_release(cur);
-    if (!mr->has_cas) {
-        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        return -1;
-    }
-    cur->present = true;
-    cur->cas = mr->cas;
-    if (wan_item_decode(mr->flags, val, vlen, &cur->hdr, &val, &vlen) == 0) {
-        cur->versioned = true;
-        if (cur->hdr.tombstone) {
-            return 0; /* a tombstone is an absence */
-        }
-    } else {
-        /* Written before geogate or by another tool: version 0, served as is. */
-        memset(&cur->hdr, 0, sizeof(cur->hdr));
-        cur->hdr.client_flags = mr->flags;
-    }
-    cur->val = malloc(vlen + 1);
-    if (cur->val == NULL) {
-        snprintf(err, errlen, "SERVER_ERROR out of memory");
-        return -1;
-    }
-    memcpy(cur->val, val, vlen);
-    cur->len = vlen;
-    cur->found = true;
-    return 0;
 }
 
 static bool line_is(struct evbuffer *reply, const char *word)
@@ -484,9 +392,9 @@ static void vop_after_read(struct vop *v)
     /* Over a tombstone or an unversioned item of the same key, cas keeps us from
      * overwriting a write that landed since our read. */
     if (v->cur.present) {
-        vop_write(v, &v->frag, v->cap, "cas", v->cur.cas);
+        vop_write(v, &v->frag, v->cap, GW_ITEM_CAS, v->cur.cas);
     } else {
-        vop_write(v, &v->frag, v->cap, "add", 0);
+        vop_write(v, &v->frag, v->cap, GW_ITEM_ADD, 0);
     }
 }
 
@@ -788,11 +696,11 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
         v->ndata = 0;
         v->step = VOP_BLIND;
         if (st->cmd == MC_CMD_SET) {
-            vop_write(v, &v->frag, v->cap, "set", 0);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_SET, 0);
         } else if (st->cmd == MC_CMD_ADD) {
-            vop_write(v, &v->frag, v->cap, "add", 0);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_ADD, 0);
         } else {
-            vop_write(v, &v->frag, v->cap, "cas", cas_unique);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_CAS, cas_unique);
         }
         /* add/cas retries go through vop_after_read, which wants the value in data */
         if (st->cmd != MC_CMD_SET) {
@@ -860,5 +768,5 @@ void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const st
     n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
     vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
     vop_stamp(v, (uint32_t)time(NULL) + w->srv->tombstone_ttl_s, true);
-    vop_write(v, &v->frag2, v->cap2, "set", 0);
+    vop_write(v, &v->frag2, v->cap2, GW_ITEM_SET, 0);
 }

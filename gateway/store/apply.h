@@ -17,11 +17,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/store/item.h"
 #include "gateway/types.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/version.h"
 
 struct wan_grpc_read_call;
+
+/*
+ * How apply hands over what it wants every peer to receive, since the shipper sits above
+ * it (replication): a newer local item travelling back (when the batch does not collect
+ * them), a re-stamped item and a re-stamped flush.  Registered once, before the workers
+ * start, as srv->apply_ship (server.c wires it; NULL: nothing ships).  Called on the
+ * applying worker's thread.
+ */
+struct gw_apply_shipper {
+    /* Spool an item held here for every peer (replication.rules apply); it borrows it. */
+    void (*item)(struct gw_worker *w, const struct gw_item *it);
+    /* Spool a flush_all, delay seconds from now (0: now), with a fresh version. */
+    void (*flush)(struct gw_worker *w, int32_t delay);
+};
 
 /*
  * A batch is done.  failed: some mutation could not be applied (a local node failed), so
