@@ -26,6 +26,7 @@
 #include "gateway/store/apply.h"
 #include "gateway/backend/backend.h"
 #include "gateway/frontend/client.h"
+#include "gateway/frontend/vop_decide.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/failover/remote.h"
@@ -233,16 +234,17 @@ static void vop_ship(struct vop *v)
     v->shipped = gw_repl_ship(v->w, &it);
 }
 
-static bool line_is(struct evbuffer *reply, const char *word)
+/* What the node's one-line reply to a write says. */
+static enum gw_vop_reply vop_reply_kind(struct evbuffer *reply)
 {
-    size_t n = strlen(word);
-    char buf[32];
+    size_t n = evbuffer_get_length(reply);
+    char buf[16];
 
-    if (evbuffer_get_length(reply) != n + 2 || n + 2 > sizeof(buf)) {
-        return false;
+    if (n > sizeof(buf)) {
+        return GW_VOP_REPLY_OTHER;
     }
-    evbuffer_copyout(reply, buf, n + 2);
-    return memcmp(buf, word, n) == 0 && buf[n] == '\r';
+    evbuffer_copyout(reply, buf, n);
+    return gw_vop_reply_kind(buf, n);
 }
 
 /* The node's one-line reply, as a string for the client. */
@@ -258,140 +260,65 @@ static void reply_text(struct evbuffer *reply, char *out, size_t outlen)
     out[strcspn(out, "\r\n")] = '\0';
 }
 
-/* incr/decr as memcached does them: the value must be a decimal number. */
-static int vop_arith(struct vop *v, char *num, size_t numlen)
-{
-    char buf[32];
-    uint64_t cur;
-
-    if (v->cur.len == 0 || v->cur.len >= sizeof(buf)) {
-        return -1;
-    }
-    memcpy(buf, v->cur.val, v->cur.len);
-    buf[v->cur.len] = '\0';
-    if (!mc_strtoull(buf, &cur)) {
-        return -1;
-    }
-    if (v->cmd == MC_CMD_INCR) {
-        cur += v->delta;
-    } else {
-        cur = v->delta > cur ? 0 : cur - v->delta;
-    }
-    snprintf(num, numlen, "%" PRIu64, cur);
-    return 0;
-}
-
-/* After a gets: decide, then write (or answer). */
+/* After a gets: decide (vop_decide.c), then write (or answer). */
 static void vop_after_read(struct vop *v)
 {
-    uint32_t now = (uint32_t)time(NULL);
-    char num[32];
-    size_t n;
+    struct gw_vop_input in = {
+        .cmd = v->cmd,
+        .flags = v->flags,
+        .expiry = gw_vop_expiry(v->exptime, (uint32_t)time(NULL)),
+        .cas_unique = v->cas_unique,
+        .delta = v->delta,
+        .ndata = v->ndata,
+        .remote = v->remote >= 0,
+    };
+    struct gw_vop_decision d;
 
-    switch (v->cmd) {
-    case MC_CMD_ADD:
-        if (v->cur.found) {
-            vop_finish(v, "NOT_STORED");
-            return;
-        }
-        break;
-    case MC_CMD_CAS:
-        /* Locally we get here only after memcached said EXISTS; at a peer the token is
-         * checked here against the peer item's version clock. */
-        if (v->remote < 0 || !v->cur.found || v->cur.cas != v->cas_unique) {
-            vop_finish(v, v->cur.found ? "EXISTS" : "NOT_FOUND");
-            return;
-        }
-        break;
-    case MC_CMD_REPLACE:
-    case MC_CMD_APPEND:
-    case MC_CMD_PREPEND:
-        if (!v->cur.found) {
-            vop_finish(v, "NOT_STORED");
-            return;
-        }
-        break;
-    case MC_CMD_INCR:
-    case MC_CMD_DECR:
-    case MC_CMD_TOUCH:
-        if (!v->cur.found) {
-            vop_finish(v, "NOT_FOUND");
-            return;
-        }
-        break;
-    default:
-        break;
+    gw_vop_decide(&in, &v->cur, &d);
+    if (d.verdict != GW_VOP_WRITE) {
+        vop_finish(v, d.answer);
+        return;
     }
     free(v->new_val);
     v->new_val = NULL;
     v->new_len = 0;
-    switch (v->cmd) {
-    case MC_CMD_ADD:
-    case MC_CMD_CAS:
-    case MC_CMD_REPLACE:
-        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
-        v->nh.client_flags = v->flags;
+    vop_stamp(v, d.expiry, false);
+    v->nh.client_flags = d.client_flags;
+    switch (d.value) {
+    case GW_VOP_VALUE_CLIENT:
         v->new_val = v->data;
         v->new_len = v->ndata;
         v->data = NULL;
         v->ndata = 0;
         break;
-    case MC_CMD_APPEND:
-    case MC_CMD_PREPEND:
-        /* memcached keeps the old item's flags and expiry on append/prepend */
-        vop_stamp(v, v->cur.hdr.expiry, false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
-        v->new_len = v->cur.len + v->ndata;
-        v->new_val = malloc(v->new_len + 1);
-        if (v->new_val == NULL) {
-            vop_finish(v, "SERVER_ERROR out of memory");
-            return;
-        }
-        if (v->cmd == MC_CMD_APPEND) {
-            memcpy(v->new_val, v->cur.val, v->cur.len);
-            memcpy(v->new_val + v->cur.len, v->data, v->ndata);
-        } else {
-            memcpy(v->new_val, v->data, v->ndata);
-            memcpy(v->new_val + v->ndata, v->cur.val, v->cur.len);
-        }
-        break;
-    case MC_CMD_INCR:
-    case MC_CMD_DECR:
-        if (vop_arith(v, num, sizeof(num)) != 0) {
-            vop_finish(v, "CLIENT_ERROR cannot increment or decrement non-numeric value");
-            return;
-        }
-        vop_stamp(v, v->cur.hdr.expiry, false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
-        n = strlen(num);
-        /* memcached writes a number that fits over the old one in place, padded with
-         * spaces to the old length ("100" decr 100 reads back as "0  "); so do we. */
-        v->new_len = n <= v->cur.len ? v->cur.len : n;
-        v->new_val = malloc(v->new_len + 1);
-        if (v->new_val == NULL) {
-            vop_finish(v, "SERVER_ERROR out of memory");
-            return;
-        }
-        memset(v->new_val, ' ', v->new_len);
-        memcpy(v->new_val, num, n);
-        v->arith_len = n;
-        break;
-    case MC_CMD_TOUCH:
-        vop_stamp(v, gw_vop_expiry(v->exptime, now), false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
+    case GW_VOP_VALUE_CURRENT:
         v->new_val = v->cur.val;
         v->new_len = v->cur.len;
         v->cur.val = NULL;
         v->cur.len = 0;
         break;
     default:
-        vop_finish(v, "SERVER_ERROR unexpected operation");
-        return;
+        v->new_val = malloc(d.new_len + 1);
+        if (v->new_val == NULL) {
+            vop_finish(v, "SERVER_ERROR out of memory");
+            return;
+        }
+        v->new_len = d.new_len;
+        if (d.value == GW_VOP_VALUE_APPEND) {
+            memcpy(v->new_val, v->cur.val, v->cur.len);
+            memcpy(v->new_val + v->cur.len, v->data, v->ndata);
+        } else if (d.value == GW_VOP_VALUE_PREPEND) {
+            memcpy(v->new_val, v->data, v->ndata);
+            memcpy(v->new_val + v->ndata, v->cur.val, v->cur.len);
+        } else {
+            memset(v->new_val, ' ', d.new_len);
+            memcpy(v->new_val, d.num, d.num_len);
+            v->arith_len = d.num_len;
+        }
+        break;
     }
     v->step = VOP_WRITE;
-    /* Over a tombstone or an unversioned item of the same key, cas keeps us from
-     * overwriting a write that landed since our read. */
-    if (v->cur.present) {
+    if (d.over) {
         vop_write(v, &v->frag, v->cap, GW_ITEM_CAS, v->cur.cas);
     } else {
         vop_write(v, &v->frag, v->cap, GW_ITEM_ADD, 0);
@@ -521,6 +448,7 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
 {
     struct vop *v = frag->cb_arg;
     char text[256];
+    enum gw_vop_next next;
 
     v->outstanding--;
     if (error != NULL) {
@@ -542,7 +470,7 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
             } else if (v->answer == NULL) {
                 v->answer = v->cur.found ? "DELETED" : "NOT_FOUND";
             }
-        } else if (!line_is(reply, "STORED")) {
+        } else if (vop_reply_kind(reply) != GW_VOP_REPLY_STORED) {
             v->answer = "SERVER_ERROR could not store the tombstone";
         }
         if (v->outstanding == 0) {
@@ -552,13 +480,12 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
     }
     switch (v->step) {
     case VOP_BLIND:
-        if (line_is(reply, "STORED")) {
+        next = gw_vop_after_write(v->cmd, true, vop_reply_kind(reply));
+        if (next == GW_VOP_NEXT_STORED) {
             vop_ship(v);
             vop_finish(v, "STORED");
-        } else if (v->cmd == MC_CMD_ADD && line_is(reply, "NOT_STORED")) {
-            vop_gets(v); /* maybe a tombstone: add wins over it */
-        } else if (v->cmd == MC_CMD_CAS && line_is(reply, "EXISTS")) {
-            vop_gets(v); /* EXISTS, unless what is there is a tombstone */
+        } else if (next == GW_VOP_NEXT_READ) {
+            vop_gets(v); /* maybe a tombstone: add wins over it, cas finds it absent */
         } else {
             reply_text(reply, text, sizeof(text));
             vop_finish(v, text);
@@ -583,7 +510,8 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
         return;
     }
     case VOP_WRITE:
-        if (line_is(reply, "STORED") && v->touch != NULL) {
+        next = gw_vop_after_write(v->cmd, false, vop_reply_kind(reply));
+        if (next == GW_VOP_NEXT_STORED && v->touch != NULL) {
             /* gat: hand back the item as it was read, then maybe its new cas */
             vop_ship(v);
             v->touch->found = true;
@@ -600,11 +528,10 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
                 return;
             }
             vop_finish(v, "TOUCHED");
-        } else if (line_is(reply, "STORED")) {
+        } else if (next == GW_VOP_NEXT_STORED) {
             vop_ship(v);
             vop_finish(v, vop_success_line(v, text, sizeof(text)));
-        } else if (line_is(reply, "EXISTS") || line_is(reply, "NOT_FOUND") ||
-                   line_is(reply, "NOT_STORED")) {
+        } else if (next == GW_VOP_NEXT_READ) {
             vop_retry(v); /* someone wrote the key between our gets and our cas */
         } else {
             reply_text(reply, text, sizeof(text));
