@@ -606,16 +606,7 @@ static void batch_start_op(struct apply_batch *b, struct apply_gets **gets, stru
     uint64_t seen;
 
     *op = (struct apply_op){.b = b, .m = m};
-    op->nh.version.hlc = m->hlc;
-    op->nh.version.site_id = m->site_id != 0 ? m->site_id : origin;
-    op->nh.version.gateway_id = (uint16_t)(m->site_id != 0 ? m->gateway_id : b->req->gateway_id);
-    op->nh.client_flags = m->flags;
-    op->nh.expiry = m->expiry;
-    op->nh.tombstone = m->tombstone;
-    if (!m->tombstone && m->expiry != 0 && m->expiry <= now) {
-        /* Expired at its origin: absent there, so absent here too. */
-        op->nh.tombstone = true;
-    }
+    gw_apply_incoming(m, origin, (uint16_t)b->req->gateway_id, now, &op->nh);
     if (b->mode == APPLY_MODE_RESTAMP) {
         op->old = op->nh.version; /* ours, ahead of our clock: not observed */
     } else if (wan_hlc_observe(&w->srv->hlc, m->hlc, &seen) == -ERANGE) {
