@@ -13,10 +13,8 @@ const char *const gw_vop_verdict_names[GW_VOP_VERDICT_MAX] = {
 };
 
 const char *const gw_vop_value_names[GW_VOP_VALUE_MAX] = {
-    [GW_VOP_VALUE_CLIENT] = "client",
-    [GW_VOP_VALUE_APPEND] = "append",
-    [GW_VOP_VALUE_PREPEND] = "prepend",
-    [GW_VOP_VALUE_NUMBER] = "number",
+    [GW_VOP_VALUE_CLIENT] = "client",   [GW_VOP_VALUE_APPEND] = "append",
+    [GW_VOP_VALUE_PREPEND] = "prepend", [GW_VOP_VALUE_NUMBER] = "number",
     [GW_VOP_VALUE_CURRENT] = "current",
 };
 

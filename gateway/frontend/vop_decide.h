@@ -54,10 +54,10 @@ struct gw_vop_decision {
     uint32_t client_flags;
     uint32_t expiry;
     enum gw_vop_value value;
-    size_t new_len;  /* its value's length */
-    char num[24];    /* incr/decr: the result's digits (NUL-terminated) */
+    size_t new_len; /* its value's length */
+    char num[24];   /* incr/decr: the result's digits (NUL-terminated) */
     size_t num_len;
-    bool over;       /* cas over what the read found (its cas), else add into nothing */
+    bool over; /* cas over what the read found (its cas), else add into nothing */
 };
 
 /* After a read that found cur (a tombstone is present but not found): decide in. */

@@ -29,8 +29,8 @@ const char *const gw_item_cmd_names[GW_ITEM_CMD_MAX] = {
 
 #define UNEXPECTED "SERVER_ERROR unexpected reply from node"
 
-void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr,
-                         const uint8_t *data, size_t dlen)
+void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr, const uint8_t *data,
+                         size_t dlen)
 {
     const uint8_t *val = data;
     size_t vlen = dlen;
@@ -185,8 +185,8 @@ size_t gw_item_write(char *line, enum gw_item_cmd cmd, uint64_t cas, const struc
         exptime = h->expiry == 1 ? -1 : (int64_t)h->expiry; /* 1: already expired */
     }
     /* not by snprintf: that was the most expensive step of a replicating set */
-    n = mc_put_storage_line(line, name, strlen(name), it->key, it->nkey, WAN_ITEM_FLAGS_MARKER, exptime,
-                            WAN_ITEM_HEADER_SIZE + vlen, cmd == GW_ITEM_CAS, cas);
+    n = mc_put_storage_line(line, name, strlen(name), it->key, it->nkey, WAN_ITEM_FLAGS_MARKER,
+                            exptime, WAN_ITEM_HEADER_SIZE + vlen, cmd == GW_ITEM_CAS, cas);
     if (vlen <= GW_ITEM_INLINE_VALUE) {
         /* A small item goes out in one piece with its command line. */
         wan_item_header_encode(h, (uint8_t *)line + n);

@@ -47,8 +47,8 @@ struct gw_item_view {
 /* Decode the data of one VALUE block (mr its parsed line, data its dlen bytes without
  * CRLF) into view.  An item without our marker or with a header that does not check is
  * version 0, served as it is.  Cannot fail. */
-void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr,
-                         const uint8_t *data, size_t dlen);
+void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr, const uint8_t *data,
+                         size_t dlen);
 
 /* What the next entry of a `gets` reply is. */
 enum gw_gets_next {

@@ -195,14 +195,10 @@ static void test_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_decide_absent),
-        cmocka_unit_test(test_decide_newer_older_equal),
-        cmocka_unit_test(test_decide_ties),
-        cmocka_unit_test(test_decide_tombstones),
-        cmocka_unit_test(test_decide_unversioned),
-        cmocka_unit_test(test_restamp),
-        cmocka_unit_test(test_incoming),
-        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_decide_absent),      cmocka_unit_test(test_decide_newer_older_equal),
+        cmocka_unit_test(test_decide_ties),        cmocka_unit_test(test_decide_tombstones),
+        cmocka_unit_test(test_decide_unversioned), cmocka_unit_test(test_restamp),
+        cmocka_unit_test(test_incoming),           cmocka_unit_test(test_names),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -292,8 +292,8 @@ static void write_read(enum gw_item_cmd cmd, uint64_t cas, const struct gw_item 
 static void test_write(void **state)
 {
     struct wan_item_header h = header(77, 12, 1765000000u, false);
-    struct gw_item it = {.key = "key:1", .nkey = 5, .hdr = &h, .value = (const uint8_t *)"abc",
-                         .vlen = 3};
+    struct gw_item it = {
+        .key = "key:1", .nkey = 5, .hdr = &h, .value = (const uint8_t *)"abc", .vlen = 3};
     char want[128];
     uint8_t *big = malloc(GW_ITEM_INLINE_VALUE + 1);
 

@@ -65,8 +65,7 @@ static struct gw_vop_input input(enum mc_cmd cmd)
     return in;
 }
 
-static void expect_answer(const struct gw_vop_input *in, const struct gw_cur *cur,
-                          const char *line)
+static void expect_answer(const struct gw_vop_input *in, const struct gw_cur *cur, const char *line)
 {
     struct gw_vop_decision d;
 
@@ -75,8 +74,7 @@ static void expect_answer(const struct gw_vop_input *in, const struct gw_cur *cu
     assert_string_equal(d.answer, line);
 }
 
-static struct gw_vop_decision expect_write(const struct gw_vop_input *in,
-                                           const struct gw_cur *cur)
+static struct gw_vop_decision expect_write(const struct gw_vop_input *in, const struct gw_cur *cur)
 {
     struct gw_vop_decision d;
 
@@ -259,8 +257,7 @@ static void test_reply_kind(void **state)
     assert_int_equal(gw_vop_reply_kind("NOT_FOUND\r\n", 11), GW_VOP_REPLY_NOT_FOUND);
     assert_int_equal(gw_vop_reply_kind("STORED", 6), GW_VOP_REPLY_STORED);
     assert_int_equal(gw_vop_reply_kind("STOREDX\r\n", 9), GW_VOP_REPLY_OTHER);
-    assert_int_equal(gw_vop_reply_kind("SERVER_ERROR out of memory\r\n", 28),
-                     GW_VOP_REPLY_OTHER);
+    assert_int_equal(gw_vop_reply_kind("SERVER_ERROR out of memory\r\n", 28), GW_VOP_REPLY_OTHER);
     assert_int_equal(gw_vop_reply_kind("", 0), GW_VOP_REPLY_OTHER);
 }
 
@@ -268,20 +265,16 @@ static void test_after_write(void **state)
 {
     (void)state;
     /* blind set/add/cas */
-    assert_int_equal(gw_vop_after_write(MC_CMD_SET, true, GW_VOP_REPLY_STORED),
-                     GW_VOP_NEXT_STORED);
+    assert_int_equal(gw_vop_after_write(MC_CMD_SET, true, GW_VOP_REPLY_STORED), GW_VOP_NEXT_STORED);
     assert_int_equal(gw_vop_after_write(MC_CMD_SET, true, GW_VOP_REPLY_NOT_STORED),
                      GW_VOP_NEXT_RELAY);
     assert_int_equal(gw_vop_after_write(MC_CMD_ADD, true, GW_VOP_REPLY_NOT_STORED),
                      GW_VOP_NEXT_READ);
-    assert_int_equal(gw_vop_after_write(MC_CMD_ADD, true, GW_VOP_REPLY_EXISTS),
-                     GW_VOP_NEXT_RELAY);
-    assert_int_equal(gw_vop_after_write(MC_CMD_CAS, true, GW_VOP_REPLY_EXISTS),
-                     GW_VOP_NEXT_READ);
+    assert_int_equal(gw_vop_after_write(MC_CMD_ADD, true, GW_VOP_REPLY_EXISTS), GW_VOP_NEXT_RELAY);
+    assert_int_equal(gw_vop_after_write(MC_CMD_CAS, true, GW_VOP_REPLY_EXISTS), GW_VOP_NEXT_READ);
     assert_int_equal(gw_vop_after_write(MC_CMD_CAS, true, GW_VOP_REPLY_NOT_FOUND),
                      GW_VOP_NEXT_RELAY);
-    assert_int_equal(gw_vop_after_write(MC_CMD_CAS, true, GW_VOP_REPLY_OTHER),
-                     GW_VOP_NEXT_RELAY);
+    assert_int_equal(gw_vop_after_write(MC_CMD_CAS, true, GW_VOP_REPLY_OTHER), GW_VOP_NEXT_RELAY);
     /* the write after a read: a lost race reads again */
     assert_int_equal(gw_vop_after_write(MC_CMD_APPEND, false, GW_VOP_REPLY_STORED),
                      GW_VOP_NEXT_STORED);
