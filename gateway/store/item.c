@@ -29,8 +29,10 @@ const char *const gw_item_cmd_names[GW_ITEM_CMD_MAX] = {
 
 #define UNEXPECTED "SERVER_ERROR unexpected reply from node"
 
-void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr, const uint8_t *data,
-                         size_t dlen)
+/* The readers' cores, inlined into each other: a client's read-modify-write reads its item
+ * through three of them. */
+static inline void view_decode(struct gw_item_view *view, const struct mc_reply *mr,
+                               const uint8_t *data, size_t dlen)
 {
     const uint8_t *val = data;
     size_t vlen = dlen;
@@ -58,14 +60,25 @@ void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr, c
     view->len = vlen;
 }
 
-void gw_gets_reader_init(struct gw_gets_reader *rd, struct evbuffer *reply)
+void gw_item_view_decode(struct gw_item_view *view, const struct mc_reply *mr, const uint8_t *data,
+                         size_t dlen)
+{
+    view_decode(view, mr, data, dlen);
+}
+
+static inline void reader_init(struct gw_gets_reader *rd, struct evbuffer *reply)
 {
     rd->len = evbuffer_get_length(reply);
     rd->p = (const char *)evbuffer_pullup(reply, (ssize_t)rd->len);
     rd->pos = 0;
 }
 
-enum gw_gets_next gw_gets_next(struct gw_gets_reader *rd, struct gw_item_view *view)
+void gw_gets_reader_init(struct gw_gets_reader *rd, struct evbuffer *reply)
+{
+    reader_init(rd, reply);
+}
+
+static inline enum gw_gets_next gets_next(struct gw_gets_reader *rd, struct gw_item_view *view)
 {
     const char *line = rd->p + rd->pos;
     size_t left = rd->len - rd->pos;
@@ -86,9 +99,14 @@ enum gw_gets_next gw_gets_next(struct gw_gets_reader *rd, struct gw_item_view *v
     if (mr.kind != MC_REPLY_VALUE || end > rd->len) {
         return GW_GETS_ERROR;
     }
-    gw_item_view_decode(view, &mr, (const uint8_t *)eol + 1, mr.bytes);
+    view_decode(view, &mr, (const uint8_t *)eol + 1, mr.bytes);
     rd->pos = end;
     return GW_GETS_ITEM;
+}
+
+enum gw_gets_next gw_gets_next(struct gw_gets_reader *rd, struct gw_item_view *view)
+{
+    return gets_next(rd, view);
 }
 
 const char *gw_gets_reader_line(const struct gw_gets_reader *rd, size_t *n)
@@ -107,16 +125,16 @@ void gw_cur_release(struct gw_cur *cur)
     memset(cur, 0, sizeof(*cur));
 }
 
-int gw_gets_one(struct evbuffer *reply, struct gw_item_view *view, bool *present, char *err,
-                size_t errlen)
+static inline int gets_one(struct evbuffer *reply, struct gw_item_view *view, bool *present,
+                           char *err, size_t errlen)
 {
     struct gw_gets_reader rd;
     const char *line;
     size_t n;
 
     *present = false;
-    gw_gets_reader_init(&rd, reply);
-    switch (gw_gets_next(&rd, view)) {
+    reader_init(&rd, reply);
+    switch (gets_next(&rd, view)) {
     case GW_GETS_END:
         return 0;
     case GW_GETS_ITEM:
@@ -139,13 +157,19 @@ int gw_gets_one(struct evbuffer *reply, struct gw_item_view *view, bool *present
     return 0;
 }
 
+int gw_gets_one(struct evbuffer *reply, struct gw_item_view *view, bool *present, char *err,
+                size_t errlen)
+{
+    return gets_one(reply, view, present, err, errlen);
+}
+
 int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen)
 {
     struct gw_item_view view;
     bool present;
 
     gw_cur_release(cur);
-    if (gw_gets_one(reply, &view, &present, err, errlen) != 0) {
+    if (gets_one(reply, &view, &present, err, errlen) != 0) {
         return -1;
     }
     if (!present) {
@@ -174,7 +198,7 @@ size_t gw_item_write(char *line, enum gw_item_cmd cmd, uint64_t cas, const struc
 {
     const struct wan_item_header *h = it->hdr;
     size_t vlen = h->tombstone ? 0 : it->vlen;
-    const char *name = gw_item_cmd_names[cmd];
+    const char *name = gw_item_cmd_names[cmd]; /* each 3 letters */
     int64_t exptime;
     size_t n;
 
@@ -185,8 +209,8 @@ size_t gw_item_write(char *line, enum gw_item_cmd cmd, uint64_t cas, const struc
         exptime = h->expiry == 1 ? -1 : (int64_t)h->expiry; /* 1: already expired */
     }
     /* not by snprintf: that was the most expensive step of a replicating set */
-    n = mc_put_storage_line(line, name, strlen(name), it->key, it->nkey, WAN_ITEM_FLAGS_MARKER,
-                            exptime, WAN_ITEM_HEADER_SIZE + vlen, cmd == GW_ITEM_CAS, cas);
+    n = mc_put_storage_line(line, name, 3, it->key, it->nkey, WAN_ITEM_FLAGS_MARKER, exptime,
+                            WAN_ITEM_HEADER_SIZE + vlen, cmd == GW_ITEM_CAS, cas);
     if (vlen <= GW_ITEM_INLINE_VALUE) {
         /* A small item goes out in one piece with its command line. */
         wan_item_header_encode(h, (uint8_t *)line + n);
