@@ -48,7 +48,7 @@ typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected,
 
 /* Apply req (takes ownership; freed when done) on worker w; done runs once, later.
  * With collect_newer, newer local items go back through done (to the sender);
- * without, they are spooled for every peer.  An item whose version is more than
+ * without, they go to srv->apply_ship for every peer.  An item whose version is more than
  * replication.max_clock_skew ahead of our clock is not applied (counted as rejected, and
  * by the HLC's `refused`): our clock could not pass it (docs/REPLICATION.md, "Clock skew"). */
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
@@ -64,10 +64,10 @@ void gw_apply_ship(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, gw_a
 /* Re-stamp our own items that our clock stamped more than max_clock_skew ahead of what it
  * reads now (it was wrong then, or is now; peers refuse them either way): for each
  * mutation of req (takes ownership) whose key still holds exactly that version locally,
- * write the same item with a fresh version and spool it for every peer.  done gets
- * applied = re-stamped, rejected = found replaced by a later write (or gone), failed = a
- * local node failed (try again later).  A flush in req is spooled again with a fresh
- * version. */
+ * write the same item with a fresh version and hand it to srv->apply_ship for every
+ * peer (gw_apply_restamp_decide says which).  done gets applied = re-stamped, rejected =
+ * found replaced by a later write, failed = a local node failed (try again later).  A flush
+ * in req goes to srv->apply_ship again, with a fresh version. */
 void gw_apply_restamp(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
                       gw_apply_done_fn done, void *arg);
 
