@@ -36,6 +36,7 @@
 #include "gateway/replication/repl.h"
 #include "gateway/protocol/req.h"
 #include "gateway/loop/hooks.h"
+#include "gateway/store/apply.h"
 #include "gateway/loop/worker.h"
 
 #define GW_DRAIN_DEADLINE_MS 4500
@@ -253,6 +254,12 @@ static struct evconnlistener *listen_on(struct gw_server *srv, const struct gw_a
     return l;
 }
 
+/* What the apply (store) hands up to replication to ship. */
+static const struct gw_apply_shipper apply_shipper = {
+    .item = gw_repl_ship_local,
+    .flush = gw_repl_ship_flush,
+};
+
 int gw_server_run(struct gw_config *cfg)
 {
     struct gw_server srv;
@@ -270,6 +277,7 @@ int gw_server_run(struct gw_config *cfg)
     srv.versioned = cfg->wan.enabled;
     srv.site_id = wan_site_id(cfg->site);
     srv.tombstone_ttl_s = cfg->replication.tombstone_ttl_s;
+    srv.apply_ship = &apply_shipper;
     /* The bound is what keeps one site with a wrong clock from dragging every site's
      * versions into the future (docs/REPLICATION.md, "Clock skew"); it is read from the HLC
      * from here on, so a reload cannot make the two disagree. */

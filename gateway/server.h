@@ -33,6 +33,8 @@ struct gw_failover_state {
     int best_peer; /* atomic: the best serving peer now (per-key fallback), -1 none */
 };
 
+struct gw_apply_shipper;
+
 #define GW_VERSION "0.1.0"
 /* What `version` answers: the memcached protocol level we speak, and who we are.
  * Clients that parse the number (libmemcached) read 1.6.18. */
@@ -63,6 +65,7 @@ struct gw_server {
     /* replication: items carry versions (docs/REPLICATION.md) when a wan: section exists */
     bool versioned;
     struct wan_hlc hlc; /* shared by every thread */
+    const struct gw_apply_shipper *apply_ship; /* shared, read-only: set before the workers */
     uint32_t site_id;
     uint32_t tombstone_ttl_s;
     struct gw_failover_state fo;

@@ -18,6 +18,7 @@
 
 #include "gateway/base/clock.h"
 #include "gateway/store/apply.h"
+#include "gateway/store/item.h"
 #include "gateway/backend/backend.h"
 #include "gateway/base/config.h"
 #include "gateway/failover/failover.h"
@@ -638,51 +639,33 @@ static void warm_local_done(struct remote_job *j)
 /* Parse one node's `gets` capture: VALUE blocks (with version headers) then END. */
 static void warm_parse(struct remote_job *j, uint32_t f, struct evbuffer *cap)
 {
-    size_t len = evbuffer_get_length(cap);
-    const char *p = (const char *)evbuffer_pullup(cap, (ssize_t)len);
-    size_t pos = 0;
+    struct gw_gets_reader rd;
+    struct gw_item_view it;
+    enum gw_gets_next next;
 
-    while (pos < len) {
-        const char *line = p + pos;
-        const char *eol = memchr(line, '\n', len - pos);
-        struct mc_reply mr;
-        struct wan_item_header h;
-        const uint8_t *val;
-        size_t vlen;
+    gw_gets_reader_init(&rd, cap);
+    while ((next = gw_gets_next(&rd, &it)) == GW_GETS_ITEM) {
         uint32_t i;
 
-        if (eol == NULL || (eol - line >= 3 && memcmp(line, "END", 3) == 0)) {
-            return;
-        }
-        mc_reply_parse(line, (size_t)(eol - line - 1), &mr);
-        if (mr.kind != MC_REPLY_VALUE || (size_t)(eol - p) + 1 + mr.bytes + 2 > len) {
-            j->error = "SERVER_ERROR unexpected reply from node";
-            return;
-        }
-        val = (const uint8_t *)eol + 1;
-        vlen = mr.bytes;
         for (i = 0; i < j->nkeys; i++) {
-            if (j->node_of[i] == f && !j->local[i].seen && j->keys[i].len == mr.nkey &&
-                memcmp(j->keys[i].p, mr.key, mr.nkey) == 0) {
+            if (j->node_of[i] == f && !j->local[i].seen && j->keys[i].len == it.nkey &&
+                memcmp(j->keys[i].p, it.key, it.nkey) == 0) {
                 break;
             }
         }
         if (i < j->nkeys) {
             struct warm_key *lk = &j->local[i];
             lk->seen = true;
-            lk->cas = mr.cas;
-            if (wan_item_decode(mr.flags, val, vlen, &h, &val, &vlen) == 0) {
-                lk->tomb = h.tombstone;
-                lk->found = !h.tombstone;
-                lk->flags = h.client_flags;
-            } else {
-                lk->found = true;
-                lk->flags = mr.flags;
-            }
-            lk->val = val;
-            lk->len = vlen;
+            lk->cas = it.cas;
+            lk->tomb = !it.found;
+            lk->found = it.found;
+            lk->flags = it.hdr.client_flags;
+            lk->val = it.val;
+            lk->len = it.len;
         }
-        pos = (size_t)(eol - p) + 1 + mr.bytes + 2;
+    }
+    if (next == GW_GETS_ERROR) {
+        j->error = "SERVER_ERROR unexpected reply from node";
     }
 }
 

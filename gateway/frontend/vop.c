@@ -25,6 +25,7 @@
 
 #include "gateway/store/apply.h"
 #include "gateway/backend/backend.h"
+#include "gateway/frontend/vop_decide.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/failover/remote.h"
@@ -35,7 +36,6 @@
 #include "wan/version.h"
 
 #define VOP_MAX_TRIES 8
-#define VOP_INLINE_VALUE 2048    /* values up to this go out with their command line */
 
 enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
 
@@ -164,60 +164,34 @@ static void vop_gets(struct vop *v)
 
 static void vop_remote_write(struct vop *v);
 
-/*
- * Write v->nh + v->new_val with `cmd` ("set", "add", "cas").  Memcached's exptime is the
- * absolute expiry (memcached reads values past 30 days as unix times), or the
- * tombstone lifetime for tombstones.
- */
-static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap, const char *cmd,
-                      uint64_t cas)
+/* Write v->nh + v->new_val with cmd (the cas token with GW_ITEM_CAS). */
+static void vop_write(struct vop *v, struct gw_frag *frag, struct evbuffer *cap,
+                      enum gw_item_cmd cmd, uint64_t cas)
 {
-    struct gw_server *srv = v->w->srv;
-    char line[MC_KEY_MAX_LENGTH + 96 + WAN_ITEM_HEADER_SIZE + VOP_INLINE_VALUE + 2];
+    char line[GW_ITEM_LINE_MAX];
+    struct gw_item it = {
+        .key = v->key,
+        .nkey = v->nkey,
+        .hdr = &v->nh,
+        .value = v->new_val,
+        .vlen = v->new_len,
+    };
     struct evbuffer *data;
-    int64_t exptime;
     size_t n;
 
     if (v->remote >= 0) {
         vop_remote_write(v);
         return;
     }
-    if (v->nh.tombstone) {
-        exptime = srv->tombstone_ttl_s;
-    } else {
-        exptime = v->nh.expiry == 1 ? -1 : (int64_t)v->nh.expiry; /* 1: already expired */
-    }
-    /* not by snprintf: that was the most expensive step of a replicating set */
-    n = mc_put_storage_line(line, cmd, strlen(cmd), v->key, v->nkey, WAN_ITEM_FLAGS_MARKER,
-                            exptime, WAN_ITEM_HEADER_SIZE + v->new_len, strcmp(cmd, "cas") == 0,
-                            cas);
-    if (v->new_len <= VOP_INLINE_VALUE) {
-        /* A small item goes out in one piece with its command line. */
-        wan_item_header_encode(&v->nh, (uint8_t *)line + n);
-        n += WAN_ITEM_HEADER_SIZE;
-        if (v->new_len > 0) {
-            memcpy(line + n, v->new_val, v->new_len);
-            n += v->new_len;
-        }
-        line[n++] = '\r';
-        line[n++] = '\n';
-        vop_send(v, frag, cap, false, line, n, NULL, 0);
-        return;
-    }
-    data = evbuffer_new();
-    if (data == NULL) {
+    n = gw_item_write(line, cmd, cas, &it, v->w->srv->tombstone_ttl_s, &data);
+    if (n == 0) {
         vop_finish(v, "SERVER_ERROR out of memory");
         return;
     }
-    {
-        uint8_t hdr[WAN_ITEM_HEADER_SIZE];
-        wan_item_header_encode(&v->nh, hdr);
-        evbuffer_add(data, hdr, sizeof(hdr));
+    vop_send(v, frag, cap, false, line, n, data, data != NULL ? evbuffer_get_length(data) : 0);
+    if (data != NULL) {
+        evbuffer_free(data);
     }
-    evbuffer_add(data, v->new_val, v->new_len);
-    evbuffer_add(data, "\r\n", 2);
-    vop_send(v, frag, cap, false, line, n, data, evbuffer_get_length(data));
-    evbuffer_free(data);
 }
 
 /* A fresh version for the item about to be written. */
@@ -245,81 +219,17 @@ static void vop_ship(struct vop *v)
     v->shipped = gw_repl_ship(v->w, &it);
 }
 
-void gw_cur_release(struct gw_cur *cur)
+/* What the node's one-line reply to a write says. */
+static enum gw_vop_reply vop_reply_kind(struct evbuffer *reply)
 {
-    free(cur->val);
-    memset(cur, 0, sizeof(*cur));
-}
+    size_t n = evbuffer_get_length(reply);
+    char buf[16];
 
-int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen)
-{
-    size_t len = evbuffer_get_length(reply);
-    const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
-    const char *eol;
-    struct mc_reply mr;
-
-    gw_cur_release(cur);
-    if (len >= 5 && memcmp(p, "END\r\n", 5) == 0) {
-        return 0;
+    if (n > sizeof(buf)) {
+        return GW_VOP_REPLY_OTHER;
     }
-    eol = memchr(p, '\n', len);
-    if (eol == NULL || eol == p || len < 6 || memcmp(p, "VALUE ", 6) != 0) {
-        size_t n = eol != NULL && eol > p ? (size_t)(eol - p - 1) : len;
-        snprintf(err, errlen, "%.*s", (int)(n < errlen ? n : errlen - 1), p);
-        if (strncmp(err, "SERVER_ERROR", 12) != 0 && strncmp(err, "CLIENT_ERROR", 12) != 0) {
-            snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        }
-        return -1;
-    }
-    mc_reply_parse(p, (size_t)(eol - p - 1), &mr);
-    if (mr.kind != MC_REPLY_VALUE || (size_t)(eol - p + 1) + mr.bytes + 2 > len) {
-        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        return -1;
-    }
-    return gw_cur_from_value(cur, &mr, (const uint8_t *)eol + 1, mr.bytes, err, errlen);
-}
-
-int gw_cur_from_value(struct gw_cur *cur, const struct mc_reply *mr, const uint8_t *val,
-                      size_t vlen, char *err, size_t errlen)
-{
-    gw_cur_release(cur);
-    if (!mr->has_cas) {
-        snprintf(err, errlen, "SERVER_ERROR unexpected reply from node");
-        return -1;
-    }
-    cur->present = true;
-    cur->cas = mr->cas;
-    if (wan_item_decode(mr->flags, val, vlen, &cur->hdr, &val, &vlen) == 0) {
-        cur->versioned = true;
-        if (cur->hdr.tombstone) {
-            return 0; /* a tombstone is an absence */
-        }
-    } else {
-        /* Written before geogate or by another tool: version 0, served as is. */
-        memset(&cur->hdr, 0, sizeof(cur->hdr));
-        cur->hdr.client_flags = mr->flags;
-    }
-    cur->val = malloc(vlen + 1);
-    if (cur->val == NULL) {
-        snprintf(err, errlen, "SERVER_ERROR out of memory");
-        return -1;
-    }
-    memcpy(cur->val, val, vlen);
-    cur->len = vlen;
-    cur->found = true;
-    return 0;
-}
-
-static bool line_is(struct evbuffer *reply, const char *word)
-{
-    size_t n = strlen(word);
-    char buf[32];
-
-    if (evbuffer_get_length(reply) != n + 2 || n + 2 > sizeof(buf)) {
-        return false;
-    }
-    evbuffer_copyout(reply, buf, n + 2);
-    return memcmp(buf, word, n) == 0 && buf[n] == '\r';
+    evbuffer_copyout(reply, buf, n);
+    return gw_vop_reply_kind(buf, n);
 }
 
 /* The node's one-line reply, as a string for the client. */
@@ -335,143 +245,68 @@ static void reply_text(struct evbuffer *reply, char *out, size_t outlen)
     out[strcspn(out, "\r\n")] = '\0';
 }
 
-/* incr/decr as memcached does them: the value must be a decimal number. */
-static int vop_arith(struct vop *v, char *num, size_t numlen)
-{
-    char buf[32];
-    uint64_t cur;
-
-    if (v->cur.len == 0 || v->cur.len >= sizeof(buf)) {
-        return -1;
-    }
-    memcpy(buf, v->cur.val, v->cur.len);
-    buf[v->cur.len] = '\0';
-    if (!mc_strtoull(buf, &cur)) {
-        return -1;
-    }
-    if (v->cmd == MC_CMD_INCR) {
-        cur += v->delta;
-    } else {
-        cur = v->delta > cur ? 0 : cur - v->delta;
-    }
-    snprintf(num, numlen, "%" PRIu64, cur);
-    return 0;
-}
-
-/* After a gets: decide, then write (or answer). */
+/* After a gets: decide (vop_decide.c), then write (or answer). */
 static void vop_after_read(struct vop *v)
 {
-    uint32_t now = (uint32_t)time(NULL);
-    char num[32];
-    size_t n;
+    struct gw_vop_input in = {
+        .cmd = v->cmd,
+        .flags = v->flags,
+        .expiry = mc_expiry_abs(v->exptime, (uint32_t)time(NULL)),
+        .cas_unique = v->cas_unique,
+        .delta = v->delta,
+        .ndata = v->ndata,
+        .remote = v->remote >= 0,
+    };
+    struct gw_vop_decision d;
 
-    switch (v->cmd) {
-    case MC_CMD_ADD:
-        if (v->cur.found) {
-            vop_finish(v, "NOT_STORED");
-            return;
-        }
-        break;
-    case MC_CMD_CAS:
-        /* Locally we get here only after memcached said EXISTS; at a peer the token is
-         * checked here against the peer item's version clock. */
-        if (v->remote < 0 || !v->cur.found || v->cur.cas != v->cas_unique) {
-            vop_finish(v, v->cur.found ? "EXISTS" : "NOT_FOUND");
-            return;
-        }
-        break;
-    case MC_CMD_REPLACE:
-    case MC_CMD_APPEND:
-    case MC_CMD_PREPEND:
-        if (!v->cur.found) {
-            vop_finish(v, "NOT_STORED");
-            return;
-        }
-        break;
-    case MC_CMD_INCR:
-    case MC_CMD_DECR:
-    case MC_CMD_TOUCH:
-        if (!v->cur.found) {
-            vop_finish(v, "NOT_FOUND");
-            return;
-        }
-        break;
-    default:
-        break;
+    gw_vop_decide(&in, &v->cur, &d);
+    if (d.verdict != GW_VOP_WRITE) {
+        vop_finish(v, d.answer);
+        return;
     }
     free(v->new_val);
     v->new_val = NULL;
     v->new_len = 0;
-    switch (v->cmd) {
-    case MC_CMD_ADD:
-    case MC_CMD_CAS:
-    case MC_CMD_REPLACE:
-        vop_stamp(v, mc_expiry_abs(v->exptime, now), false);
-        v->nh.client_flags = v->flags;
+    vop_stamp(v, d.expiry, false);
+    v->nh.client_flags = d.client_flags;
+    switch (d.value) {
+    case GW_VOP_VALUE_CLIENT:
         v->new_val = v->data;
         v->new_len = v->ndata;
         v->data = NULL;
         v->ndata = 0;
         break;
-    case MC_CMD_APPEND:
-    case MC_CMD_PREPEND:
-        /* memcached keeps the old item's flags and expiry on append/prepend */
-        vop_stamp(v, v->cur.hdr.expiry, false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
-        v->new_len = v->cur.len + v->ndata;
-        v->new_val = malloc(v->new_len + 1);
-        if (v->new_val == NULL) {
-            vop_finish(v, "SERVER_ERROR out of memory");
-            return;
-        }
-        if (v->cmd == MC_CMD_APPEND) {
-            memcpy(v->new_val, v->cur.val, v->cur.len);
-            memcpy(v->new_val + v->cur.len, v->data, v->ndata);
-        } else {
-            memcpy(v->new_val, v->data, v->ndata);
-            memcpy(v->new_val + v->ndata, v->cur.val, v->cur.len);
-        }
-        break;
-    case MC_CMD_INCR:
-    case MC_CMD_DECR:
-        if (vop_arith(v, num, sizeof(num)) != 0) {
-            vop_finish(v, "CLIENT_ERROR cannot increment or decrement non-numeric value");
-            return;
-        }
-        vop_stamp(v, v->cur.hdr.expiry, false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
-        n = strlen(num);
-        /* memcached writes a number that fits over the old one in place, padded with
-         * spaces to the old length ("100" decr 100 reads back as "0  "); so do we. */
-        v->new_len = n <= v->cur.len ? v->cur.len : n;
-        v->new_val = malloc(v->new_len + 1);
-        if (v->new_val == NULL) {
-            vop_finish(v, "SERVER_ERROR out of memory");
-            return;
-        }
-        memset(v->new_val, ' ', v->new_len);
-        memcpy(v->new_val, num, n);
-        v->arith_len = n;
-        break;
-    case MC_CMD_TOUCH:
-        vop_stamp(v, mc_expiry_abs(v->exptime, now), false);
-        v->nh.client_flags = v->cur.hdr.client_flags;
+    case GW_VOP_VALUE_CURRENT:
         v->new_val = v->cur.val;
         v->new_len = v->cur.len;
         v->cur.val = NULL;
         v->cur.len = 0;
         break;
     default:
-        vop_finish(v, "SERVER_ERROR unexpected operation");
-        return;
+        v->new_val = malloc(d.new_len + 1);
+        if (v->new_val == NULL) {
+            vop_finish(v, "SERVER_ERROR out of memory");
+            return;
+        }
+        v->new_len = d.new_len;
+        if (d.value == GW_VOP_VALUE_APPEND) {
+            memcpy(v->new_val, v->cur.val, v->cur.len);
+            memcpy(v->new_val + v->cur.len, v->data, v->ndata);
+        } else if (d.value == GW_VOP_VALUE_PREPEND) {
+            memcpy(v->new_val, v->data, v->ndata);
+            memcpy(v->new_val + v->ndata, v->cur.val, v->cur.len);
+        } else {
+            memset(v->new_val, ' ', d.new_len);
+            memcpy(v->new_val, d.num, d.num_len);
+            v->arith_len = d.num_len;
+        }
+        break;
     }
     v->step = VOP_WRITE;
-    /* Over a tombstone or an unversioned item of the same key, cas keeps us from
-     * overwriting a write that landed since our read. */
-    if (v->cur.present) {
-        vop_write(v, &v->frag, v->cap, "cas", v->cur.cas);
+    if (d.over) {
+        vop_write(v, &v->frag, v->cap, GW_ITEM_CAS, v->cur.cas);
     } else {
-        vop_write(v, &v->frag, v->cap, "add", 0);
+        vop_write(v, &v->frag, v->cap, GW_ITEM_ADD, 0);
     }
 }
 
@@ -598,6 +433,7 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
 {
     struct vop *v = frag->cb_arg;
     char text[256];
+    enum gw_vop_next next;
 
     v->outstanding--;
     if (error != NULL) {
@@ -619,7 +455,7 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
             } else if (v->answer == NULL) {
                 v->answer = v->cur.found ? "DELETED" : "NOT_FOUND";
             }
-        } else if (!line_is(reply, "STORED")) {
+        } else if (vop_reply_kind(reply) != GW_VOP_REPLY_STORED) {
             v->answer = "SERVER_ERROR could not store the tombstone";
         }
         if (v->outstanding == 0) {
@@ -629,13 +465,12 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
     }
     switch (v->step) {
     case VOP_BLIND:
-        if (line_is(reply, "STORED")) {
+        next = gw_vop_after_write(v->cmd, true, vop_reply_kind(reply));
+        if (next == GW_VOP_NEXT_STORED) {
             vop_ship(v);
             vop_finish(v, "STORED");
-        } else if (v->cmd == MC_CMD_ADD && line_is(reply, "NOT_STORED")) {
-            vop_gets(v); /* maybe a tombstone: add wins over it */
-        } else if (v->cmd == MC_CMD_CAS && line_is(reply, "EXISTS")) {
-            vop_gets(v); /* EXISTS, unless what is there is a tombstone */
+        } else if (next == GW_VOP_NEXT_READ) {
+            vop_gets(v); /* maybe a tombstone: add wins over it, cas finds it absent */
         } else {
             reply_text(reply, text, sizeof(text));
             vop_finish(v, text);
@@ -660,7 +495,8 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
         return;
     }
     case VOP_WRITE:
-        if (line_is(reply, "STORED") && v->touch != NULL) {
+        next = gw_vop_after_write(v->cmd, false, vop_reply_kind(reply));
+        if (next == GW_VOP_NEXT_STORED && v->touch != NULL) {
             /* gat: hand back the item as it was read, then maybe its new cas */
             vop_ship(v);
             v->touch->found = true;
@@ -677,11 +513,10 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
                 return;
             }
             vop_finish(v, "TOUCHED");
-        } else if (line_is(reply, "STORED")) {
+        } else if (next == GW_VOP_NEXT_STORED) {
             vop_ship(v);
             vop_finish(v, vop_success_line(v, text, sizeof(text)));
-        } else if (line_is(reply, "EXISTS") || line_is(reply, "NOT_FOUND") ||
-                   line_is(reply, "NOT_STORED")) {
+        } else if (next == GW_VOP_NEXT_READ) {
             vop_retry(v); /* someone wrote the key between our gets and our cas */
         } else {
             reply_text(reply, text, sizeof(text));
@@ -773,11 +608,11 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
         v->ndata = 0;
         v->step = VOP_BLIND;
         if (st->cmd == MC_CMD_SET) {
-            vop_write(v, &v->frag, v->cap, "set", 0);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_SET, 0);
         } else if (st->cmd == MC_CMD_ADD) {
-            vop_write(v, &v->frag, v->cap, "add", 0);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_ADD, 0);
         } else {
-            vop_write(v, &v->frag, v->cap, "cas", cas_unique);
+            vop_write(v, &v->frag, v->cap, GW_ITEM_CAS, cas_unique);
         }
         /* add/cas retries go through vop_after_read, which wants the value in data */
         if (st->cmd != MC_CMD_SET) {
@@ -845,5 +680,5 @@ void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const st
     n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)v->nkey, v->key);
     vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
     vop_stamp(v, (uint32_t)time(NULL) + w->srv->tombstone_ttl_s, true);
-    vop_write(v, &v->frag2, v->cap2, "set", 0);
+    vop_write(v, &v->frag2, v->cap2, GW_ITEM_SET, 0);
 }

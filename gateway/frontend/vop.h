@@ -10,30 +10,9 @@
 #ifndef GEOGATE_VOP_H
 #define GEOGATE_VOP_H
 
+#include "gateway/store/item.h"
 #include "gateway/types.h"
 #include "wan/version.h"
-
-/* An item as a `gets` reply showed it. */
-struct gw_cur {
-    bool present;   /* memcached holds something (a tombstone counts) */
-    bool found;     /* a live item: present and not a tombstone */
-    bool versioned; /* it has a valid version header (else version 0) */
-    uint64_t cas;
-    struct wan_item_header hdr; /* version 0 and the raw flags when not versioned */
-    uint8_t *val;               /* the client's value (owned; NULL when not found) */
-    size_t len;
-};
-
-/* Parse a `gets` reply (END, or one VALUE block then END) into cur, freeing what cur
- * held.  Returns 0, or -1 with the line to answer (an error from the node) in err. */
-int gw_cur_parse(struct evbuffer *reply, struct gw_cur *cur, char *err, size_t errlen);
-void gw_cur_release(struct gw_cur *cur);
-
-struct mc_reply;
-/* Fill cur (released first) from one VALUE block of a `gets` reply: mr is its parsed line
- * (with a cas), val its vlen data bytes.  0, or -1 with the line to answer in err. */
-int gw_cur_from_value(struct gw_cur *cur, const struct mc_reply *mr, const uint8_t *val,
-                      size_t vlen, char *err, size_t errlen);
 
 /* A storage command whose data block (vlen bytes incl. CRLF, already checked) is at
  * the front of in.  Consumes it.  The reply goes into r (already queued on c). */

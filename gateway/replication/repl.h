@@ -19,19 +19,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/store/item.h" /* struct gw_item */
 #include "gateway/types.h"
 #include "wan/version.h"
 
 struct gw_repl;
-
-/* An item as it now is in the local cache (borrowed pointers). */
-struct gw_item {
-    const char *key;
-    uint32_t nkey;
-    const struct wan_item_header *hdr;
-    const uint8_t *value;
-    size_t vlen;
-};
 
 /* Set up replication for srv (spool, TLS contexts; the WAN thread's part starts on
  * that thread).  Returns 0 or -1 (logged). */

@@ -18,17 +18,16 @@
 #include "gateway/base/config.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
-#include "gateway/replication/repl.h"
 #include "gateway/server.h"
 #include "gateway/replication/skew.h"
-#include "gateway/frontend/vop.h"
+#include "gateway/store/apply_decide.h"
+#include "gateway/store/item.h"
 #include "gateway/loop/worker.h"
 #include "wan/grpc_server.h"
 #include "wan/version.h"
 
 #define APPLY_MAX_TRIES 32
 #define APPLY_NEWER_MAX 1024 /* newer items carried back in one ack; the rest are spooled */
-#define APPLY_INLINE_VALUE 2048 /* values up to this go out with their command line */
 #define APPLY_GETS_KEYS 64      /* keys per batched `gets` to one node */
 
 /* What a batch is for (see apply.h for who uses which). */
@@ -69,17 +68,6 @@ struct apply_op {
     uint64_t cas; /* and this is its cas */
     struct gw_frag frag;
     struct evbuffer *cap; /* a retried one-key gets' reply (NULL until one is sent) */
-    struct gw_cur cur;    /* what that gets found */
-};
-
-/* What a gets found for an op, borrowed from the reply for as long as it is decided. */
-struct apply_cur {
-    bool present;
-    bool versioned;
-    uint64_t cas;
-    struct wan_item_header hdr; /* version 0 and the raw flags when not versioned */
-    const uint8_t *val;         /* the client's value (NULL for a tombstone) */
-    size_t len;
 };
 
 /* One `gets` of many keys to one node: the current items of a batch's ops there. */
@@ -133,7 +121,6 @@ static void op_free(struct apply_op *op)
 {
     struct apply_batch *b = op->b;
 
-    gw_cur_release(&op->cur);
     if (op->cap != NULL) {
         evbuffer_free(op->cap);
         op->cap = NULL;
@@ -176,50 +163,30 @@ static void op_gets(struct apply_op *op)
 /* Write the incoming item over whatever the gets found (cas), or into nothing (add). */
 static void op_write(struct apply_op *op)
 {
-    struct gw_server *srv = op->b->w->srv;
     const Geogate__Wan__V1__Mutation *m = op->m;
-    char cmd[MC_KEY_MAX_LENGTH + 96 + WAN_ITEM_HEADER_SIZE + APPLY_INLINE_VALUE + 2];
-    size_t vlen = op->nh.tombstone ? 0 : m->value.len;
-    uint32_t exptime = op->nh.tombstone ? srv->tombstone_ttl_s : op->nh.expiry;
-    struct evbuffer *data = NULL;
+    char cmd[GW_ITEM_LINE_MAX];
+    struct gw_item it = {
+        .key = (const char *)m->key.data,
+        .nkey = (uint32_t)m->key.len,
+        .hdr = &op->nh,
+        .value = m->value.data,
+        .vlen = m->value.len,
+    };
+    struct evbuffer *data;
     size_t n;
 
-    /* "cas key flags exptime bytes cas\r\n" or "add key flags exptime bytes\r\n", not by
-     * snprintf: that was a fifth of the instructions of applying a mutation.  The key is
-     * checked already: at most MC_KEY_MAX_LENGTH. */
-    n = mc_put_storage_line(cmd, op->present ? "cas" : "add", 3, (const char *)m->key.data,
-                            m->key.len, WAN_ITEM_FLAGS_MARKER, exptime,
-                            WAN_ITEM_HEADER_SIZE + vlen, op->present, op->cas);
-    if (vlen <= APPLY_INLINE_VALUE) {
-        /* A small item goes out as one piece with its command line. */
-        wan_item_header_encode(&op->nh, (uint8_t *)cmd + n);
-        n += WAN_ITEM_HEADER_SIZE;
-        if (vlen > 0) {
-            memcpy(cmd + n, m->value.data, vlen);
-            n += vlen;
-        }
-        memcpy(cmd + n, "\r\n", 2);
-        n += 2;
-        op->writing = true;
-        op_send(op, cmd, n, NULL, false);
-        return;
-    }
-    data = evbuffer_new();
-    if (data == NULL) {
+    n = gw_item_write(cmd, op->present ? GW_ITEM_CAS : GW_ITEM_ADD, op->cas, &it,
+                      op->b->w->srv->tombstone_ttl_s, &data);
+    if (n == 0) {
         op->b->rejected++;
         op_free(op);
         return;
     }
-    {
-        uint8_t hdr[WAN_ITEM_HEADER_SIZE];
-        wan_item_header_encode(&op->nh, hdr);
-        evbuffer_add(data, hdr, sizeof(hdr));
-    }
-    evbuffer_add(data, m->value.data, vlen);
-    evbuffer_add(data, "\r\n", 2);
     op->writing = true;
     op_send(op, cmd, n, data, false);
-    evbuffer_free(data);
+    if (data != NULL) {
+        evbuffer_free(data);
+    }
 }
 
 /* Whether line (n bytes with its CRLF) is word. */
@@ -282,121 +249,57 @@ static bool carry_back(struct apply_batch *b, const struct gw_item *it)
     return true;
 }
 
-/* APPLY_MODE_RESTAMP: the item a clock since put right stamped, written again with a
- * fresh version, as if written now, and shipped; unless a later write replaced it here
- * (that write's own record ships it).  A later write is one made since the clock
- * restarted: its version is above the restart point.  The local copy may also be the
- * re-stamped item itself (the same version), or gone, or older than the restart: the
- * node lost it (restarted empty, evicted it) and maybe took a peer's older copy since,
- * and the write was still acknowledged here, so it is put back and ships. */
-static void op_restamp(struct apply_op *op, const struct apply_cur *cur)
+/* Hand an item of ours to the shipper for every peer (see struct gw_apply_shipper). */
+static void ship_item(struct gw_worker *w, const struct gw_item *it)
 {
-    struct gw_server *srv = op->b->w->srv;
-    bool replaced;
+    const struct gw_apply_shipper *ship = w->srv->apply_ship;
 
-    if (!cur->present) {
-        replaced = false;
-    } else if (!cur->versioned) {
-        replaced = true; /* written by a plain memcached client: theirs */
-    } else {
-        replaced = wan_version_cmp(&cur->hdr.version, &op->old) != 0 &&
-                   cur->hdr.version.hlc > wan_hlc_restart(&srv->hlc);
+    if (ship != NULL) {
+        ship->item(w, it);
     }
-    if (replaced) {
-        op->b->rejected++;
-        op_free(op);
-        return;
-    }
-    op->nh.version.hlc = wan_hlc_now(&srv->hlc);
-    op->nh.version.site_id = srv->site_id;
-    op->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
-    op->present = cur->present;
-    op->cas = cur->cas;
-    op_write(op);
 }
 
-/* The gets is in (cur borrowed for the call): newest wins. */
-static void op_decide(struct apply_op *op, const struct apply_cur *cur)
+/* The gets is in: local is what it found (borrowed for the call; NULL: nothing). */
+static void op_decide(struct apply_op *op, const struct gw_item_view *local)
 {
-    struct gw_worker *w = op->b->w;
-    struct wan_version local = {0, 0, 0};
-    int cmp;
+    struct gw_server *srv = op->b->w->srv;
+    enum gw_apply_verdict verdict;
 
     if (op->b->mode == APPLY_MODE_RESTAMP) {
-        op_restamp(op, cur);
-        return;
+        /* The item a clock since put right stamped, written again as if written now,
+         * unless a later write replaced it here (that write's own record ships it). */
+        verdict = gw_apply_restamp_decide(&op->old, local, wan_hlc_restart(&srv->hlc));
+        if (verdict == GW_APPLY_WRITE) {
+            op->nh.version.hlc = wan_hlc_now(&srv->hlc);
+            op->nh.version.site_id = srv->site_id;
+            op->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
+        }
+    } else {
+        verdict = gw_apply_decide(&op->nh.version, local);
     }
-    if (cur->present && cur->versioned) {
-        local = cur->hdr.version;
-    }
-    cmp = cur->present ? wan_version_cmp(&op->nh.version, &local) : 1;
-    if (cmp > 0) {
-        op->present = cur->present;
-        op->cas = cur->cas;
+    if (verdict == GW_APPLY_WRITE) {
+        op->present = local != NULL;
+        op->cas = local != NULL ? local->cas : 0;
         op_write(op);
         return;
     }
     op->b->rejected++;
-    if (cmp < 0 && cur->versioned) {
+    if (verdict == GW_APPLY_SEND_BACK) {
         /* We hold something newer than what the peer sent: it travels back, so the
          * peer converges on it even if a blind write there overwrote it.  In the ack,
          * to the sender only, when the batch came on a stream; else via the spool. */
         struct gw_item it = {
             .key = (const char *)op->m->key.data,
             .nkey = (uint32_t)op->m->key.len,
-            .hdr = &cur->hdr,
-            .value = cur->val,
-            .vlen = cur->len,
+            .hdr = &local->hdr,
+            .value = local->val,
+            .vlen = local->len,
         };
         if (!carry_back(op->b, &it)) {
-            gw_repl_ship_local(w, &it);
+            ship_item(op->b->w, &it);
         }
     }
     op_free(op);
-}
-
-static const struct apply_cur apply_absent = {false, false, 0, {{0, 0, 0}, 0, 0, false}, NULL, 0};
-
-/* Decide on what gw_cur_parse put in the op's cur. */
-static void op_decide_cur(struct apply_op *op)
-{
-    struct apply_cur c = {
-        .present = op->cur.present,
-        .versioned = op->cur.versioned,
-        .cas = op->cur.cas,
-        .hdr = op->cur.hdr,
-        .val = op->cur.val,
-        .len = op->cur.len,
-    };
-
-    op_decide(op, &c);
-}
-
-/* What one VALUE block of a `gets` reply (mr its parsed line, val its bytes) holds, as
- * gw_cur_from_value reads it, without copying the value.  0, or -1 when the node sent
- * no cas. */
-static int cur_view(struct apply_cur *c, const struct mc_reply *mr, const uint8_t *val,
-                    size_t vlen)
-{
-    if (!mr->has_cas) {
-        return -1;
-    }
-    c->present = true;
-    c->cas = mr->cas;
-    c->versioned = wan_item_decode(mr->flags, val, vlen, &c->hdr, &val, &vlen) == 0;
-    if (c->versioned && c->hdr.tombstone) {
-        c->val = NULL; /* a tombstone is an absence */
-        c->len = 0;
-        return 0;
-    }
-    if (!c->versioned) {
-        /* Written before geogate or by another tool: version 0, served as is. */
-        memset(&c->hdr, 0, sizeof(c->hdr));
-        c->hdr.client_flags = mr->flags;
-    }
-    c->val = val;
-    c->len = vlen;
-    return 0;
 }
 
 static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
@@ -415,14 +318,17 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         return;
     }
     if (!op->writing) {
-        if (gw_cur_parse(reply, &op->cur, err, sizeof(err)) != 0) {
+        struct gw_item_view local;
+        bool present;
+
+        if (gw_gets_one(reply, &local, &present, err, sizeof(err)) != 0) {
             apply_warn("apply of key %.*s: %s", (int)op->m->key.len,
                      (const char *)op->m->key.data, err);
             op->b->rejected++;
             op_free(op);
             return;
         }
-        op_decide_cur(op);
+        op_decide(op, present ? &local : NULL);
         return;
     }
     {
@@ -446,7 +352,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
                     .value = op->nh.tombstone ? NULL : op->m->value.data,
                     .vlen = op->nh.tombstone ? 0 : op->m->value.len,
                 };
-                gw_repl_ship_local(op->b->w, &it);
+                ship_item(op->b->w, &it);
             }
             op_free(op);
             return;
@@ -469,9 +375,9 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
 /* ---- the first read of a batch's keys: one `gets` per node for up to
  * APPLY_GETS_KEYS of them, instead of one round trip to memcached per key ---- */
 
-static bool op_key_is(const struct apply_op *op, const struct mc_reply *mr)
+static bool op_key_is(const struct apply_op *op, const struct gw_item_view *it)
 {
-    return op->m->key.len == mr->nkey && memcmp(op->m->key.data, mr->key, mr->nkey) == 0;
+    return op->m->key.len == it->nkey && memcmp(op->m->key.data, it->key, it->nkey) == 0;
 }
 
 static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error)
@@ -479,52 +385,39 @@ static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
     struct apply_gets *g = frag->cb_arg;
     const char *why = error;
     uint32_t k = 0;
-    struct apply_cur cur;
 
     if (error == NULL) {
-        size_t len = evbuffer_get_length(reply);
-        const char *p = (const char *)evbuffer_pullup(reply, (ssize_t)len);
-        size_t pos = 0;
+        struct gw_gets_reader rd;
+        struct gw_item_view local;
+        enum gw_gets_next next;
 
+        gw_gets_reader_init(&rd, reply);
         why = "SERVER_ERROR unexpected reply from node";
-        while (pos < len) {
-            const char *line = p + pos;
-            const char *eol = memchr(line, '\n', len - pos);
-            struct mc_reply mr;
-
-            if (eol == NULL || eol == line || eol[-1] != '\r') {
-                break;
-            }
-            if (eol - line == 4 && memcmp(line, "END", 3) == 0) {
-                why = NULL;
-                break;
-            }
-            mc_reply_parse(line, (size_t)(eol - line - 1), &mr);
-            if (mr.kind != MC_REPLY_VALUE || (size_t)(eol + 1 - p) + mr.bytes + 2 > len) {
-                break;
-            }
+        while ((next = gw_gets_next(&rd, &local)) == GW_GETS_ITEM) {
             /* memcached answers in the order asked: keys before this one are absent */
-            while (k < g->n && !op_key_is(g->ops[k], &mr)) {
-                op_decide(g->ops[k++], &apply_absent);
+            while (k < g->n && !op_key_is(g->ops[k], &local)) {
+                op_decide(g->ops[k++], NULL);
             }
             if (k == g->n) {
                 break;
             }
-            if (cur_view(&cur, &mr, (const uint8_t *)eol + 1, mr.bytes) != 0) {
+            if (!local.has_cas) {
                 apply_warn("apply of key %.*s: SERVER_ERROR unexpected reply from node",
-                         (int)mr.nkey, mr.key);
+                         (int)local.nkey, local.key);
                 g->ops[k]->b->rejected++;
                 op_free(g->ops[k++]);
             } else {
-                op_decide(g->ops[k++], &cur);
+                op_decide(g->ops[k++], &local);
             }
-            pos = (size_t)(eol + 1 - p) + mr.bytes + 2;
+        }
+        if (next == GW_GETS_END) {
+            why = NULL;
         }
     }
     for (; k < g->n; k++) {
         struct apply_op *op = g->ops[k];
         if (why == NULL) {
-            op_decide(op, &apply_absent); /* after END: absent */
+            op_decide(op, NULL); /* after END: absent */
         } else if (error != NULL) {
             apply_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
                      (const char *)op->m->key.data, error);
@@ -714,16 +607,7 @@ static void batch_start_op(struct apply_batch *b, struct apply_gets **gets, stru
     uint64_t seen;
 
     *op = (struct apply_op){.b = b, .m = m};
-    op->nh.version.hlc = m->hlc;
-    op->nh.version.site_id = m->site_id != 0 ? m->site_id : origin;
-    op->nh.version.gateway_id = (uint16_t)(m->site_id != 0 ? m->gateway_id : b->req->gateway_id);
-    op->nh.client_flags = m->flags;
-    op->nh.expiry = m->expiry;
-    op->nh.tombstone = m->tombstone;
-    if (!m->tombstone && m->expiry != 0 && m->expiry <= now) {
-        /* Expired at its origin: absent there, so absent here too. */
-        op->nh.tombstone = true;
-    }
+    gw_apply_incoming(m, origin, (uint16_t)b->req->gateway_id, now, &op->nh);
     if (b->mode == APPLY_MODE_RESTAMP) {
         op->old = op->nh.version; /* ours, ahead of our clock: not observed */
     } else if (wan_hlc_observe(&w->srv->hlc, m->hlc, &seen) == -ERANGE) {
@@ -803,7 +687,10 @@ static void batch_run(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, e
     for (size_t i = 0; i < n; i++) {
         if (!lose[i] && ms[i]->flush && mode == APPLY_MODE_RESTAMP) {
             /* A flush has no local copy to re-stamp: it ships again with a fresh version. */
-            gw_repl_ship_flush(w, ms[i]->expiry > now ? (int32_t)(ms[i]->expiry - now) : 0);
+            if (w->srv->apply_ship != NULL) {
+                w->srv->apply_ship->flush(w, ms[i]->expiry > now ? (int32_t)(ms[i]->expiry - now)
+                                                                 : 0);
+            }
             b->applied++;
         } else if (!lose[i] && ms[i]->flush) {
             apply_flush(b, ms[i], now);
@@ -908,7 +795,6 @@ struct read_job {
     Geogate__Wan__V1__ReadItem *items;
     Geogate__Wan__V1__ReadItem **itemp;
     Geogate__Wan__V1__Mutation *muts;
-    struct gw_cur *curs;
     struct gw_frag *frags;
     struct evbuffer **caps;
     uint32_t pending;
@@ -919,7 +805,6 @@ static void read_job_free(struct read_job *j)
     free(j->items);
     free(j->itemp);
     free(j->muts);
-    free(j->curs);
     free(j->frags);
     free(j->caps);
     free(j);
@@ -932,7 +817,6 @@ static void read_job_done(struct read_job *j)
     }
     wan_grpc_server_read_reply(j->call, &j->resp);
     for (size_t i = 0; i < j->req->n_keys; i++) {
-        gw_cur_release(&j->curs[i]);
         if (j->caps[i] != NULL) {
             evbuffer_free(j->caps[i]);
         }
@@ -945,14 +829,17 @@ static void read_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
 {
     struct read_job *j = frag->cb_arg;
     size_t i = (size_t)(frag - j->frags);
+    struct gw_item_view local;
+    bool present;
     char err[128];
 
-    if (error == NULL && gw_cur_parse(reply, &j->curs[i], err, sizeof(err)) == 0 &&
-        j->curs[i].present) {
-        struct gw_cur *c = &j->curs[i];
+    /* The item borrows the reply: j->caps[i] lives until the answer is sent. */
+    if (error == NULL && gw_gets_one(reply, &local, &present, err, sizeof(err)) == 0 &&
+        present) {
+        const struct gw_item_view *c = &local;
         Geogate__Wan__V1__Mutation *m = &j->muts[i];
         j->items[i].found = c->found;
-        m->value.data = c->val;
+        m->value.data = (uint8_t *)c->val;
         m->value.len = c->found ? c->len : 0;
         m->hlc = c->hdr.version.hlc;
         m->site_id = c->hdr.version.site_id;
@@ -979,10 +866,9 @@ void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,
     j->items = calloc(n ? n : 1, sizeof(*j->items));
     j->itemp = calloc(n ? n : 1, sizeof(*j->itemp));
     j->muts = calloc(n ? n : 1, sizeof(*j->muts));
-    j->curs = calloc(n ? n : 1, sizeof(*j->curs));
     j->frags = calloc(n ? n : 1, sizeof(*j->frags));
     j->caps = calloc(n ? n : 1, sizeof(*j->caps));
-    if (j->items == NULL || j->itemp == NULL || j->muts == NULL || j->curs == NULL ||
+    if (j->items == NULL || j->itemp == NULL || j->muts == NULL ||
         j->frags == NULL || j->caps == NULL) {
         goto oom_job;
     }

@@ -17,11 +17,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/store/item.h"
 #include "gateway/types.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/version.h"
 
 struct wan_grpc_read_call;
+
+/*
+ * How apply hands over what it wants every peer to receive, since the shipper sits above
+ * it (replication): a newer local item travelling back (when the batch does not collect
+ * them), a re-stamped item and a re-stamped flush.  Registered once, before the workers
+ * start, as srv->apply_ship (server.c wires it; NULL: nothing ships).  Called on the
+ * applying worker's thread.
+ */
+struct gw_apply_shipper {
+    /* Spool an item held here for every peer (replication.rules apply); it borrows it. */
+    void (*item)(struct gw_worker *w, const struct gw_item *it);
+    /* Spool a flush_all, delay seconds from now (0: now), with a fresh version. */
+    void (*flush)(struct gw_worker *w, int32_t delay);
+};
 
 /*
  * A batch is done.  failed: some mutation could not be applied (a local node failed), so
@@ -33,7 +48,7 @@ typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected,
 
 /* Apply req (takes ownership; freed when done) on worker w; done runs once, later.
  * With collect_newer, newer local items go back through done (to the sender);
- * without, they are spooled for every peer.  An item whose version is more than
+ * without, they go to srv->apply_ship for every peer.  An item whose version is more than
  * replication.max_clock_skew ahead of our clock is not applied (counted as rejected, and
  * by the HLC's `refused`): our clock could not pass it (docs/REPLICATION.md, "Clock skew"). */
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
@@ -49,10 +64,10 @@ void gw_apply_ship(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, gw_a
 /* Re-stamp our own items that our clock stamped more than max_clock_skew ahead of what it
  * reads now (it was wrong then, or is now; peers refuse them either way): for each
  * mutation of req (takes ownership) whose key still holds exactly that version locally,
- * write the same item with a fresh version and spool it for every peer.  done gets
- * applied = re-stamped, rejected = found replaced by a later write (or gone), failed = a
- * local node failed (try again later).  A flush in req is spooled again with a fresh
- * version. */
+ * write the same item with a fresh version and hand it to srv->apply_ship for every
+ * peer (gw_apply_restamp_decide says which).  done gets applied = re-stamped, rejected =
+ * found replaced by a later write, failed = a local node failed (try again later).  A flush
+ * in req goes to srv->apply_ship again, with a fresh version. */
 void gw_apply_restamp(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
                       gw_apply_done_fn done, void *arg);
 

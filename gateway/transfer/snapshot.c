@@ -30,8 +30,9 @@
  *   lru_crawler metadump hash ──> key=<urlencoded> exp=<abs|-1> la=.. cas=.. ... \n  END
  *        (keys and expiries kept in memory, one node at a time)
  *   gets k1 .. k100 ──> VALUE k flags n cas \r\n data \r\n ... END      (batch after batch)
- *        decoded with wan_item_decode (version-0 items keep their raw flags), expired ones
- *        skipped, each packed as a record into a 64 KiB buffer that goes to write()
+ *        decoded by the item reader of store/item.h (version-0 items keep their raw
+ *        flags), expired ones skipped, each packed as a record into a 64 KiB buffer that
+ *        goes to write()
  *
  * The dedicated connection keeps the crawler's long reply and the batched reads off the
  * workers' connections, so the request path only shares memcached's CPU with it.
@@ -50,7 +51,9 @@
 #include <unistd.h>
 
 #include "gateway/base/clock.h"
+#include "gateway/protocol/proto_mc.h"
 #include "gateway/routing/pool.h"
+#include "gateway/store/item.h"
 #include "proto/geogate_wan.pb-c.h"
 #include "wan/crc32c.h"
 #include "wan/le.h"
@@ -538,28 +541,25 @@ static bool snap_cancelled(const struct snap_run *r)
     return r->cancel != NULL && atomic_load(r->cancel);
 }
 
-/* One VALUE block of a gets reply: decode, filter, write its record. */
-static int snap_item(struct snap_run *r, const char *key, size_t nkey, uint32_t mc_flags,
-                     const uint8_t *data, size_t dlen, int64_t md_exp)
+/* One VALUE block of a gets reply, decoded: filter, write its record.  md_exp: the
+ * expiry metadump listed for it. */
+static int snap_item(struct snap_run *r, const struct gw_item_view *it, int64_t md_exp)
 {
     Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
-    struct wan_item_header h;
-    const uint8_t *val = data;
-    size_t vlen = dlen, plen;
+    const char *key = it->key;
+    size_t nkey = it->nkey;
+    size_t plen;
     int rc;
 
-    if (wan_item_decode(mc_flags, data, dlen, &h, &val, &vlen) == 0) {
-        m.hlc = h.version.hlc;
-        m.site_id = h.version.site_id;
-        m.gateway_id = h.version.gateway_id;
-        m.flags = h.client_flags;
-        m.expiry = h.expiry;
-        m.tombstone = h.tombstone;
+    m.flags = it->hdr.client_flags;
+    if (it->versioned) {
+        m.hlc = it->hdr.version.hlc;
+        m.site_id = it->hdr.version.site_id;
+        m.gateway_id = it->hdr.version.gateway_id;
+        m.expiry = it->hdr.expiry;
+        m.tombstone = it->hdr.tombstone;
     } else {
         /* Version 0: served unchanged, so it is restored unchanged. */
-        val = data;
-        vlen = dlen;
-        m.flags = mc_flags;
         m.expiry = md_exp > 0 && md_exp <= UINT32_MAX ? (uint32_t)md_exp : 0;
     }
     if (m.expiry != 0 && m.expiry <= r->now) {
@@ -569,8 +569,8 @@ static int snap_item(struct snap_run *r, const char *key, size_t nkey, uint32_t 
     m.key.data = (uint8_t *)key;
     m.key.len = nkey;
     if (!m.tombstone) {
-        m.value.data = (uint8_t *)val;
-        m.value.len = vlen;
+        m.value.data = (uint8_t *)it->val;
+        m.value.len = it->len;
     }
     if (r->opt != NULL) {
         rc = r->opt->item(r->opt->arg, r->node, &m);
@@ -722,12 +722,12 @@ static int snap_gets_read(struct snap_run *r, struct gw_mc_sock *s, const struct
     int rc;
 
     for (;;) {
-        char *line, *w[5], *save = NULL;
-        size_t len, nkey;
-        unsigned long flags, bytes;
+        char *line;
+        size_t len, nkey, bytes;
         uint8_t *data;
-        int nw = 0;
         char key[SNAP_KEY_MAX + 1];
+        struct mc_reply mr;
+        struct gw_item_view it;
 
         rc = gw_mc_sock_line(s, &line, &len);
         if (rc != 0) {
@@ -737,23 +737,24 @@ static int snap_gets_read(struct snap_run *r, struct gw_mc_sock *s, const struct
             r->st->vanished += end - cursor;
             return 0;
         }
-        for (char *t = strtok_r(line, " ", &save); t != NULL && nw < 5;
-             t = strtok_r(NULL, " ", &save)) {
-            w[nw++] = t;
-        }
-        if (nw < 4 || strcmp(w[0], "VALUE") != 0) {
-            snprintf(r->err, r->errlen, "node %s: unexpected answer to gets: %.100s", s->label,
-                     nw > 0 ? w[0] : "");
+        mc_reply_parse(line, len, &mr);
+        if (mr.kind != MC_REPLY_VALUE) {
+            const char *word = line + strspn(line, " ");
+            size_t wlen = strcspn(word, " ");
+
+            snprintf(r->err, r->errlen, "node %s: unexpected answer to gets: %.*s", s->label,
+                     (int)(wlen < 100 ? wlen : 100), word);
             return -EPROTO;
         }
-        nkey = strlen(w[1]);
+        nkey = mr.nkey;
         if (nkey > SNAP_KEY_MAX) {
             snprintf(r->err, r->errlen, "node %s: overlong key in a gets answer", s->label);
             return -EPROTO;
         }
-        memcpy(key, w[1], nkey + 1);
-        flags = strtoul(w[2], NULL, 10);
-        bytes = strtoul(w[3], NULL, 10);
+        memcpy(key, mr.key, nkey);
+        key[nkey] = '\0';
+        mr.key = key; /* the line goes with the next read */
+        bytes = mr.bytes;
         /* Replies come in the order asked; keys skipped over have gone since metadump. */
         while (cursor < end &&
                (keys->len[cursor] != nkey || memcmp(keys->arena + keys->off[cursor], key, nkey))) {
@@ -774,7 +775,8 @@ static int snap_gets_read(struct snap_run *r, struct gw_mc_sock *s, const struct
                      key);
             return -EPROTO;
         }
-        rc = snap_item(r, key, nkey, (uint32_t)flags, data, bytes, keys->exp[cursor]);
+        gw_item_view_decode(&it, &mr, data, bytes);
+        rc = snap_item(r, &it, keys->exp[cursor]);
         if (rc != 0) {
             return rc;
         }
