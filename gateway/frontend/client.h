@@ -31,9 +31,6 @@ void gw_client_reply_error(struct gw_client *c, const char *line);
  * instead and answer r from there.  false: no peer, or not such a read; r fails. */
 bool gw_client_retry_read(struct gw_req *r);
 
-/* The peer site a key whose local node is down falls back to, or -1. */
-int gw_client_fallback_peer(struct gw_worker *w);
-
 /* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 

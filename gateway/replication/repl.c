@@ -30,10 +30,8 @@
 #include <event2/event.h>
 
 #include "gateway/store/apply.h"
-#include "gateway/transfer/backfill.h"
 #include "gateway/replication/catchup.h"
 #include "gateway/base/config.h"
-#include "gateway/failover/failover.h"
 #include "gateway/base/json.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
@@ -801,7 +799,7 @@ static void peer_health(struct gw_peer *p, int64_t now)
     }
 }
 
-size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size_t max)
+size_t gw_repl_peer_status(struct gw_server *srv, struct gw_peer_status *out, size_t max)
 {
     struct gw_repl *repl = srv->repl;
     size_t n = 0;
@@ -863,7 +861,8 @@ static void catch_up_owed(struct gw_repl *repl, struct gw_peer *p, int64_t now)
     char why[160];
 
     if (repl->catchup == NULL || repl->srv->draining || !p->up || now < p->catchup_retry_ms ||
-        !repl->srv->cfg->replication.auto_backfill || gw_backfill_running(repl->srv) ||
+        !repl->srv->cfg->replication.auto_backfill ||
+        (repl->hooks->backfill_running != NULL && repl->hooks->backfill_running(repl->srv)) ||
         !gw_catchup_pending(repl->catchup, p->site, &e)) {
         return;
     }
@@ -908,7 +907,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     clock_tick(repl);
-    gw_failover_tick(repl->srv);
+    if (repl->hooks->tick != NULL) {
+        repl->hooks->tick(repl->srv);
+    }
 }
 
 /* ---- receiving ---- */
@@ -919,19 +920,20 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
                      const struct gw_catchup_entry *e)
 {
-    struct gw_backfill_params bp;
+    struct gw_repl_catch_up req = {
+        .pool = repl->w->pool,
+        .from = p->site,
+        .why = why,
+        .catchup = e != NULL ? repl->catchup : NULL,
+        .resume = e,
+    };
     char err[256];
     int rc;
 
-    memset(&bp, 0, sizeof(bp));
-    bp.pool = repl->w->pool;
-    bp.from = p->site;
-    bp.rate = -1;
-    bp.automatic = true;
-    bp.why = why;
-    bp.catchup = e != NULL ? repl->catchup : NULL;
-    bp.resume = e;
-    rc = gw_backfill_start(repl->srv, &bp, err, sizeof(err));
+    if (repl->hooks->backfill_start == NULL) {
+        return;
+    }
+    rc = repl->hooks->backfill_start(repl->srv, &req, err, sizeof(err));
     if (rc == -EBUSY) {
         return;
     }
@@ -941,14 +943,12 @@ static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
     }
 }
 
+/* repl->peers are cfg->wan.peers, in order. */
 static struct gw_peer *peer_by_site(struct gw_repl *repl, const char *site)
 {
-    for (size_t i = 0; i < repl->npeers; i++) {
-        if (strcmp(repl->peers[i].site, site) == 0) {
-            return &repl->peers[i];
-        }
-    }
-    return NULL;
+    int i = gw_config_peer_index(repl->srv->cfg, site);
+
+    return i >= 0 && (size_t)i < repl->npeers ? &repl->peers[i] : NULL;
 }
 
 /* A batch says the sender's spool lost records meant for us: act once per new loss. */
@@ -1183,23 +1183,33 @@ static int srv_backfill_open(void *arg, struct wan_grpc_backfill_call *call,
 {
     struct gw_repl *repl = arg;
 
-    return gw_backfill_serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site, req,
-                                  call_arg);
+    if (repl->hooks->serve_open == NULL) {
+        geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+        return WAN_GRPC_UNIMPLEMENTED;
+    }
+    return repl->hooks->serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site,
+                                   req, call_arg);
 }
 
 static void srv_backfill_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)
 {
-    (void)arg;
+    struct gw_repl *repl = arg;
+
     (void)call;
-    gw_backfill_serve_writable(call_arg);
+    if (repl->hooks->serve_writable != NULL) {
+        repl->hooks->serve_writable(call_arg);
+    }
 }
 
 static void srv_backfill_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
                                 int grpc_status, const char *why)
 {
-    (void)arg;
+    struct gw_repl *repl = arg;
+
     (void)call;
-    gw_backfill_serve_closed(call_arg, grpc_status, why);
+    if (repl->hooks->serve_closed != NULL) {
+        repl->hooks->serve_closed(call_arg, grpc_status, why);
+    }
 }
 
 static int srv_health(void *arg, const char *service)
@@ -1291,7 +1301,9 @@ static int repl_stop(void *arg)
         repl->server = NULL;
     }
     /* the calls just closed cannot be freed by the WAN thread's wake-ups any more */
-    gw_backfill_serve_stop_all(repl->srv);
+    if (repl->hooks->serve_stop_all != NULL) {
+        repl->hooks->serve_stop_all(repl->srv);
+    }
     if (repl->kick_ev) {
         event_free(repl->kick_ev);
         repl->kick_ev = NULL;
@@ -1322,8 +1334,9 @@ static void repl_free(struct gw_repl *repl)
     free(repl);
 }
 
-int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
+int gw_repl_create(struct gw_server *srv, struct gw_worker *wan, const struct gw_repl_hooks *hooks)
 {
+    static const struct gw_repl_hooks no_hooks;
     const struct gw_config *cfg = srv->cfg;
     struct gw_repl *repl = calloc(1, sizeof(*repl));
     struct wan_spool_options so;
@@ -1336,6 +1349,7 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
     }
     repl->srv = srv;
     repl->w = wan;
+    repl->hooks = hooks != NULL ? hooks : &no_hooks;
     repl->fsync = cfg->wan.spool_fsync;
     repl->rng = (uint64_t)wall_ms() ^ ((uint64_t)cfg->gateway_id << 32);
     repl->npeers = cfg->wan.npeers;
