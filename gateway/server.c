@@ -251,10 +251,9 @@ int gw_server_run(struct gw_config *cfg)
     /* Replication runs the WAN thread's tick and listener; what sits above it plugs in. */
     gw_backfill_repl_hooks(&repl_hooks);
     repl_hooks.tick = gw_failover_tick;
-    if (srv.versioned && gw_repl_create(&srv,
-                                        srv.nthreads > srv.nworkers ? &srv.workers[srv.nworkers]
-                                                                    : NULL,
-                                        &repl_hooks) != 0) {
+    if (gw_server_replicates(&srv) &&
+        gw_repl_create(&srv, srv.nthreads > srv.nworkers ? &srv.workers[srv.nworkers] : NULL,
+                       &repl_hooks) != 0) {
         goto fail_start;
     }
     for (int i = 0; i < srv.nworkers && srv.repl != NULL; i++) {

@@ -172,8 +172,7 @@ static void node_warmup_tick(struct gw_server *srv, int64_t now)
         } else if (v == GW_FO_NODE_WARM) {
             __atomic_store_n(&nd->warm_until_ms, 0, __ATOMIC_RELEASE);
             log_info("node %s: warm-up done (local hits %llu, found only at the peer %llu)",
-                     nd->label, (unsigned long long)w.local_hits,
-                     (unsigned long long)w.peer_hits);
+                     nd->label, (unsigned long long)w.local_hits, (unsigned long long)w.peer_hits);
         }
     }
 }

@@ -65,8 +65,8 @@ static bool warm_enough(uint64_t local_hits, uint64_t peer_hits, double ratio)
 }
 
 struct gw_fo_window_result gw_fo_window_close(struct gw_fo_window *win, int64_t now_ms,
-                                              uint64_t hits, uint64_t misses,
-                                              uint64_t peer_hits, double hit_ratio)
+                                              uint64_t hits, uint64_t misses, uint64_t peer_hits,
+                                              double hit_ratio)
 {
     struct gw_fo_window_result r = {.verdict = GW_FO_WINDOW_OPEN};
 
@@ -87,8 +87,8 @@ struct gw_fo_window_result gw_fo_window_close(struct gw_fo_window *win, int64_t 
     r.ratio = r.local_hits + r.peer_hits
                   ? (double)r.local_hits / (double)(r.local_hits + r.peer_hits)
                   : 1.0;
-    r.verdict = warm_enough(r.local_hits, r.peer_hits, hit_ratio) ? GW_FO_WINDOW_WARM
-                                                                  : GW_FO_WINDOW_COLD;
+    r.verdict =
+        warm_enough(r.local_hits, r.peer_hits, hit_ratio) ? GW_FO_WINDOW_WARM : GW_FO_WINDOW_COLD;
     return r;
 }
 
@@ -144,8 +144,8 @@ static void tick_warmup(struct gw_fo_state *st, const struct gw_fo_config *cfg,
     struct gw_fo_window_result w;
 
     /* One-second windows of local hits and misses decide the end of warm-up. */
-    w = gw_fo_window_close(&st->win, in->now_ms, in->warm_hits, in->warm_misses,
-                           in->warm_peer_hits, cfg->warmup_hit_ratio);
+    w = gw_fo_window_close(&st->win, in->now_ms, in->warm_hits, in->warm_misses, in->warm_peer_hits,
+                           cfg->warmup_hit_ratio);
     if (w.verdict == GW_FO_WINDOW_COLD || w.verdict == GW_FO_WINDOW_WARM) {
         st->last_ratio = w.ratio;
     }
@@ -200,8 +200,7 @@ static void tick(struct gw_fo_state *st, const struct gw_fo_config *cfg,
 }
 
 struct gw_fo_result gw_fo_step(struct gw_fo_state *st, const struct gw_fo_config *cfg,
-                               const struct gw_fo_inputs *in, enum gw_fo_command cmd,
-                               int want_peer)
+                               const struct gw_fo_inputs *in, enum gw_fo_command cmd, int want_peer)
 {
     struct gw_fo_result res = {.rc = 0, .from_mode = st->mode};
     int p;

@@ -29,7 +29,7 @@ enum gw_site_mode {
 
 const char *gw_site_mode_name(enum gw_site_mode mode);
 
-#define GW_FO_WINDOW_MS 1000       /* warm-up is judged over windows this long */
+#define GW_FO_WINDOW_MS 1000        /* warm-up is judged over windows this long */
 #define GW_FO_WARMUP_MIN_LOOKUPS 50 /* a window with fewer lookups does not decide */
 
 /* The failover: section of the config. */
@@ -44,7 +44,7 @@ struct gw_fo_config {
 struct gw_fo_peer {
     bool link_up;
     bool serving;
-    int priority;   /* lower first */
+    int priority;    /* lower first */
     uint32_t rtt_ms; /* then lower round trip first */
 };
 
@@ -56,8 +56,8 @@ struct gw_fo_window {
 
 /* What one tick or command sees. */
 struct gw_fo_inputs {
-    int64_t now_ms;                /* monotonic */
-    uint32_t nodes, nodes_up;      /* the local pool */
+    int64_t now_ms;                 /* monotonic */
+    uint32_t nodes, nodes_up;       /* the local pool */
     const struct gw_fo_peer *peers; /* in the order of cfg->wan.peers */
     size_t npeers;
     /* the site's warm-up lookups since WARMUP was entered (running totals) */
@@ -86,8 +86,8 @@ enum gw_fo_command {
 
 /* What the caller does after a step. */
 struct gw_fo_result {
-    int rc;              /* 0, or for FORCE -EHOSTUNREACH, for BACK -EALREADY / -EAGAIN */
-    bool switched;       /* mode or peer changed: log, publish, count a switch */
+    int rc;        /* 0, or for FORCE -EHOSTUNREACH, for BACK -EALREADY / -EAGAIN */
+    bool switched; /* mode or peer changed: log, publish, count a switch */
     enum gw_site_mode from_mode;
     const char *why;     /* for the log line of a switch */
     bool warmup_entered; /* the warm-up counters start again from zero */
@@ -121,8 +121,8 @@ int gw_fo_best_peer(const struct gw_fo_peer *peers, size_t npeers, int want);
 /* Close win at now when a window has passed, given the running totals; the window then
  * starts again from them. */
 struct gw_fo_window_result gw_fo_window_close(struct gw_fo_window *win, int64_t now_ms,
-                                              uint64_t hits, uint64_t misses,
-                                              uint64_t peer_hits, double hit_ratio);
+                                              uint64_t hits, uint64_t misses, uint64_t peer_hits,
+                                              double hit_ratio);
 
 /* One step of the machine.  want_peer: FORCE's site (index), -1 for the best one. */
 struct gw_fo_result gw_fo_step(struct gw_fo_state *st, const struct gw_fo_config *cfg,
@@ -131,9 +131,9 @@ struct gw_fo_result gw_fo_step(struct gw_fo_state *st, const struct gw_fo_config
 
 /* A node back from down warms alone, until warm_until_ms (0: not warming). */
 enum gw_fo_node_warm {
-    GW_FO_NODE_COLD = 0,     /* still warming (or not warming at all: nothing to do) */
-    GW_FO_NODE_MAX_TIME,     /* warmup.max_time passed: warm-up over */
-    GW_FO_NODE_WARM,         /* its window reached warmup.hit_ratio: warm-up over */
+    GW_FO_NODE_COLD = 0, /* still warming (or not warming at all: nothing to do) */
+    GW_FO_NODE_MAX_TIME, /* warmup.max_time passed: warm-up over */
+    GW_FO_NODE_WARM,     /* its window reached warmup.hit_ratio: warm-up over */
     GW_FO_NODE_WARM_MAX
 };
 

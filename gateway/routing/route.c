@@ -8,10 +8,8 @@
 #include "gateway/server.h"
 
 static const char *const route_kind_names[GW_ROUTE_KIND_MAX] = {
-    [GW_ROUTE_LOCAL] = "local",
-    [GW_ROUTE_PEER] = "peer",
-    [GW_ROUTE_WARMUP] = "warmup",
-    [GW_ROUTE_FAILED_OVER] = "failed_over",
+    [GW_ROUTE_LOCAL] = "local",   [GW_ROUTE_PEER] = "peer",
+    [GW_ROUTE_WARMUP] = "warmup", [GW_ROUTE_FAILED_OVER] = "failed_over",
     [GW_ROUTE_DOWN] = "down",
 };
 

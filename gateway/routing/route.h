@@ -51,11 +51,11 @@ struct gw_route {
 /* Everything a decision looks at. */
 struct gw_route_facts {
     enum gw_route_op op;
-    bool replicates;               /* gw_server_replicates() */
-    struct gw_failover_view site;  /* as failover last published it */
+    bool replicates;              /* gw_server_replicates() */
+    struct gw_failover_view site; /* as failover last published it */
     uint32_t node;
     bool node_usable;
-    bool node_warming;             /* back from down and still cold */
+    bool node_warming; /* back from down and still cold */
 };
 
 /* The decision itself (pure; tests/unit/test_route.c). */

@@ -35,7 +35,8 @@ static void world_init(struct world *w)
 {
     memset(w, 0, sizeof(*w));
     gw_fo_state_init(&w->st);
-    w->peers[0] = (struct gw_fo_peer){.link_up = true, .serving = true, .priority = 1, .rtt_ms = 30};
+    w->peers[0] =
+        (struct gw_fo_peer){.link_up = true, .serving = true, .priority = 1, .rtt_ms = 30};
     w->peers[1] = (struct gw_fo_peer){.link_up = true, .serving = true, .priority = 2, .rtt_ms = 5};
     w->in.now_ms = 100000;
     w->in.nodes = 4;

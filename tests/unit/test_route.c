@@ -33,11 +33,11 @@ static struct gw_route decide(enum gw_route_op op, bool replicates, enum gw_site
     return r;
 }
 
-#define ASSERT_ROUTE(r, k, p)                                                                  \
-    do {                                                                                       \
-        struct gw_route r_ = (r);                                                              \
-        assert_string_equal(gw_route_kind_name(r_.kind), gw_route_kind_name(k));               \
-        assert_int_equal(r_.peer, (p));                                                        \
+#define ASSERT_ROUTE(r, k, p)                                                                      \
+    do {                                                                                           \
+        struct gw_route r_ = (r);                                                                  \
+        assert_string_equal(gw_route_kind_name(r_.kind), gw_route_kind_name(k));                   \
+        assert_int_equal(r_.peer, (p));                                                            \
     } while (0)
 
 static void test_names(void **state)
@@ -58,8 +58,7 @@ static void test_single_site(void **state)
     for (int op = 0; op < GW_ROUTE_OP_MAX; op++) {
         ASSERT_ROUTE(decide(op, false, GW_MODE_LOCAL, -1, -1, true, false), GW_ROUTE_LOCAL, -1);
         ASSERT_ROUTE(decide(op, false, GW_MODE_LOCAL, -1, -1, false, false), GW_ROUTE_DOWN, -1);
-        ASSERT_ROUTE(decide(op, false, GW_MODE_FAILED_OVER, 1, 1, true, true), GW_ROUTE_LOCAL,
-                     -1);
+        ASSERT_ROUTE(decide(op, false, GW_MODE_FAILED_OVER, 1, 1, true, true), GW_ROUTE_LOCAL, -1);
         ASSERT_ROUTE(decide(op, false, GW_MODE_WARMUP, 1, 1, false, true), GW_ROUTE_DOWN, -1);
     }
 }
@@ -81,16 +80,14 @@ static void test_read(void **state)
     /* a mode without a peer decides nothing */
     ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_FAILED_OVER, -1, -1, true, false),
                  GW_ROUTE_LOCAL, -1);
-    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_WARMUP, -1, -1, true, false),
-                 GW_ROUTE_LOCAL, -1);
+    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_WARMUP, -1, -1, true, false), GW_ROUTE_LOCAL,
+                 -1);
     /* node down: the best serving peer, else down */
-    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, 2, false, false), GW_ROUTE_PEER,
-                 2);
+    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, 2, false, false), GW_ROUTE_PEER, 2);
     ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, -1, false, false), GW_ROUTE_DOWN,
                  -1);
     /* node back cold: warm-up through the best peer, or plain local without one */
-    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, 2, true, true), GW_ROUTE_WARMUP,
-                 2);
+    ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, 2, true, true), GW_ROUTE_WARMUP, 2);
     ASSERT_ROUTE(decide(GW_ROUTE_READ, true, GW_MODE_LOCAL, -1, -1, true, true), GW_ROUTE_LOCAL,
                  -1);
 }
@@ -124,8 +121,8 @@ static void test_node_only(void **state)
 {
     (void)state;
     /* the site's mode and warm-up play no part */
-    ASSERT_ROUTE(decide(GW_ROUTE_NODE, true, GW_MODE_FAILED_OVER, 1, 0, true, true),
-                 GW_ROUTE_LOCAL, -1);
+    ASSERT_ROUTE(decide(GW_ROUTE_NODE, true, GW_MODE_FAILED_OVER, 1, 0, true, true), GW_ROUTE_LOCAL,
+                 -1);
     ASSERT_ROUTE(decide(GW_ROUTE_NODE, true, GW_MODE_WARMUP, 1, 0, true, false), GW_ROUTE_LOCAL,
                  -1);
     ASSERT_ROUTE(decide(GW_ROUTE_NODE, true, GW_MODE_FAILED_OVER, 1, 2, false, false),
@@ -140,10 +137,8 @@ static void test_node_only(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names),
-        cmocka_unit_test(test_single_site),
-        cmocka_unit_test(test_read),
-        cmocka_unit_test(test_write),
+        cmocka_unit_test(test_names),     cmocka_unit_test(test_single_site),
+        cmocka_unit_test(test_read),      cmocka_unit_test(test_write),
         cmocka_unit_test(test_node_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
