@@ -367,8 +367,8 @@ bool gw_client_retry_read(struct gw_req *r)
     uint32_t n = 0;
     int peer;
 
-    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) ||
-        r->keybuf == NULL || (peer = gw_route_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
+    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) || r->keybuf == NULL ||
+        (peer = gw_route_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
         return false;
     }
     if (r->nkeys > 64 && (keys = malloc(r->nkeys * sizeof(*keys))) == NULL) {

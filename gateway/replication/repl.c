@@ -1187,8 +1187,8 @@ static int srv_backfill_open(void *arg, struct wan_grpc_backfill_call *call,
         geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
         return WAN_GRPC_UNIMPLEMENTED;
     }
-    return repl->hooks->serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site,
-                                   req, call_arg);
+    return repl->hooks->serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site, req,
+                                   call_arg);
 }
 
 static void srv_backfill_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)

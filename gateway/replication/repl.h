@@ -42,10 +42,10 @@ struct wan_grpc_backfill_call;
 
 /* A catch-up backfill replication wants started from a peer (borrowed strings). */
 struct gw_repl_catch_up {
-    struct gw_pool *pool;                /* the WAN thread's current pool */
-    const char *from;                    /* the peer site owing us items */
-    const char *why;                     /* for the log and /status */
-    struct gw_catchup *catchup;          /* record progress here; NULL: not resumable */
+    struct gw_pool *pool;                  /* the WAN thread's current pool */
+    const char *from;                      /* the peer site owing us items */
+    const char *why;                       /* for the log and /status */
+    struct gw_catchup *catchup;            /* record progress here; NULL: not resumable */
     const struct gw_catchup_entry *resume; /* where a cut-short catch-up got to, or NULL */
 };
 
@@ -152,10 +152,10 @@ struct gw_clock_status {
 /* What a peer site looks like from here (measured by the WAN thread). */
 struct gw_peer_status {
     char site[64];
-    bool link_up;       /* our Ship link to it is up */
-    bool serving;       /* its last Health/Check said SERVING (its own pool is healthy) */
-    int priority;       /* from the config: lower first */
-    uint32_t rtt_ms;    /* last Health/Check round trip */
+    bool link_up;    /* our Ship link to it is up */
+    bool serving;    /* its last Health/Check said SERVING (its own pool is healthy) */
+    int priority;    /* from the config: lower first */
+    uint32_t rtt_ms; /* last Health/Check round trip */
     uint64_t acked_seq;
     uint64_t spool_records; /* ours, not yet acked by it: data at risk if we die now */
     uint64_t spool_bytes;

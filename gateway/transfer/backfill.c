@@ -995,8 +995,8 @@ void gw_backfill_free(struct gw_server *srv)
 
 /* A catch-up replication asks for (repl.c decides when): an automatic job at the
  * configured rate. */
-static int backfill_catch_up(struct gw_server *srv, const struct gw_repl_catch_up *req,
-                             char *err, size_t errlen)
+static int backfill_catch_up(struct gw_server *srv, const struct gw_repl_catch_up *req, char *err,
+                             size_t errlen)
 {
     struct gw_backfill_params bp;
 
