@@ -99,9 +99,6 @@ static void set_mode(struct gw_fo_state *st, struct gw_fo_result *res, int64_t n
     if (st->mode == mode && st->peer == peer) {
         return;
     }
-    if (!res->switched) {
-        res->from_mode = st->mode;
-    }
     res->switched = true;
     res->why = why;
     st->mode = mode;

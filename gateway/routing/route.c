@@ -70,22 +70,26 @@ struct gw_route gw_route_decide(const struct gw_route_facts *f)
     }
 }
 
+/* The facts about the site for w: what failover published, when replicating. */
+static void site_facts(struct gw_worker *w, struct gw_route_facts *f)
+{
+    f->replicates = gw_server_replicates(w->srv);
+    if (f->replicates) {
+        f->site = gw_failover_view(w->srv);
+    } else {
+        f->site.mode = GW_MODE_LOCAL;
+        f->site.peer = f->site.best_peer = -1;
+    }
+}
+
 struct gw_route gw_route_node(struct gw_worker *w, uint32_t node, enum gw_route_op op)
 {
     struct gw_node *nd = &w->pool->nodes[node];
-    struct gw_route_facts f = {
-        .op = op,
-        .replicates = gw_server_replicates(w->srv),
-        .node = node,
-        .node_usable = gw_node_usable(nd),
-    };
+    struct gw_route_facts f = {.op = op, .node = node, .node_usable = gw_node_usable(nd)};
 
+    site_facts(w, &f);
     if (f.replicates) {
-        f.site = gw_failover_view(w->srv);
         f.node_warming = __atomic_load_n(&nd->warm_until_ms, __ATOMIC_ACQUIRE) > w->now_ms;
-    } else {
-        f.site.mode = GW_MODE_LOCAL;
-        f.site.peer = f.site.best_peer = -1;
     }
     return gw_route_decide(&f);
 }
@@ -98,21 +102,22 @@ struct gw_route gw_route_key(struct gw_worker *w, const char *key, uint32_t nkey
 
 struct gw_route gw_route_site(struct gw_worker *w)
 {
-    struct gw_failover_view v;
+    /* A read of a healthy, warm node: only the site's mode can send it elsewhere. */
+    struct gw_route_facts f = {.op = GW_ROUTE_READ, .node_usable = true};
+    struct gw_route r;
 
-    if (gw_server_replicates(w->srv)) {
-        v = gw_failover_view(w->srv);
-        if (v.mode == GW_MODE_FAILED_OVER && v.peer >= 0) {
-            return route_to(GW_ROUTE_FAILED_OVER, 0, v.peer);
-        }
-        if (v.mode == GW_MODE_WARMUP && v.peer >= 0) {
-            return route_to(GW_ROUTE_WARMUP, 0, v.peer);
-        }
-    }
-    return route_to(GW_ROUTE_LOCAL, 0, -1);
+    site_facts(w, &f);
+    r = gw_route_decide(&f);
+    return r.kind == GW_ROUTE_FAILED_OVER || r.kind == GW_ROUTE_WARMUP
+               ? r
+               : route_to(GW_ROUTE_LOCAL, 0, -1);
 }
 
 int gw_route_fallback_peer(struct gw_worker *w)
 {
-    return gw_server_replicates(w->srv) ? gw_failover_view(w->srv).best_peer : -1;
+    /* Where the key of a node that is down goes. */
+    struct gw_route_facts f = {.op = GW_ROUTE_NODE, .node_usable = false};
+
+    site_facts(w, &f);
+    return gw_route_decide(&f).peer;
 }

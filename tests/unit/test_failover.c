@@ -102,6 +102,9 @@ static void test_best_peer(void **state)
     assert_int_equal(gw_fo_best_peer(p, 3, -1), 2); /* priority first, then RTT */
     assert_int_equal(gw_fo_best_peer(p, 3, 0), 0);  /* limited to the wanted one */
     assert_int_equal(gw_fo_best_peer(p, 2, -1), 1);
+    p[1].rtt_ms = 10; /* a tie keeps the first */
+    assert_int_equal(gw_fo_best_peer(p, 3, -1), 1);
+    p[1].rtt_ms = 50;
     p[2].serving = false;
     assert_int_equal(gw_fo_best_peer(p, 3, -1), 1);
     assert_int_equal(gw_fo_best_peer(p, 3, 2), -1);
@@ -381,6 +384,26 @@ static void test_peer_goes_away(void **state)
     assert_int_equal(w.st.best_peer, -1);
 }
 
+/* States the API never makes: the machine still does something sane with them. */
+static void test_odd_states(void **state)
+{
+    struct world w;
+    struct gw_fo_result r;
+
+    (void)state;
+    world_init(&w);
+    w.in.nodes_up = 0;
+    w.st.mode = GW_MODE_FAILED_OVER; /* without a peer: take the best one */
+    w.st.peer = -1;
+    r = tick_at(&w, 100000);
+    assert_true(r.switched);
+    assert_int_equal(w.st.peer, 0);
+    w.st.mode = GW_MODE_MAX; /* not a mode: left alone */
+    r = tick_at(&w, 100100);
+    assert_false(r.switched);
+    assert_int_equal(w.st.mode, GW_MODE_MAX);
+}
+
 static void test_force(void **state)
 {
     struct world w;
@@ -526,6 +549,7 @@ int main(void)
         cmocka_unit_test(test_warmup_by_max_time),
         cmocka_unit_test(test_warmup_fails_over_again),
         cmocka_unit_test(test_peer_goes_away),
+        cmocka_unit_test(test_odd_states),
         cmocka_unit_test(test_force),
         cmocka_unit_test(test_force_unreachable),
         cmocka_unit_test(test_failback),

@@ -2,7 +2,8 @@
  * test_route — gateway/routing/route.c: the one routing step as a pure decision.  For
  * reads, writes and node-only routing: a site that does not replicate (LOCAL or DOWN
  * only), failed over, warming up, a key whose node is down with and without a serving
- * peer, a node back from down and still cold.  Pure logic: no server, no pool.
+ * peer, a node back from down and still cold; then the wrappers that gather those facts
+ * from a worker (a real pool built from a config, no thread, no socket).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,7 +14,10 @@
 
 #include <cmocka.h>
 
+#include "gateway/base/config.h"
+#include "gateway/routing/pool.h"
 #include "gateway/routing/route.h"
+#include "gateway/server.h"
 
 /* facts: op, replicating, site mode, its peer, best peer, node usable, node warming */
 static struct gw_route decide(enum gw_route_op op, bool replicates, enum gw_site_mode mode,
@@ -134,12 +138,63 @@ static void test_node_only(void **state)
                  GW_ROUTE_LOCAL, -1);
 }
 
+/* gw_route_key/node/site/fallback_peer read the worker's pool and what failover
+ * published (nothing yet: LOCAL, no peer). */
+static void test_wrappers(void **state)
+{
+    static const char yaml[] = "site: us-east\n"
+                               "listen: 127.0.0.1:11311\n"
+                               "pool:\n"
+                               "  servers:\n"
+                               "    - 127.0.0.1:21211:1\n"
+                               "    - 127.0.0.1:21212:1\n";
+    struct gw_config *cfg = NULL;
+    struct gw_pool *pool = NULL;
+    struct gw_server srv;
+    struct gw_worker w;
+    struct gw_route r;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(gw_config_load_string(yaml, strlen(yaml), "t.yml", &cfg, err, sizeof(err)), 0);
+    assert_int_equal(gw_pool_create(&pool, cfg, 1, err, sizeof(err)), 0);
+    memset(&srv, 0, sizeof(srv));
+    memset(&w, 0, sizeof(w));
+    srv.cfg = cfg;
+    gw_failover_init(&srv);
+    w.srv = &srv;
+    w.pool = pool;
+    w.now_ms = 1000;
+
+    r = gw_route_key(&w, "user:1", 6, GW_ROUTE_READ);
+    ASSERT_ROUTE(r, GW_ROUTE_LOCAL, -1);
+    assert_int_equal(r.node, gw_pool_route(pool, "user:1", 6));
+    ASSERT_ROUTE(gw_route_site(&w), GW_ROUTE_LOCAL, -1);
+    assert_int_equal(gw_route_fallback_peer(&w), -1);
+
+    pool->nodes[r.node].state = GW_NODE_DOWN;
+    ASSERT_ROUTE(gw_route_key(&w, "user:1", 6, GW_ROUTE_READ), GW_ROUTE_DOWN, -1);
+    ASSERT_ROUTE(gw_route_node(&w, r.node, GW_ROUTE_WRITE), GW_ROUTE_DOWN, -1);
+
+    /* replicating, nothing published yet: no peer to fall back to, no warm-up */
+    srv.versioned = true;
+    ASSERT_ROUTE(gw_route_node(&w, r.node, GW_ROUTE_NODE), GW_ROUTE_DOWN, -1);
+    pool->nodes[r.node].state = GW_NODE_UP;
+    pool->nodes[r.node].warm_until_ms = 5000;
+    ASSERT_ROUTE(gw_route_node(&w, r.node, GW_ROUTE_READ), GW_ROUTE_LOCAL, -1);
+    ASSERT_ROUTE(gw_route_site(&w), GW_ROUTE_LOCAL, -1);
+    assert_int_equal(gw_route_fallback_peer(&w), -1);
+
+    gw_pool_put(pool);
+    gw_config_destroy(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),     cmocka_unit_test(test_single_site),
         cmocka_unit_test(test_read),      cmocka_unit_test(test_write),
-        cmocka_unit_test(test_node_only),
+        cmocka_unit_test(test_node_only), cmocka_unit_test(test_wrappers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
