@@ -265,6 +265,7 @@ int gw_server_run(struct gw_config *cfg)
     struct gw_server srv;
     struct gw_worker_hooks hooks; /* read by the workers until they are joined */
     struct gw_admin *admin = NULL;
+    struct gw_repl_hooks repl_hooks = {0};
     char err[512];
     int started = 0;
     int rc = 1;
@@ -282,9 +283,7 @@ int gw_server_run(struct gw_config *cfg)
      * versions into the future (docs/REPLICATION.md, "Clock skew"); it is read from the HLC
      * from here on, so a reload cannot make the two disagree. */
     wan_hlc_init(&srv.hlc, NULL, NULL, cfg->replication.max_clock_skew_ms);
-    srv.fo.peer = -1;
-    srv.fo.best_peer = -1;
-    srv.fo.mode = GW_MODE_LOCAL;
+    gw_failover_init(&srv);
     signal(SIGPIPE, SIG_IGN);
     if (evthread_use_pthreads() != 0) {
         log_error("libevent without pthreads support");
@@ -312,9 +311,12 @@ int gw_server_run(struct gw_config *cfg)
             goto fail_start;
         }
     }
-    if (srv.versioned && gw_repl_create(&srv, srv.nthreads > srv.nworkers
-                                                  ? &srv.workers[srv.nworkers]
-                                                  : NULL) != 0) {
+    /* Replication runs the WAN thread's tick and listener; what sits above it plugs in. */
+    gw_backfill_repl_hooks(&repl_hooks);
+    repl_hooks.tick = gw_failover_tick;
+    if (gw_server_replicates(&srv) &&
+        gw_repl_create(&srv, srv.nthreads > srv.nworkers ? &srv.workers[srv.nworkers] : NULL,
+                       &repl_hooks) != 0) {
         goto fail_start;
     }
     for (int i = 0; i < srv.nworkers && srv.repl != NULL; i++) {

@@ -9,28 +9,22 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "gateway/failover/fo_state.h"
 #include "gateway/types.h"
 #include "wan/version.h"
 
-/* Failover state (gateway/failover/failover.c); fields marked atomic are read on the request
- * path by every worker. */
+/* Failover state (gateway/failover/failover.c).  The request path reads only `route`,
+ * through the routing step (gateway/routing/route.c); fields marked atomic are counted by
+ * every worker. */
 struct gw_failover_state {
-    int mode; /* atomic: enum gw_site_mode */
-    int peer; /* atomic: index into cfg->wan.peers, -1 none */
-    bool forced;
-    int64_t since_ms;
-    int64_t healthy_since_ms;
-    uint32_t last_nodes_up;
-    int64_t warmup_started_ms;
-    int64_t win_start_ms;
-    uint64_t win_hits, win_misses, win_peer_hits;
-    double last_ratio;
+    struct gw_fo_state sm; /* the site-mode machine, under failover.c's lock */
+    uint64_t route;        /* atomic: mode, peer and best peer as one word (gw_failover_view) */
+    int64_t since_ms;      /* unix ms the mode was entered */
     uint64_t switches;
     uint64_t warm_hits, warm_misses, warm_filled; /* atomic */
     uint64_t warm_peer_hits;                      /* atomic: local misses the peer had */
     uint64_t peer_reads, peer_read_errors;        /* atomic */
     uint64_t reads_retried; /* atomic: reads a local node failed, asked again at a peer */
-    int best_peer; /* atomic: the best serving peer now (per-key fallback), -1 none */
 };
 
 struct gw_apply_shipper;
@@ -71,6 +65,14 @@ struct gw_server {
     struct gw_failover_state fo;
     int lb_draining; /* atomic: admin drain, /health says 503 */
 };
+
+/* This site replicates: a wan: section is configured, so items carry versions, writes
+ * ship to peers and reads may be served by them.  The one test of it; srv->repl is the
+ * replication engine itself, which exists from a little later in start-up. */
+static inline bool gw_server_replicates(const struct gw_server *srv)
+{
+    return srv->versioned;
+}
 
 /* Run the gateway until drained.  Returns the process exit code. */
 int gw_server_run(struct gw_config *cfg);

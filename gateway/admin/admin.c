@@ -812,12 +812,7 @@ static void admin_drain(struct gw_admin *a, struct evhttp_request *req, struct e
 
 static bool admin_is_peer(const struct gw_config *cfg, const char *site)
 {
-    for (size_t i = 0; i < cfg->wan.npeers; i++) {
-        if (strcmp(cfg->wan.peers[i].site, site) == 0) {
-            return true;
-        }
-    }
-    return false;
+    return gw_config_peer_index(cfg, site) >= 0;
 }
 
 /* "a, b, c" of the configured peers, into out. */

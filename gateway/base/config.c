@@ -1348,6 +1348,16 @@ int gw_addr_parse(const char *s, struct gw_addr *addr)
     return gw_config_addr_split(s, addr, &why);
 }
 
+int gw_config_peer_index(const struct gw_config *cfg, const char *site)
+{
+    for (size_t i = 0; i < cfg->wan.npeers; i++) {
+        if (strcmp(cfg->wan.peers[i].site, site) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
 const char *gw_log_level_name(enum gw_log_level level)
 {
     return (unsigned)level < GW_LOG_MAX ? gw_config_log_level_names[level] : "unknown";

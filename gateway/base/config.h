@@ -127,6 +127,11 @@ void gw_config_destroy(struct gw_config *cfg);
  * port 1..65535).  Returns 0, or -1 with addr untouched. */
 int gw_addr_parse(const char *s, struct gw_addr *addr);
 
+/* The index in cfg->wan.peers of the peer named site (site names are unique), or -1 when
+ * it is not a configured peer.  Every lookup of a peer by name goes through here; the
+ * lists derived from the config (replication's links, status snapshots) keep its order. */
+int gw_config_peer_index(const struct gw_config *cfg, const char *site);
+
 /* Lower-case names as written in the config ("info", "everysec", "copy"); "unknown"
  * for a value out of range. */
 const char *gw_log_level_name(enum gw_log_level level);

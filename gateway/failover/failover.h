@@ -11,9 +11,12 @@
  *   WARMUP: reads are local; a local miss is read from the peer, answered, and added
  *   locally with its original absolute expiry and version (never over a newer item).
  *
- * State is a few atomics any thread reads on the request path; transitions are decided
- * by gw_failover_tick() on one thread (the WAN thread) and by the operator calls below
- * (admin thread).  It does not talk to peers itself (repl.c measures their health).
+ * The decisions are the pure state machine of fo_state.h; this file gathers its inputs
+ * (pool health, the peers' health as repl.c measures it, warm-up counters), runs it from
+ * gw_failover_tick() (WAN thread, registered on replication's tick by server.c) and the
+ * operator calls below (admin thread), and publishes the outcome as one word that the
+ * routing step (route.c) reads; nothing else on the request path reads failover state.
+ * It does not talk to peers itself.
  */
 #ifndef GEOGATE_FAILOVER_H
 #define GEOGATE_FAILOVER_H
@@ -22,37 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/failover/fo_state.h"
+#include "gateway/replication/repl.h"
+
 struct gw_server;
-
-enum gw_site_mode {
-    GW_MODE_LOCAL = 0,   /* reads from the local pool (per-key fallback for down nodes) */
-    GW_MODE_FAILED_OVER, /* every read from the chosen peer site */
-    GW_MODE_WARMUP,      /* local reads; misses filled from the peer */
-    GW_MODE_MAX
-};
-
-const char *gw_site_mode_name(enum gw_site_mode mode);
-
-/* What a peer site looks like from here (measured by the WAN thread). */
-struct gw_peer_status {
-    char site[64];
-    bool link_up;       /* our Ship link to it is up */
-    bool serving;       /* its last Health/Check said SERVING (its own pool is healthy) */
-    int priority;       /* from the config: lower first */
-    uint32_t rtt_ms;    /* last Health/Check round trip */
-    uint64_t acked_seq;
-    uint64_t spool_records; /* ours, not yet acked by it: data at risk if we die now */
-    uint64_t spool_bytes;
-    uint64_t oldest_unacked_age_ms;
-    uint64_t lag_p50_ms, lag_p99_ms;
-    uint64_t shipped, acked, dropped, reconnects;
-    uint64_t lost_from_peer; /* records the peer said its spool lost for us */
-    /* its clock (docs/REPLICATION.md, "Clock skew") */
-    bool clock_measured;     /* an offset was measured since start */
-    int64_t clock_offset_ms; /* its clock minus ours, from its last batch or ack */
-    uint64_t clock_age_ms;   /* how long ago */
-    uint64_t skew_refused;   /* its batches refused: versions beyond max_clock_skew */
-};
 
 struct gw_failover_status {
     enum gw_site_mode mode;
@@ -71,6 +47,19 @@ struct gw_failover_status {
     uint64_t reads_retried;
 };
 
+/* Set up srv->fo: LOCAL, no peer; before any thread starts. */
+void gw_failover_init(struct gw_server *srv);
+
+/* Where the site reads from, as last published: one consistent snapshot.  Read by the
+ * routing step only (any thread, lock-free). */
+struct gw_failover_view {
+    enum gw_site_mode mode;
+    int peer;      /* index into cfg->wan.peers in FAILED_OVER / WARMUP, -1 otherwise */
+    int best_peer; /* the best serving peer now (per-key fallback), -1 none */
+};
+
+struct gw_failover_view gw_failover_view(const struct gw_server *srv);
+
 /* A snapshot (any thread). */
 void gw_failover_status(struct gw_server *srv, struct gw_failover_status *out);
 
@@ -86,7 +75,7 @@ int gw_failover_force(struct gw_server *srv, const char *site, char *err, size_t
  * -EALREADY (not failed over), -EAGAIN (the local pool is not healthy yet).  Any thread. */
 int gw_failover_back(struct gw_server *srv, char *err, size_t errlen);
 
-/* Decide transitions; called every 100 ms on the WAN thread. */
+/* Decide transitions; every replication tick (100 ms) on the WAN thread. */
 void gw_failover_tick(struct gw_server *srv);
 
 #endif

@@ -492,7 +492,7 @@ int gw_remote_start(void *arg)
     struct gw_server *srv = w->srv;
     struct gw_remote *rm;
 
-    if (srv->repl == NULL || srv->cfg->wan.npeers == 0) {
+    if (!gw_server_replicates(srv) || srv->cfg->wan.npeers == 0) {
         return 0;
     }
     rm = calloc(1, sizeof(*rm));

@@ -360,30 +360,11 @@ static const char *wire_name(enum mc_cmd cmd)
     return mc_cmd_name(cmd);
 }
 
-/* The peer site a key whose local node is down falls back to, or -1 (no replication,
- * or no peer serving). */
-int gw_client_fallback_peer(struct gw_worker *w)
+/* Where a routed write is carried out: -1 locally; else at that peer (the site is failed
+ * over, so reads come from there and must see the write; or the key's node is down). */
+static int write_peer(const struct gw_route *rt)
 {
-    if (w->srv->repl == NULL) {
-        return -1;
-    }
-    return __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE);
-}
-
-/* Where a write is carried out: -1 locally; else at that peer (the site is failed over,
- * so reads come from there and must see the write; or the key's node is down). */
-static int write_peer(struct gw_worker *w, enum gw_route_kind kind)
-{
-    if (w->srv->repl == NULL) {
-        return -1;
-    }
-    if (__atomic_load_n(&w->srv->fo.mode, __ATOMIC_ACQUIRE) == GW_MODE_FAILED_OVER) {
-        int p = __atomic_load_n(&w->srv->fo.peer, __ATOMIC_ACQUIRE);
-        if (p >= 0) {
-            return p;
-        }
-    }
-    return kind == GW_ROUTE_DOWN ? gw_client_fallback_peer(w) : -1;
+    return rt->kind == GW_ROUTE_FAILED_OVER || rt->kind == GW_ROUTE_PEER ? rt->peer : -1;
 }
 
 /* client_req_ops.retry_read: a get/gets whose node failed under it (req.c,
@@ -396,8 +377,8 @@ static bool client_retry_read(struct gw_req *r)
     uint32_t n = 0;
     int peer;
 
-    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) ||
-        r->keybuf == NULL || (peer = gw_client_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
+    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) || r->keybuf == NULL ||
+        (peer = gw_route_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
         return false;
     }
     if (r->nkeys > 64 && (keys = malloc(r->nkeys * sizeof(*keys))) == NULL) {
@@ -509,7 +490,7 @@ static void forward_get_one(struct gw_client *c, const struct mc_request *m, uin
     r->nkeys = 1;
     r->pending = 1;
     memcpy(r->key1, m->keys[0].p, nkey);
-    if (w->srv->repl != NULL) {
+    if (gw_server_replicates(w->srv)) {
         /* kept for a retry at a peer should the node fail under this read */
         r->keybuf = strndup(r->key1, nkey);
     }
@@ -532,21 +513,17 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         reply_line(c, "END"); /* "gat 10" with no keys: memcached says END */
         return;
     }
-    if (w->srv->repl != NULL) {
-        /* The routing step for reads of a replicating site: failed over, warming up,
-         * or (below) a key whose node is down falls back to the best serving peer. */
-        int mode = __atomic_load_n(&w->srv->fo.mode, __ATOMIC_ACQUIRE);
-        int peer = __atomic_load_n(&w->srv->fo.peer, __ATOMIC_ACQUIRE);
-        if (mode == GW_MODE_FAILED_OVER && peer >= 0) {
-            remote_read(c, m, peer, false);
-            return;
-        }
-        if (mode == GW_MODE_WARMUP && peer >= 0) {
-            remote_read(c, m, peer, true);
-            return;
-        }
+    /* A site that reads from a peer (failed over, warming up) does so for every key. */
+    rt = gw_route_site(w);
+    if (rt.kind == GW_ROUTE_FAILED_OVER) {
+        remote_read(c, m, rt.peer, false);
+        return;
     }
-    if (w->srv->versioned && (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS)) {
+    if (rt.kind == GW_ROUTE_WARMUP) {
+        remote_read(c, m, rt.peer, true);
+        return;
+    }
+    if (gw_server_replicates(w->srv) && (m->cmd == MC_CMD_GAT || m->cmd == MC_CMD_GATS)) {
         gw_client_versioned_gat(c, m);
         return;
     }
@@ -558,31 +535,23 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
         }
     }
     for (uint32_t i = 0; i < m->nkeys; i++) {
-        rt = gw_route_key(w, m->keys[i].p, m->keys[i].len);
-        if (rt.kind == GW_ROUTE_DOWN) {
-            int fallback = w->srv->repl != NULL
-                               ? __atomic_load_n(&w->srv->fo.best_peer, __ATOMIC_ACQUIRE)
-                               : -1;
-            if (fallback >= 0) {
-                remote_read(c, m, fallback, false); /* per-key fallback */
-            } else {
-                fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
-            }
+        rt = gw_route_key(w, m->keys[i].p, m->keys[i].len, GW_ROUTE_READ);
+        switch (rt.kind) {
+        case GW_ROUTE_LOCAL:
+            break;
+        case GW_ROUTE_DOWN:
+            fail_now(c, m->cmd, false, w->pool->nodes[rt.node].err_down);
+            goto out;
+        case GW_ROUTE_WARMUP: /* the node came back cold (or the site began warming up) */
+            remote_read(c, m, rt.peer, true);
+            goto out;
+        default: /* a key's node is down (or the site failed over meanwhile) */
+            remote_read(c, m, rt.peer, false);
             goto out;
         }
         nodes[i] = rt.node;
         if (nodes[i] != nodes[0]) {
             single = false;
-        }
-        if (w->srv->repl != NULL &&
-            __atomic_load_n(&w->pool->nodes[rt.node].warm_until_ms, __ATOMIC_ACQUIRE) >
-                w->now_ms) {
-            int peer = gw_client_fallback_peer(w);
-            if (peer >= 0) {
-                /* the node came back cold: its misses are read from the peer and filled */
-                remote_read(c, m, peer, true);
-                goto out;
-            }
         }
     }
     if (!single) {
@@ -600,7 +569,7 @@ static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
     client_charge(c, r, (uint64_t)c->reply_est * (m->nkeys - 1));
     r->nkeys = m->nkeys;
     r->pending = 1;
-    if (w->srv->repl != NULL && (m->cmd == MC_CMD_GET || m->cmd == MC_CMD_GETS)) {
+    if (gw_server_replicates(w->srv) && (m->cmd == MC_CMD_GET || m->cmd == MC_CMD_GETS)) {
         /* kept for a retry at a peer should the node fail under this read */
         size_t skip = strlen(wire_name(m->cmd)) + 1;
         r->keybuf = malloc(len - skip - 1);
@@ -716,11 +685,11 @@ out:
 static void begin_store(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_store_pending *st = c->store;
-    struct gw_route rt = gw_route_key(c->w, m->key, m->nkey);
+    struct gw_route rt = gw_route_key(c->w, m->key, m->nkey, GW_ROUTE_WRITE);
     const char *name = wire_name(m->cmd);
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN && gw_client_fallback_peer(c->w) < 0) {
+    if (rt.kind == GW_ROUTE_DOWN) {
         /* The value still has to be read past before the next command. */
         fail_now(c, m->cmd, m->noreply, c->w->pool->nodes[rt.node].err_down);
         c->in_state = GW_IN_SWALLOW;
@@ -737,7 +706,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     st->cmd = m->cmd;
     st->noreply = m->noreply;
     st->node = rt.node;
-    st->remote = write_peer(c->w, rt.kind);
+    st->remote = write_peer(&rt);
     st->vlen = (uint32_t)m->vlen + 2;
     st->flags = m->flags;
     st->exptime = m->exptime;
@@ -761,6 +730,7 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
     struct gw_store_pending *st = c->store;
     struct evbuffer_ptr pos;
     char last2[2] = {0, 0};
+    bool down = false;
     struct gw_req *r;
 
     c->in_state = GW_IN_LINE;
@@ -781,11 +751,13 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
         return;
     }
     STAT_INCR(&c->w->stats, cmd_set);
-    if (st->remote < 0 && gw_node_usable(&c->w->pool->nodes[st->node]) == false &&
-        gw_client_fallback_peer(c->w) >= 0) {
-        st->remote = gw_client_fallback_peer(c->w); /* went down while the value was arriving */
+    if (st->remote < 0) {
+        /* the node may have gone down while the value was arriving */
+        struct gw_route rt = gw_route_node(c->w, st->node, GW_ROUTE_NODE);
+        st->remote = write_peer(&rt);
+        down = rt.kind == GW_ROUTE_DOWN;
     }
-    if (st->remote < 0 && !gw_node_usable(&c->w->pool->nodes[st->node])) {
+    if (down) {
         if (in != NULL) {
             evbuffer_drain(in, st->vlen);
         }
@@ -797,7 +769,7 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
         return; /* the client is closed */
     }
     client_charge(c, r, st->vlen); /* its data block is on its way to the node */
-    if (c->w->srv->versioned) {
+    if (gw_server_replicates(c->w->srv)) {
         gw_vop_store(c->w, r, st, st->key, st->nkey, st->flags, st->exptime, st->cas_unique, in,
                      st->remote);
         return;
@@ -816,19 +788,19 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
 static void forward_keyed(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_worker *w = c->w;
-    struct gw_route rt = gw_route_key(w, m->key, m->nkey);
+    struct gw_route rt = gw_route_key(w, m->key, m->nkey, GW_ROUTE_WRITE);
     const char *name = wire_name(m->cmd);
     struct gw_req *r;
     size_t len = 0;
 
-    if (rt.kind == GW_ROUTE_DOWN && gw_client_fallback_peer(w) < 0) {
+    if (rt.kind == GW_ROUTE_DOWN) {
         fail_now(c, m->cmd, m->noreply, w->pool->nodes[rt.node].err_down);
         return;
     }
-    if (w->srv->versioned) {
+    if (gw_server_replicates(w->srv)) {
         r = client_req(c, m->cmd, m->noreply);
         if (r != NULL) {
-            gw_vop_keyed(w, r, rt.node, m, write_peer(w, rt.kind));
+            gw_vop_keyed(w, r, rt.node, m, write_peer(&rt));
         }
         return;
     }
@@ -901,7 +873,7 @@ static void forward_flush(struct gw_client *c, const struct mc_request *m)
 static void drop_too_large(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_worker *w = c->w;
-    struct gw_route rt = gw_route_key(w, m->key, m->nkey);
+    struct gw_route rt = gw_route_key(w, m->key, m->nkey, GW_ROUTE_NODE);
     struct gw_req *r;
     size_t len = 0;
 
@@ -1172,7 +1144,7 @@ static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t
         const char *eol;
         size_t raw;
 
-        if (c->in_state == GW_IN_DATA && !c->w->srv->versioned && !c->closing &&
+        if (c->in_state == GW_IN_DATA && !gw_server_replicates(c->w->srv) && !c->closing &&
             !c->quitting && !c->quit_seen) {
             /* a storage command's data block, whole in this read: straight on */
             if (n - used < c->store->vlen) {

@@ -21,8 +21,6 @@ void gw_client_barrier_release(struct gw_client *c);
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
 
-/* The peer site a key whose local node is down falls back to, or -1. */
-int gw_client_fallback_peer(struct gw_worker *w);
 
 /* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);

@@ -99,12 +99,12 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m)
     char *p;
 
     for (uint32_t i = 0; i < m->nkeys; i++) {
-        if (gw_route_key(c->w, m->keys[i].p, m->keys[i].len).kind == GW_ROUTE_DOWN &&
-            gw_client_fallback_peer(c->w) >= 0) {
+        struct gw_route rt = gw_route_key(c->w, m->keys[i].p, m->keys[i].len, GW_ROUTE_NODE);
+        if (rt.kind == GW_ROUTE_PEER) {
             /* a key's node is down: the peer serves the whole request, as a get */
             struct gw_req *r = gw_client_new_req(c, m->cmd);
             if (r != NULL) {
-                gw_remote_retrieval(r, m, gw_client_fallback_peer(c->w));
+                gw_remote_retrieval(r, m, rt.peer);
             }
             return;
         }
@@ -148,7 +148,7 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m)
     j->pending = m->nkeys + 1;
     STAT_ADD(&c->w->stats, cmd_touch, m->nkeys);
     for (uint32_t i = 0; i < m->nkeys; i++) {
-        struct gw_route rt = gw_route_key(c->w, j->keys[i].p, j->keys[i].len);
+        struct gw_route rt = gw_route_key(c->w, j->keys[i].p, j->keys[i].len, GW_ROUTE_NODE);
         if (rt.kind != GW_ROUTE_LOCAL) {
             j->res[i].failed = true;
             snprintf(j->res[i].error, sizeof(j->res[i].error), "%s",

@@ -31,10 +31,8 @@
 
 #include "gateway/base/clock.h"
 #include "gateway/store/apply.h"
-#include "gateway/transfer/backfill.h"
 #include "gateway/replication/catchup.h"
 #include "gateway/base/config.h"
-#include "gateway/failover/failover.h"
 #include "gateway/base/json.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
@@ -795,53 +793,6 @@ static void peer_health(struct gw_peer *p, int64_t now)
     }
 }
 
-size_t gw_failover_peers(struct gw_server *srv, struct gw_peer_status *out, size_t max)
-{
-    struct gw_repl *repl = srv->repl;
-    size_t n = 0;
-    uint64_t now = (uint64_t)gw_wall_ms();
-
-    if (repl == NULL) {
-        return 0;
-    }
-    for (size_t i = 0; i < repl->npeers && n < max; i++, n++) {
-        struct gw_peer *p = &repl->peers[i];
-        struct gw_peer_status *s = &out[n];
-        struct wan_spool_peer_stats ps;
-
-        memset(s, 0, sizeof(*s));
-        memset(&ps, 0, sizeof(ps));
-        snprintf(s->site, sizeof(s->site), "%s", p->site);
-        s->link_up = __atomic_load_n(&p->up, __ATOMIC_ACQUIRE);
-        s->serving = s->link_up && __atomic_load_n(&p->serving, __ATOMIC_ACQUIRE);
-        s->priority = p->conf->priority;
-        s->rtt_ms = __atomic_load_n(&p->rtt_ms, __ATOMIC_RELAXED);
-        if (repl->spool != NULL) {
-            wan_spool_peer_stats(repl->spool, i, &ps);
-        }
-        s->acked_seq = ps.acked_seq;
-        s->spool_records = ps.records;
-        s->spool_bytes = ps.bytes;
-        s->oldest_unacked_age_ms =
-            ps.oldest_unacked_ms && now > ps.oldest_unacked_ms ? now - ps.oldest_unacked_ms : 0;
-        s->lag_p50_ms = gw_repl_lag_quantile(p, 0.5);
-        s->lag_p99_ms = gw_repl_lag_quantile(p, 0.99);
-        s->shipped = __atomic_load_n(&p->shipped, __ATOMIC_RELAXED);
-        s->acked = __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED);
-        s->dropped = ps.dropped;
-        s->lost_from_peer = __atomic_load_n(&p->in_lost_total, __ATOMIC_RELAXED);
-        s->reconnects = __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED);
-        {
-            int64_t at = __atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE);
-            s->clock_measured = at != 0;
-            s->clock_offset_ms = __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED);
-            s->clock_age_ms = at != 0 && (int64_t)now > at ? now - (uint64_t)at : 0;
-            s->skew_refused = __atomic_load_n(&p->skew_refused, __ATOMIC_RELAXED);
-        }
-    }
-    return n;
-}
-
 #define CATCHUP_RETRY_MS 30000 /* a catch-up that failed is tried again this long after */
 
 static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
@@ -857,7 +808,8 @@ static void catch_up_owed(struct gw_repl *repl, struct gw_peer *p, int64_t now)
     char why[160];
 
     if (repl->catchup == NULL || repl->srv->draining || !p->up || now < p->catchup_retry_ms ||
-        !repl->srv->cfg->replication.auto_backfill || gw_backfill_running(repl->srv) ||
+        !repl->srv->cfg->replication.auto_backfill ||
+        (repl->hooks->backfill_running != NULL && repl->hooks->backfill_running(repl->srv)) ||
         !gw_catchup_pending(repl->catchup, p->site, &e)) {
         return;
     }
@@ -902,7 +854,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     clock_tick(repl);
-    gw_failover_tick(repl->srv);
+    if (repl->hooks->tick != NULL) {
+        repl->hooks->tick(repl->srv);
+    }
 }
 
 /* ---- receiving ---- */
@@ -913,19 +867,20 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
                      const struct gw_catchup_entry *e)
 {
-    struct gw_backfill_params bp;
+    struct gw_repl_catch_up req = {
+        .pool = repl->w->pool,
+        .from = p->site,
+        .why = why,
+        .catchup = e != NULL ? repl->catchup : NULL,
+        .resume = e,
+    };
     char err[256];
     int rc;
 
-    memset(&bp, 0, sizeof(bp));
-    bp.pool = repl->w->pool;
-    bp.from = p->site;
-    bp.rate = -1;
-    bp.automatic = true;
-    bp.why = why;
-    bp.catchup = e != NULL ? repl->catchup : NULL;
-    bp.resume = e;
-    rc = gw_backfill_start(repl->srv, &bp, err, sizeof(err));
+    if (repl->hooks->backfill_start == NULL) {
+        return;
+    }
+    rc = repl->hooks->backfill_start(repl->srv, &req, err, sizeof(err));
     if (rc == -EBUSY) {
         return;
     }
@@ -935,14 +890,12 @@ static void catch_up(struct gw_repl *repl, struct gw_peer *p, const char *why,
     }
 }
 
+/* repl->peers are cfg->wan.peers, in order. */
 static struct gw_peer *peer_by_site(struct gw_repl *repl, const char *site)
 {
-    for (size_t i = 0; i < repl->npeers; i++) {
-        if (strcmp(repl->peers[i].site, site) == 0) {
-            return &repl->peers[i];
-        }
-    }
-    return NULL;
+    int i = gw_config_peer_index(repl->srv->cfg, site);
+
+    return i >= 0 && (size_t)i < repl->npeers ? &repl->peers[i] : NULL;
 }
 
 /* A batch says the sender's spool lost records meant for us: act once per new loss. */
@@ -1177,23 +1130,33 @@ static int srv_backfill_open(void *arg, struct wan_grpc_backfill_call *call,
 {
     struct gw_repl *repl = arg;
 
-    return gw_backfill_serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site, req,
-                                  call_arg);
+    if (repl->hooks->serve_open == NULL) {
+        geogate__wan__v1__backfill_request__free_unpacked(req, NULL);
+        return WAN_GRPC_UNIMPLEMENTED;
+    }
+    return repl->hooks->serve_open(repl->srv, repl->w->base, repl->w->pool, call, peer_site, req,
+                                   call_arg);
 }
 
 static void srv_backfill_writable(void *arg, void *call_arg, struct wan_grpc_backfill_call *call)
 {
-    (void)arg;
+    struct gw_repl *repl = arg;
+
     (void)call;
-    gw_backfill_serve_writable(call_arg);
+    if (repl->hooks->serve_writable != NULL) {
+        repl->hooks->serve_writable(call_arg);
+    }
 }
 
 static void srv_backfill_closed(void *arg, void *call_arg, struct wan_grpc_backfill_call *call,
                                 int grpc_status, const char *why)
 {
-    (void)arg;
+    struct gw_repl *repl = arg;
+
     (void)call;
-    gw_backfill_serve_closed(call_arg, grpc_status, why);
+    if (repl->hooks->serve_closed != NULL) {
+        repl->hooks->serve_closed(call_arg, grpc_status, why);
+    }
 }
 
 static int srv_health(void *arg, const char *service)
@@ -1285,7 +1248,9 @@ static int repl_stop(void *arg)
         repl->server = NULL;
     }
     /* the calls just closed cannot be freed by the WAN thread's wake-ups any more */
-    gw_backfill_serve_stop_all(repl->srv);
+    if (repl->hooks->serve_stop_all != NULL) {
+        repl->hooks->serve_stop_all(repl->srv);
+    }
     if (repl->kick_ev) {
         event_free(repl->kick_ev);
         repl->kick_ev = NULL;
@@ -1316,8 +1281,9 @@ static void repl_free(struct gw_repl *repl)
     free(repl);
 }
 
-int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
+int gw_repl_create(struct gw_server *srv, struct gw_worker *wan, const struct gw_repl_hooks *hooks)
 {
+    static const struct gw_repl_hooks no_hooks;
     const struct gw_config *cfg = srv->cfg;
     struct gw_repl *repl = calloc(1, sizeof(*repl));
     struct wan_spool_options so;
@@ -1330,6 +1296,7 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan)
     }
     repl->srv = srv;
     repl->w = wan;
+    repl->hooks = hooks != NULL ? hooks : &no_hooks;
     repl->fsync = cfg->wan.spool_fsync;
     repl->rng = (uint64_t)gw_wall_ms() ^ ((uint64_t)cfg->gateway_id << 32);
     repl->npeers = cfg->wan.npeers;

@@ -21,13 +21,56 @@
 
 #include "gateway/store/item.h" /* struct gw_item */
 #include "gateway/types.h"
+#include "proto/geogate_wan.pb-c.h"
 #include "wan/version.h"
 
 struct gw_repl;
 
+struct event_base;
+struct gw_catchup;
+struct gw_catchup_entry;
+struct gw_pool;
+struct wan_grpc_backfill_call;
+
+/* A catch-up backfill replication wants started from a peer (borrowed strings). */
+struct gw_repl_catch_up {
+    struct gw_pool *pool;                  /* the WAN thread's current pool */
+    const char *from;                      /* the peer site owing us items */
+    const char *why;                       /* for the log and /status */
+    struct gw_catchup *catchup;            /* record progress here; NULL: not resumable */
+    const struct gw_catchup_entry *resume; /* where a cut-short catch-up got to, or NULL */
+};
+
+/*
+ * What the layers above replication plug into it (server.c fills this in): replication
+ * runs the WAN thread's tick and serves the WAN listener, but the failover decision and
+ * backfills belong to failover/ and transfer/, which it does not call by name.  Every
+ * pointer may be NULL (nothing to do, nothing running, Backfill calls refused).
+ */
+struct gw_repl_hooks {
+    /* End of every replication tick (REPL_TICK_MS), on the WAN thread. */
+    void (*tick)(struct gw_server *srv);
+    /* Catch-up backfills: whether a backfill job runs now, and start one.  start returns 0,
+     * -EBUSY (another job runs: asked again later) or another negative code with err set. */
+    bool (*backfill_running)(struct gw_server *srv);
+    int (*backfill_start)(struct gw_server *srv, const struct gw_repl_catch_up *req, char *err,
+                          size_t errlen);
+    /* A peer's Backfill call on our WAN listener (WAN thread): open returns 0 with
+     * *call_arg set or a gRPC status to refuse with (it takes req); stop_all runs once the
+     * listener is gone. */
+    int (*serve_open)(struct gw_server *srv, struct event_base *base, struct gw_pool *pool,
+                      struct wan_grpc_backfill_call *call, const char *peer_site,
+                      Geogate__Wan__V1__BackfillRequest *req, void **call_arg);
+    void (*serve_writable)(void *call_arg);
+    void (*serve_closed)(void *call_arg, int grpc_status, const char *why);
+    void (*serve_stop_all)(struct gw_server *srv);
+};
+
 /* Set up replication for srv (spool, TLS contexts; the WAN thread's part starts on
- * that thread).  Returns 0 or -1 (logged). */
-int gw_repl_create(struct gw_server *srv, struct gw_worker *wan_worker);
+ * that thread).  hooks is borrowed for the life of replication.  Returns 0 or -1
+ * (logged). */
+int gw_repl_create(struct gw_server *srv, struct gw_worker *wan_worker,
+                   const struct gw_repl_hooks *hooks);
 
 /* Close the WAN server and the peer links; after every thread has stopped and before
  * their event bases are freed.  Idempotent. */
@@ -85,7 +128,7 @@ void gw_repl_spool_json(struct gw_server *srv, struct evbuffer *out);
 void gw_repl_spool_metrics(struct gw_server *srv, struct evbuffer *out);
 
 /* This gateway's hybrid clock against its wall clock, and what the bound on clock skew did
- * (docs/REPLICATION.md, "Clock skew"); peers' offsets are in gw_failover_peers(). */
+ * (docs/REPLICATION.md, "Clock skew"); peers' offsets are in gw_repl_peer_status(). */
 struct gw_clock_status {
     uint64_t max_skew_ms;        /* replication.max_clock_skew; 0 = no bound */
     uint64_t wall_ms;            /* the physical clock now */
@@ -97,6 +140,31 @@ struct gw_clock_status {
     uint64_t restamped;          /* our writes stamped ahead, re-stamped before shipping */
     uint64_t restamp_superseded; /* such writes found replaced by a later one */
 };
+
+/* What a peer site looks like from here (measured by the WAN thread). */
+struct gw_peer_status {
+    char site[64];
+    bool link_up;    /* our Ship link to it is up */
+    bool serving;    /* its last Health/Check said SERVING (its own pool is healthy) */
+    int priority;    /* from the config: lower first */
+    uint32_t rtt_ms; /* last Health/Check round trip */
+    uint64_t acked_seq;
+    uint64_t spool_records; /* ours, not yet acked by it: data at risk if we die now */
+    uint64_t spool_bytes;
+    uint64_t oldest_unacked_age_ms;
+    uint64_t lag_p50_ms, lag_p99_ms;
+    uint64_t shipped, acked, dropped, reconnects;
+    uint64_t lost_from_peer; /* records the peer said its spool lost for us */
+    /* its clock (docs/REPLICATION.md, "Clock skew") */
+    bool clock_measured;     /* an offset was measured since start */
+    int64_t clock_offset_ms; /* its clock minus ours, from its last batch or ack */
+    uint64_t clock_age_ms;   /* how long ago */
+    uint64_t skew_refused;   /* its batches refused: versions beyond max_clock_skew */
+};
+
+/* The peers as the WAN thread last measured them, in the order of cfg->wan.peers; returns
+ * how many were written (0 when not replicating).  Any thread. */
+size_t gw_repl_peer_status(struct gw_server *srv, struct gw_peer_status *out, size_t max);
 
 /* Any thread. */
 void gw_repl_clock_status(struct gw_server *srv, struct gw_clock_status *out);

@@ -135,6 +135,7 @@ struct gw_inbound {
 
 struct gw_repl {
     struct gw_server *srv;
+    const struct gw_repl_hooks *hooks; /* failover and backfill, plugged in by server.c */
     struct gw_worker *w; /* the WAN thread */
     struct wan_spool *spool;
     enum gw_fsync_mode fsync;

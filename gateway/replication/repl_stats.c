@@ -1,6 +1,7 @@
 /*
- * repl_stats — what replication shows of itself: `stats peers`, the spool's disk-fault
- * state for /status and /metrics, and the lag histogram's quantiles.  It reads counters
+ * repl_stats — what replication shows of itself: each peer's measured state (for
+ * failover and /status), `stats peers`, the spool's disk-fault state for /status and
+ * /metrics, and the lag histogram's quantiles.  It reads counters
  * the WAN thread and the workers keep (atomics, the spool's own lock); any thread.
  */
 #include "gateway/replication/repl.h"
@@ -35,6 +36,60 @@ uint64_t gw_repl_lag_quantile(const struct gw_peer *p, double q)
         }
     }
     return 1u << (REPL_LAG_BUCKETS - 1);
+}
+
+static int64_t stats_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+size_t gw_repl_peer_status(struct gw_server *srv, struct gw_peer_status *out, size_t max)
+{
+    struct gw_repl *repl = srv->repl;
+    size_t n = 0;
+    uint64_t now = (uint64_t)stats_wall_ms();
+
+    if (repl == NULL) {
+        return 0;
+    }
+    for (size_t i = 0; i < repl->npeers && n < max; i++, n++) {
+        struct gw_peer *p = &repl->peers[i];
+        struct gw_peer_status *s = &out[n];
+        struct wan_spool_peer_stats ps;
+
+        memset(s, 0, sizeof(*s));
+        memset(&ps, 0, sizeof(ps));
+        snprintf(s->site, sizeof(s->site), "%s", p->site);
+        s->link_up = __atomic_load_n(&p->up, __ATOMIC_ACQUIRE);
+        s->serving = s->link_up && __atomic_load_n(&p->serving, __ATOMIC_ACQUIRE);
+        s->priority = p->conf->priority;
+        s->rtt_ms = __atomic_load_n(&p->rtt_ms, __ATOMIC_RELAXED);
+        if (repl->spool != NULL) {
+            wan_spool_peer_stats(repl->spool, i, &ps);
+        }
+        s->acked_seq = ps.acked_seq;
+        s->spool_records = ps.records;
+        s->spool_bytes = ps.bytes;
+        s->oldest_unacked_age_ms =
+            ps.oldest_unacked_ms && now > ps.oldest_unacked_ms ? now - ps.oldest_unacked_ms : 0;
+        s->lag_p50_ms = gw_repl_lag_quantile(p, 0.5);
+        s->lag_p99_ms = gw_repl_lag_quantile(p, 0.99);
+        s->shipped = __atomic_load_n(&p->shipped, __ATOMIC_RELAXED);
+        s->acked = __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED);
+        s->dropped = ps.dropped;
+        s->lost_from_peer = __atomic_load_n(&p->in_lost_total, __ATOMIC_RELAXED);
+        s->reconnects = __atomic_load_n(&p->reconnects, __ATOMIC_RELAXED);
+        {
+            int64_t at = __atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE);
+            s->clock_measured = at != 0;
+            s->clock_offset_ms = __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED);
+            s->clock_age_ms = at != 0 && (int64_t)now > at ? now - (uint64_t)at : 0;
+            s->skew_refused = __atomic_load_n(&p->skew_refused, __ATOMIC_RELAXED);
+        }
+    }
+    return n;
 }
 
 void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)

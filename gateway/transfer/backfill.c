@@ -994,24 +994,51 @@ void gw_backfill_free(struct gw_server *srv)
     srv->backfill = NULL;
 }
 
+/* A catch-up replication asks for (repl.c decides when): an automatic job at the
+ * configured rate. */
+static int backfill_catch_up(struct gw_server *srv, const struct gw_repl_catch_up *req, char *err,
+                             size_t errlen)
+{
+    struct gw_backfill_params bp;
+
+    memset(&bp, 0, sizeof(bp));
+    bp.pool = req->pool;
+    bp.from = req->from;
+    bp.rate = -1;
+    bp.automatic = true;
+    bp.why = req->why;
+    bp.catchup = req->catchup;
+    bp.resume = req->resume;
+    return gw_backfill_start(srv, &bp, err, errlen);
+}
+
+void gw_backfill_repl_hooks(struct gw_repl_hooks *hooks)
+{
+    hooks->backfill_running = gw_backfill_running;
+    hooks->backfill_start = backfill_catch_up;
+    hooks->serve_open = gw_backfill_serve_open;
+    hooks->serve_writable = gw_backfill_serve_writable;
+    hooks->serve_closed = gw_backfill_serve_closed;
+    hooks->serve_stop_all = gw_backfill_serve_stop_all;
+}
+
 int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p, char *err,
                       size_t errlen)
 {
     struct gw_backfill *bf = bf_of(srv);
     const struct gw_config *cfg = srv->cfg;
     const struct gw_peer_conf *peer = NULL;
+    int pi = gw_config_peer_index(cfg, p->from);
     struct bf_job *j, *old = NULL;
     size_t plen = p->prefix != NULL ? strlen(p->prefix) : 0;
 
-    if (srv->repl == NULL || bf == NULL) {
+    if (!gw_server_replicates(srv) || bf == NULL) {
         snprintf(err, errlen, "this gateway does not replicate (no wan peers): nothing to "
                               "backfill from");
         return -ENOTCONN;
     }
-    for (size_t i = 0; i < cfg->wan.npeers; i++) {
-        if (strcmp(cfg->wan.peers[i].site, p->from) == 0) {
-            peer = &cfg->wan.peers[i];
-        }
+    if (pi >= 0) {
+        peer = &cfg->wan.peers[pi];
     }
     if (peer == NULL || peer->naddresses == 0) {
         snprintf(err, errlen, "unknown site '%.64s': not a configured peer", p->from);

@@ -91,6 +91,13 @@ void gw_backfill_metrics(struct gw_server *srv, struct evbuffer *out);
 /* True while a job is running (for /health-free checks and tests). */
 bool gw_backfill_running(struct gw_server *srv);
 
+struct gw_repl_hooks;
+
+/* Fill in the backfill part of replication's hooks (repl.h): serving peers' Backfill
+ * calls, and catch-ups started at replication's request (automatic, at
+ * replication.backfill_rate).  The other members are left as they are. */
+void gw_backfill_repl_hooks(struct gw_repl_hooks *hooks);
+
 /* ---- the cursor (exposed for unit tests) ---- */
 
 #define GW_BACKFILL_CURSOR_MAX (4 + 1 + 255 + 1 + 250)

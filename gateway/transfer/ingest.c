@@ -336,7 +336,7 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
         geogate__wan__v1__mutation__free_unpacked(m, NULL);
         return 0;
     }
-    if (versioned && in->srv->versioned) {
+    if (versioned && gw_server_replicates(in->srv)) {
         if (in->batch == NULL && (in->batch = batch_new(in->srv)) == NULL) {
             geogate__wan__v1__mutation__free_unpacked(m, NULL);
             snprintf(in->reason, sizeof(in->reason), "out of memory");
