@@ -81,7 +81,10 @@ struct admin_snapshot {
     int64_t now_ms;   /* unix ms */
 };
 
-void gw_server_set_draining(struct gw_server *srv)
+/* Drained for the load balancer (POST /drain): /health answers 503 "draining" from now
+ * on, so health-checking load balancers stop sending new connections here; the listener
+ * stays open and existing connections are served until the operator stops the process. */
+static void admin_set_draining(struct gw_server *srv)
 {
     __atomic_store_n(&srv->lb_draining, 1, __ATOMIC_RELEASE);
 }
@@ -802,7 +805,7 @@ static void admin_drain(struct gw_admin *a, struct evhttp_request *req, struct e
         admin_text(req, 200, "already draining: /health answers 503");
         return;
     }
-    gw_server_set_draining(a->srv);
+    admin_set_draining(a->srv);
     log_warn("admin: drained for the load balancer: /health answers 503; existing "
              "connections are still served until SIGTERM");
     admin_text(req, 200,

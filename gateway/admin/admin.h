@@ -24,12 +24,4 @@ int gw_admin_start(struct gw_server *srv, struct gw_admin **out);
  * NULL is a no-op. */
 void gw_admin_stop(struct gw_admin *admin);
 
-/*
- * Drained for the load balancer (POST /drain): /health answers 503 "draining" from now
- * on, so health-checking load balancers stop sending new connections here; the listener
- * stays open and existing connections keep being served until the operator stops the
- * process (SIGTERM).  Any thread; idempotent.
- */
-void gw_server_set_draining(struct gw_server *srv);
-
 #endif

@@ -546,7 +546,7 @@ static int be_value_start(struct gw_backend *be, struct gw_frag *frag, struct ev
     size_t move;
 
     if (r->flags == WAN_ITEM_FLAGS_MARKER && r->bytes >= WAN_ITEM_HEADER_SIZE &&
-        be->w->srv->versioned) {
+        gw_server_replicates(be->w->srv)) {
         int rc = be_versioned_value(be, frag, in, line, len, r);
         if (rc != 0) {
             return rc > 0 ? 0 : 1;

@@ -56,3 +56,18 @@ void gw_log_write(enum gw_log_level level, const char *file, int line, const cha
         /* nowhere left to report it */
     }
 }
+
+bool gw_log_gate_pass(struct gw_log_gate *g, int64_t now_ms, uint32_t interval_ms,
+                      uint64_t *suppressed)
+{
+    if (g->due_ms != 0 && now_ms < g->due_ms) {
+        g->suppressed++;
+        return false;
+    }
+    if (suppressed != NULL) {
+        *suppressed = g->suppressed;
+    }
+    g->suppressed = 0;
+    g->due_ms = now_ms + interval_ms;
+    return true;
+}

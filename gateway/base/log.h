@@ -5,6 +5,9 @@
 #ifndef GEOGATE_LOG_H
 #define GEOGATE_LOG_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "gateway/base/config.h"
 
 extern int gw_log_level_current;
@@ -24,5 +27,17 @@ void gw_log_write(enum gw_log_level level, const char *file, int line, const cha
 #define log_warn(...) gw_log(GW_LOG_WARN, __VA_ARGS__)
 #define log_info(...) gw_log(GW_LOG_INFO, __VA_ARGS__)
 #define log_debug(...) gw_log(GW_LOG_DEBUG, __VA_ARGS__)
+
+/* Lets one log line through per interval. */
+struct gw_log_gate {
+    int64_t due_ms;      /* the next line may go out at or after this (0: at once) */
+    uint64_t suppressed; /* calls held back since the last line */
+};
+
+/* True when a line may be logged now (then the gate closes for interval_ms and
+ * *suppressed, when not NULL, gets how many calls were held back since the last line);
+ * false when it is shut (the call is counted). */
+bool gw_log_gate_pass(struct gw_log_gate *g, int64_t now_ms, uint32_t interval_ms,
+                      uint64_t *suppressed);
 
 #endif

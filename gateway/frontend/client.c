@@ -219,6 +219,8 @@ static bool client_try_resume(struct gw_client *c)
 }
 
 /* The output drained (to 0 when quitting, to the low mark when paused). */
+static void client_drain(struct gw_client *c);
+
 static void client_drained(struct gw_conn *conn, void *arg)
 {
     struct gw_client *c = arg;
@@ -1272,7 +1274,7 @@ void gw_client_accept(struct gw_worker *w, int fd)
     w->nclients++;
     STAT_INCR(&w->stats, total_connections);
     if (w->draining) {
-        gw_client_drain(c);
+        client_drain(c);
     }
 }
 
@@ -1332,7 +1334,7 @@ static void client_abort(struct gw_req *r)
  * (whether or not its client is still there). */
 static void client_flushed(struct gw_req *r)
 {
-    if (r->w->srv->versioned) {
+    if (gw_server_replicates(r->w->srv)) {
         gw_repl_ship_flush(r->w, r->flush_delay);
     }
 }
@@ -1346,7 +1348,7 @@ static const struct gw_req_ops client_req_ops = {
     .barrier_release = gw_client_barrier_release,
 };
 
-void gw_client_drain(struct gw_client *c)
+static void client_drain(struct gw_client *c)
 {
     if (c->closing) {
         return;
@@ -1391,7 +1393,7 @@ void gw_client_drain_all(struct gw_worker *w)
 
     for (c = TAILQ_FIRST(&w->clients); c != NULL; c = next) {
         next = TAILQ_NEXT(c, link);
-        gw_client_drain(c);
+        client_drain(c);
     }
 }
 
@@ -1401,7 +1403,7 @@ void gw_client_close_all(struct gw_worker *w)
 
     /* Anything still open after the drain deadline is closed now. */
     while ((c = TAILQ_FIRST(&w->clients)) != NULL) {
-        gw_client_drain(c);
+        client_drain(c);
         if (TAILQ_FIRST(&w->clients) == c) {
             /* still busy: force it */
             c->quitting = true;

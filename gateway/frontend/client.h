@@ -21,7 +21,6 @@ void gw_client_barrier_release(struct gw_client *c);
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
 
-
 /* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 
@@ -30,10 +29,7 @@ void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b);
 void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b);
 void gw_client_stats_reset(struct gw_server *srv);
 
-/* Stop taking new requests; close once what is in flight is answered. */
-void gw_client_drain(struct gw_client *c);
-
-/* Worker drain hook: every client stops taking requests (gw_client_drain). */
+/* Worker drain hook: every client stops taking requests (client_drain). */
 void gw_client_drain_all(struct gw_worker *w);
 
 /* Worker stop hook, once its loop is over: close every client now, whatever it is still

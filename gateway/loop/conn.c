@@ -226,6 +226,8 @@ static ssize_t conn_write(struct gw_conn *conn, size_t left, size_t *offered)
     return done;
 }
 
+static int conn_flush(struct gw_conn *conn);
+
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_conn *conn = arg;
@@ -249,7 +251,7 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
     }
     /* a reply queued in this pass leaves only after what it depends on (the spool) */
     gw_hooks_run(conn->w->hooks, GW_HOOK_BEFORE_WRITE, conn->w);
-    if (gw_conn_flush(conn) != 0) {
+    if (conn_flush(conn) != 0) {
         conn_fail(conn, false);
     }
 }
@@ -368,7 +370,7 @@ void gw_conn_write_now(struct gw_conn *conn)
     }
 }
 
-int gw_conn_flush(struct gw_conn *conn)
+static int conn_flush(struct gw_conn *conn)
 {
     ssize_t n;
     size_t left;
@@ -407,7 +409,7 @@ void gw_conn_flush_all(struct gw_worker *w)
     while ((conn = TAILQ_FIRST(&w->flushq)) != NULL) {
         TAILQ_REMOVE(&w->flushq, conn, flush_link);
         conn->queued = false;
-        if (gw_conn_flush(conn) != 0) {
+        if (conn_flush(conn) != 0) {
             conn_fail(conn, false);
         }
     }

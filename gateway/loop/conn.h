@@ -80,10 +80,6 @@ int gw_conn_connect(struct gw_conn *conn, struct gw_worker *w, const struct sock
 /* Write the output at the end of this loop iteration. */
 void gw_conn_want_flush(struct gw_conn *conn);
 
-/* Write what can be written now.  Returns 0, or -1 when the socket failed (on_error
- * is then called from the flush pass, never from here). */
-int gw_conn_flush(struct gw_conn *conn);
-
 /* Hand the kernel what it takes of the output now, calling nobody back (safe inside
  * another socket's callbacks); the flush at the end of the pass does the rest. */
 void gw_conn_write_now(struct gw_conn *conn);

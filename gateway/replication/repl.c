@@ -78,12 +78,6 @@ static void spool_log(void *arg, enum wan_spool_log_level level, const char *msg
     }
 }
 
-static void tls_log(void *arg, const char *line)
-{
-    (void)arg;
-    log_warn("wan: %s", line);
-}
-
 /* ---- shipping: WAN thread ---- */
 
 static void peer_connect(struct gw_peer *p);
@@ -303,7 +297,7 @@ static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool fa
     if (failed) {
         /* Not all of them reached the local pool: the run is done again, later. */
         repl->restamp_retry_ms = now + 1000;
-        if (gw_skew_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
+        if (gw_log_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
             log_warn("re-stamping writes stamped ahead of our clock: a local node failed; "
                      "trying again (replication waits behind them)");
         }
@@ -312,7 +306,7 @@ static void restamp_done(void *arg, uint64_t applied, uint64_t rejected, bool fa
     repl->restamp_done = repl->restamp_pending;
     __atomic_add_fetch(&repl->restamped, applied, __ATOMIC_RELAXED);
     __atomic_add_fetch(&repl->restamp_superseded, rejected, __ATOMIC_RELAXED);
-    if (gw_skew_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
+    if (gw_log_gate_pass(&repl->restamp_log, now, 10000, NULL)) {
         log_warn("re-stamped %" PRIu64 " writes this gateway had stamped more than "
                  "max_clock_skew ahead of its clock (%" PRIu64 " replaced by later writes "
                  "since); they ship with fresh versions (spool seq %" PRIu64 ")",
@@ -518,7 +512,7 @@ static void clock_measure(struct gw_peer *p, uint64_t peer_ms)
     __atomic_store_n(&p->clock_offset_ms, off, __ATOMIC_RELAXED);
     __atomic_store_n(&p->clock_measured_ms, now, __ATOMIC_RELEASE);
     if (hlc->max_drift_ms != 0 && mag > hlc->max_drift_ms &&
-        gw_skew_gate_pass(&p->offset_log, now, SKEW_LOG_MS, NULL)) {
+        gw_log_gate_pass(&p->offset_log, now, SKEW_LOG_MS, NULL)) {
         log_warn("peer %s: its clock is %c%" PRIu64 ".%03" PRIu64 " s off ours "
                  "(replication.max_clock_skew %" PRIu64 " ms): %s",
                  p->site, off < 0 ? '-' : '+', mag / 1000, mag % 1000, hlc->max_drift_ms,
@@ -543,7 +537,7 @@ static void clock_tick(struct gw_repl *repl)
                   "re-stamped before they ship");
     }
     if (st.refused > repl->hlc_refused_seen &&
-        gw_skew_gate_pass(&repl->refused_log, now, SKEW_LOG_MS, &held)) {
+        gw_log_gate_pass(&repl->refused_log, now, SKEW_LOG_MS, &held)) {
         log_warn("%" PRIu64 " versions from peers (acks, warm-up reads, backfills) were more "
                  "than replication.max_clock_skew ahead of our clock and were not applied",
                  st.refused - repl->hlc_refused_seen);
@@ -593,7 +587,7 @@ static void peer_down(void *arg, int status, const char *reason)
     if (status == WAN_GRPC_FAILED_PRECONDITION) {
         /* It refused our batches for their versions: our clock runs ahead of its by more
          * than the bound.  They stay in the spool; say it once per interval, not per try. */
-        if (gw_skew_gate_pass(&p->skew_out_log, gw_wall_ms(), SKEW_LOG_MS, NULL)) {
+        if (gw_log_gate_pass(&p->skew_out_log, gw_wall_ms(), SKEW_LOG_MS, NULL)) {
             log_error("peer %s refuses our writes: %s (is this gateway's clock right?)", p->site,
                       reason);
         }
@@ -1039,7 +1033,7 @@ static void inbound_refuse(struct gw_inbound *in, struct wan_grpc_ship_stream *s
         __atomic_add_fetch(&p->skew_refused, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&p->skew_ahead_ms, ahead_ms, __ATOMIC_RELAXED);
     }
-    if (p == NULL || gw_skew_gate_pass(&p->skew_log, gw_wall_ms(), SKEW_LOG_MS, &held)) {
+    if (p == NULL || gw_log_gate_pass(&p->skew_log, gw_wall_ms(), SKEW_LOG_MS, &held)) {
         log_warn("peer %s: batch refused (%" PRIu64 " more since the last line): %s", in->site,
                  held, why);
     }
@@ -1385,7 +1379,6 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan, const struct gw
         log_info("replicating to %zu peer site(s); WAN listener on %s:%u", repl->npeers,
                  cfg->wan.listen.host, cfg->wan.listen.port);
     }
-    (void)tls_log;
     return 0;
 
 fail:

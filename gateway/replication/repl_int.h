@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "gateway/base/config.h"
+#include "gateway/base/log.h"
 #include "gateway/replication/skew.h"
 #include "wan/grpc_client.h"
 #include "wan/grpc_server.h"
@@ -111,9 +112,9 @@ struct gw_peer {
     int64_t clock_measured_ms;        /* when (our unix ms); 0: not yet */
     uint64_t skew_refused;            /* its batches refused: versions beyond max_clock_skew */
     uint64_t skew_ahead_ms;           /* how far ahead the last refused one was */
-    struct gw_skew_gate skew_log;     /* its refused batches, logged once per interval */
-    struct gw_skew_gate skew_out_log; /* ours it refused, logged once per interval */
-    struct gw_skew_gate offset_log;   /* its clock off by more than the bound */
+    struct gw_log_gate skew_log;     /* its refused batches, logged once per interval */
+    struct gw_log_gate skew_out_log; /* ours it refused, logged once per interval */
+    struct gw_log_gate offset_log;   /* its clock off by more than the bound */
     int64_t last_send_ms;             /* our last batch or heartbeat to it */
     int64_t clock_sent_ms;            /* the last time one of them carried our clock */
 };
@@ -165,13 +166,10 @@ struct gw_repl {
     bool restamp_running;
     int64_t restamp_retry_ms; /* after a failed run: not before this */
     uint64_t restamped, restamp_superseded;
-    struct gw_skew_gate restamp_log;
+    struct gw_log_gate restamp_log;
     uint64_t hlc_resets_seen, hlc_refused_seen; /* logged up to these */
-    struct gw_skew_gate refused_log;
+    struct gw_log_gate refused_log;
     struct gw_catchup *catchup; /* catch-ups owed, on disk (WAN thread and backfill jobs) */
 };
-
-/* The lag histogram's quantile q (0..1) in ms, as a bucket's upper bound (repl_stats.c). */
-uint64_t gw_repl_lag_quantile(const struct gw_peer *p, double q);
 
 #endif

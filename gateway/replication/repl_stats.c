@@ -20,7 +20,7 @@
 
 #include "gateway/replication/repl_int.h"
 
-uint64_t gw_repl_lag_quantile(const struct gw_peer *p, double q)
+static uint64_t lag_quantile(const struct gw_peer *p, double q)
 {
     uint64_t total = __atomic_load_n(&p->lag_count, __ATOMIC_RELAXED);
     uint64_t want = (uint64_t)(q * (double)total);
@@ -74,8 +74,8 @@ size_t gw_repl_peer_status(struct gw_server *srv, struct gw_peer_status *out, si
         s->spool_bytes = ps.bytes;
         s->oldest_unacked_age_ms =
             ps.oldest_unacked_ms && now > ps.oldest_unacked_ms ? now - ps.oldest_unacked_ms : 0;
-        s->lag_p50_ms = gw_repl_lag_quantile(p, 0.5);
-        s->lag_p99_ms = gw_repl_lag_quantile(p, 0.99);
+        s->lag_p50_ms = lag_quantile(p, 0.5);
+        s->lag_p99_ms = lag_quantile(p, 0.99);
         s->shipped = __atomic_load_n(&p->shipped, __ATOMIC_RELAXED);
         s->acked = __atomic_load_n(&p->acked_mutations, __ATOMIC_RELAXED);
         s->dropped = ps.dropped;
@@ -156,9 +156,9 @@ void gw_repl_stats(struct gw_server *srv, struct evbuffer *b)
         evbuffer_add_printf(b, "STAT peer:%s:newer_received %" PRIu64 "\r\n", p->site,
                             __atomic_load_n(&p->newer_received, __ATOMIC_RELAXED));
         evbuffer_add_printf(b, "STAT peer:%s:lag_p50_ms %" PRIu64 "\r\n", p->site,
-                            gw_repl_lag_quantile(p, 0.5));
+                            lag_quantile(p, 0.5));
         evbuffer_add_printf(b, "STAT peer:%s:lag_p99_ms %" PRIu64 "\r\n", p->site,
-                            gw_repl_lag_quantile(p, 0.99));
+                            lag_quantile(p, 0.99));
         if (__atomic_load_n(&p->clock_measured_ms, __ATOMIC_ACQUIRE) != 0) {
             evbuffer_add_printf(b, "STAT peer:%s:clock_offset_ms %" PRId64 "\r\n", p->site,
                                 __atomic_load_n(&p->clock_offset_ms, __ATOMIC_RELAXED));

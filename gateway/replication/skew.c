@@ -114,17 +114,3 @@ void gw_skew_describe(char *buf, size_t len, const char *site, uint64_t ahead_ms
              ahead_ms / 1000, ahead_ms % 1000, site, bound_ms, off);
 }
 
-bool gw_skew_gate_pass(struct gw_skew_gate *g, int64_t now_ms, uint32_t interval_ms,
-                       uint64_t *suppressed)
-{
-    if (g->due_ms != 0 && now_ms < g->due_ms) {
-        g->suppressed++;
-        return false;
-    }
-    if (suppressed != NULL) {
-        *suppressed = g->suppressed;
-    }
-    g->suppressed = 0;
-    g->due_ms = now_ms + interval_ms;
-    return true;
-}

@@ -41,16 +41,5 @@ int gw_skew_mutation_hlc(const uint8_t *data, size_t len, uint64_t *hlc, uint32_
 void gw_skew_describe(char *buf, size_t len, const char *site, uint64_t ahead_ms, uint32_t bound_ms,
                       bool offset_known, int64_t offset_ms);
 
-/* Lets one log line through per interval. */
-struct gw_skew_gate {
-    int64_t due_ms;      /* the next line may go out at or after this (0: at once) */
-    uint64_t suppressed; /* calls held back since the last line */
-};
-
-/* True when a line may be logged now (then the gate closes for interval_ms and
- * *suppressed, when not NULL, gets how many calls were held back since the last line);
- * false when it is shut (the call is counted). */
-bool gw_skew_gate_pass(struct gw_skew_gate *g, int64_t now_ms, uint32_t interval_ms,
-                       uint64_t *suppressed);
 
 #endif

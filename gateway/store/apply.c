@@ -19,7 +19,6 @@
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/server.h"
-#include "gateway/replication/skew.h"
 #include "gateway/store/apply_decide.h"
 #include "gateway/store/item.h"
 #include "gateway/loop/worker.h"
@@ -82,12 +81,12 @@ struct apply_gets {
 
 /* Failures of one node repeat for every key of every batch until it is back: one line per
  * 10 s per worker thread, with how many were held back. */
-static _Thread_local struct gw_skew_gate apply_log_gate;
+static _Thread_local struct gw_log_gate apply_log_gate;
 
 #define apply_warn(...)                                                                     \
     do {                                                                                    \
         uint64_t held_;                                                                     \
-        if (gw_skew_gate_pass(&apply_log_gate, gw_mono_ms(), 10000, &held_)) {               \
+        if (gw_log_gate_pass(&apply_log_gate, gw_mono_ms(), 10000, &held_)) {               \
             log_warn(__VA_ARGS__);                                                          \
             if (held_ > 0) {                                                                \
                 log_warn("(%" PRIu64 " more failed applies in the last 10 s not logged)",   \

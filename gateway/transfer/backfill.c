@@ -174,7 +174,7 @@ struct gw_backfill {
     pthread_mutex_t lock;
     struct bf_job *job; /* running or last */
     struct bf_serve_totals served;
-    struct bf_serve *serves; /* calls served, until freed (gw_backfill_serve_stop_all) */
+    struct bf_serve *serves; /* calls served, until freed (serve_stop_all) */
 };
 
 static void serve_free(struct bf_serve *s)
@@ -430,7 +430,7 @@ static void serve_wake_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struct gw_pool *pool,
+static int serve_open(struct gw_server *srv, struct event_base *base, struct gw_pool *pool,
                            struct wan_grpc_backfill_call *call, const char *peer_site,
                            Geogate__Wan__V1__BackfillRequest *req, void **call_arg)
 {
@@ -509,12 +509,12 @@ int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struc
     return 0;
 }
 
-void gw_backfill_serve_writable(void *call_arg)
+static void serve_writable(void *call_arg)
 {
     serve_wake_cb(-1, 0, call_arg);
 }
 
-void gw_backfill_serve_stop_all(struct gw_server *srv)
+static void serve_stop_all(struct gw_server *srv)
 {
     struct gw_backfill *bf = srv->backfill;
     struct bf_serve *s;
@@ -539,7 +539,7 @@ void gw_backfill_serve_stop_all(struct gw_server *srv)
     }
 }
 
-void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why)
+static void serve_closed(void *call_arg, int grpc_status, const char *why)
 {
     struct bf_serve *s = call_arg;
 
@@ -1012,14 +1012,16 @@ static int backfill_catch_up(struct gw_server *srv, const struct gw_repl_catch_u
     return gw_backfill_start(srv, &bp, err, errlen);
 }
 
+static bool backfill_running(struct gw_server *srv);
+
 void gw_backfill_repl_hooks(struct gw_repl_hooks *hooks)
 {
-    hooks->backfill_running = gw_backfill_running;
+    hooks->backfill_running = backfill_running;
     hooks->backfill_start = backfill_catch_up;
-    hooks->serve_open = gw_backfill_serve_open;
-    hooks->serve_writable = gw_backfill_serve_writable;
-    hooks->serve_closed = gw_backfill_serve_closed;
-    hooks->serve_stop_all = gw_backfill_serve_stop_all;
+    hooks->serve_open = serve_open;
+    hooks->serve_writable = serve_writable;
+    hooks->serve_closed = serve_closed;
+    hooks->serve_stop_all = serve_stop_all;
 }
 
 int gw_backfill_start(struct gw_server *srv, const struct gw_backfill_params *p, char *err,
@@ -1130,7 +1132,7 @@ int gw_backfill_cancel(struct gw_server *srv)
     return rc;
 }
 
-bool gw_backfill_running(struct gw_server *srv)
+static bool backfill_running(struct gw_server *srv)
 {
     struct gw_backfill *bf = bf_of(srv);
     bool running = false;

@@ -32,20 +32,6 @@ struct gw_pool;
 struct gw_server;
 struct wan_grpc_backfill_call;
 
-/* ---- serving a peer's Backfill call (WAN thread, from repl.c's gRPC callbacks) ---- */
-
-/* Accept a call: starts the walk over pool (a reference is taken); base is the WAN thread's.  Takes req.  Returns 0
- * with *call_arg set, or a gRPC status to refuse with. */
-int gw_backfill_serve_open(struct gw_server *srv, struct event_base *base, struct gw_pool *pool,
-                           struct wan_grpc_backfill_call *call, const char *peer_site,
-                           Geogate__Wan__V1__BackfillRequest *req, void **call_arg);
-void gw_backfill_serve_writable(void *call_arg);
-void gw_backfill_serve_closed(void *call_arg, int grpc_status, const char *why);
-/* The WAN thread has stopped and its gRPC server is gone (so every call is closed): stop
- * the walkers still going and free their calls, before the WAN thread's event base goes.
- * Any thread; idempotent. */
-void gw_backfill_serve_stop_all(struct gw_server *srv);
-
 /* ---- pulling from a peer ---- */
 
 struct gw_catchup;
@@ -87,9 +73,6 @@ void gw_backfill_json(struct gw_server *srv, struct evbuffer *out);
 
 /* Prometheus lines (HELP/TYPE included). */
 void gw_backfill_metrics(struct gw_server *srv, struct evbuffer *out);
-
-/* True while a job is running (for /health-free checks and tests). */
-bool gw_backfill_running(struct gw_server *srv);
 
 struct gw_repl_hooks;
 

@@ -324,7 +324,7 @@ int gw_mc_sock_line(struct gw_mc_sock *s, char **line, size_t *len)
     }
 }
 
-int gw_mc_sock_read(struct gw_mc_sock *s, size_t n, uint8_t **data)
+static int mc_sock_read(struct gw_mc_sock *s, size_t n, uint8_t **data)
 {
     while (s->end - s->start < n) {
         int rc = mc_sock_fill(s, n - (s->end - s->start));
@@ -766,7 +766,7 @@ static int snap_gets_read(struct snap_run *r, struct gw_mc_sock *s, const struct
                      s->label, key);
             return -EPROTO;
         }
-        rc = gw_mc_sock_read(s, bytes + 2, &data);
+        rc = mc_sock_read(s, bytes + 2, &data);
         if (rc != 0) {
             return snap_io_error(r, s, rc, "gets");
         }

@@ -180,8 +180,4 @@ int gw_mc_sock_send(struct gw_mc_sock *s, const void *data, size_t len);
  * (too long) or -ENOMEM. */
 int gw_mc_sock_line(struct gw_mc_sock *s, char **line, size_t *len);
 
-/* Read exactly n bytes; *data points into the buffer until the next call.  Returns 0 or
- * the errors of gw_mc_sock_line. */
-int gw_mc_sock_read(struct gw_mc_sock *s, size_t n, uint8_t **data);
-
 #endif

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "gateway/base/log.h"
 #include "gateway/replication/skew.h"
 #include "proto/geogate_wan.pb-c.h"
 
@@ -218,19 +219,19 @@ static void test_describe(void **state)
 
 static void test_gate(void **state)
 {
-    struct gw_skew_gate g = {0, 0};
+    struct gw_log_gate g = {0, 0};
     uint64_t held = 99;
 
     (void)state;
-    assert_true(gw_skew_gate_pass(&g, 1000, 10000, &held));
+    assert_true(gw_log_gate_pass(&g, 1000, 10000, &held));
     assert_int_equal(held, 0);
     for (int i = 0; i < 500; i++) {
-        assert_false(gw_skew_gate_pass(&g, 1000 + i * 10, 10000, &held));
+        assert_false(gw_log_gate_pass(&g, 1000 + i * 10, 10000, &held));
     }
-    assert_false(gw_skew_gate_pass(&g, 10999, 10000, NULL));
-    assert_true(gw_skew_gate_pass(&g, 11000, 10000, &held));
+    assert_false(gw_log_gate_pass(&g, 10999, 10000, NULL));
+    assert_true(gw_log_gate_pass(&g, 11000, 10000, &held));
     assert_int_equal(held, 501);
-    assert_true(gw_skew_gate_pass(&g, 30000, 10000, &held));
+    assert_true(gw_log_gate_pass(&g, 30000, 10000, &held));
     assert_int_equal(held, 0);
 }
 
