@@ -123,8 +123,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
-unit: $(DEPS_STAMP) $(UNIT_BINS)
+unit: $(DEPS_STAMP) $(UNIT_BINS) $(LIB)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; (cd tests/unit && timeout 120 ../../$$t); done
+	$(PYTHON) tests/tools/layers.py --build $(BUILD)
 
 integration: all
 	GEOGATE_BIN=$(abspath $(BIN)) timeout 1500 $(PYTHON) tests/integration/run.py
