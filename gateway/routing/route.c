@@ -85,8 +85,14 @@ static void site_facts(struct gw_worker *w, struct gw_route_facts *f)
 struct gw_route gw_route_node(struct gw_worker *w, uint32_t node, enum gw_route_op op)
 {
     struct gw_node *nd = &w->pool->nodes[node];
-    struct gw_route_facts f = {.op = op, .node = node, .node_usable = gw_node_usable(nd)};
+    struct gw_route_facts f;
 
+    if (!gw_server_replicates(w->srv)) {
+        /* What gw_route_decide answers without sites, on every request of a lone site:
+         * without gathering the facts that cannot matter. */
+        return route_to(gw_node_usable(nd) ? GW_ROUTE_LOCAL : GW_ROUTE_DOWN, node, -1);
+    }
+    f = (struct gw_route_facts){.op = op, .node = node, .node_usable = gw_node_usable(nd)};
     site_facts(w, &f);
     if (f.replicates) {
         f.node_warming = __atomic_load_n(&nd->warm_until_ms, __ATOMIC_ACQUIRE) > w->now_ms;
@@ -106,6 +112,9 @@ struct gw_route gw_route_site(struct gw_worker *w)
     struct gw_route_facts f = {.op = GW_ROUTE_READ, .node_usable = true};
     struct gw_route r;
 
+    if (!gw_server_replicates(w->srv)) {
+        return route_to(GW_ROUTE_LOCAL, 0, -1);
+    }
     site_facts(w, &f);
     r = gw_route_decide(&f);
     return r.kind == GW_ROUTE_FAILED_OVER || r.kind == GW_ROUTE_WARMUP
