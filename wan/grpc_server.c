@@ -21,6 +21,9 @@
 #include <event2/util.h>
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include "proto/geogate_wan.pb-c.h"
 #include "proto/health.pb-c.h"
@@ -340,10 +343,16 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     struct wan_grpc_server_conn *conn;
     struct bufferevent *bev = NULL;
     char addr[64];
+    int one = 1;
 
     (void)lev;
     (void)salen;
     wan_grpc_sockaddr_text(sa, addr, sizeof(addr));
+    /* Replies are small and many streams share the connection: with Nagle on, a reply
+     * written while the previous one is not yet acknowledged waits for that ACK, which
+     * comes back a WAN round trip later, so every read answered second costs the client
+     * two round trips.  The client side (grpc_client.c) already sends without delay. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     conn = conn_new(srv);
     if (conn == NULL) {
         wan_grpc_server_log(srv, WAN_GRPC_LOG_ERROR, "out of memory accepting %s", addr);
