@@ -3,7 +3,7 @@
 peer, client errors during the switch, and the hit ratio over the first minute after failback
 with warm-up on (default config) and off (failover.warmup.max_time: 0), side by side.
 
-    /usr/bin/python3 tests/bench/run_failover_bench.py [--quick] [--out docs/BENCHMARKS.md]
+    /usr/bin/python3 tests/bench/run_failover_bench.py [--quick] [--before-bin DIR] [--out docs/BENCHMARKS.md]
 
 Each scenario is a fresh two-site lab (tests/integration/multisite.Lab: us-east and eu-west,
 two memcached nodes each, one replicating geogate per site, lab certificates, loopback):
@@ -22,6 +22,11 @@ Where each answer came from is told by its cas token (a value read from a peer c
 version clock, > 2^40; a local one memcached's small cas), so the local hit ratio is measured
 at the client.  A third, shorter scenario freezes the nodes (SIGSTOP) instead of killing them:
 then the gateway only learns of the loss through pool.timeout.
+
+A fourth scenario puts a WAN emulator link (15 ms each way, as `make demo`'s) between the
+sites, fails us-east over to eu-west, and reads with 1, 4 and 32 concurrent clients: each
+read should cost one link round trip, so the report gives the median read latency divided by
+the link's RTT (measured by echoing through an emulator link with the same settings).
 
 The markdown report goes between `<!-- failover-bench:start -->` and
 `<!-- failover-bench:end -->` of --out (appended at the end if missing); nothing outside the
@@ -252,6 +257,179 @@ def run_hang(before_s, hung_s):
 
 
 # ------------------------------------------------------------------------------------------
+# Failed-over reads over a WAN: latency against the link's round trip (issue 15, point 2)
+
+PEER_CLIENTS = (1, 4, 32)
+PEER_DELAY_MS = 15    # one-way, each direction: make demo's us-east <-> eu-west
+PEER_JITTER_MS = 2
+PEER_KEYS = 2000
+PEER_SECONDS = 6
+
+
+class _Echo:
+    """A loopback TCP echo server (one thread per connection) to ping a link with."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _serve(c):
+        with c:
+            while True:
+                try:
+                    d = c.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                c.sendall(d)
+
+    def close(self):
+        self.lsock.close()
+
+
+def link_rtt_ms(delay_ms, jitter_ms, n=300):
+    """Median round trip of a 100-byte message echoed through a geogate-wanem link with the
+    same delay and jitter as the sites' link: what one round trip over that link costs."""
+    import socket
+    import statistics
+    from wanem import start_wanem
+    echo = _Echo()
+    try:
+        with start_wanem({"ping": ("127.0.0.1", echo.port)}) as w:
+            w.ctl.set("ping", dir="both", delay=delay_ms, jitter=jitter_ms)
+            with socket.create_connection(("127.0.0.1", w.ports["ping"]), timeout=5) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                rtts = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    s.sendall(b"p" * 100)
+                    got = 0
+                    while got < 100:
+                        d = s.recv(100 - got)
+                        if not d:
+                            raise RuntimeError("echo through the link closed")
+                        got += len(d)
+                    rtts.append((time.perf_counter() - t0) * 1000)
+                    time.sleep(0.002)
+        return statistics.median(rtts)
+    finally:
+        echo.close()
+
+
+def bench_tool(*argv, timeout=60):
+    import json
+    tool = os.path.join(os.environ.get("GEOGATE_BIN") or os.path.join(ROOT, "bin"), "geogate-bench")
+    r = subprocess.run([tool] + [str(a) for a in argv] + ["--json"], capture_output=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError("geogate-bench %s: %s" % (" ".join(map(str, argv)),
+                                                     r.stderr.decode("utf-8", "replace")))
+    return json.loads(r.stdout.decode().strip().splitlines()[-1])
+
+
+def run_peer_latency(geogate=None, label="this tree"):
+    """us-east forced over to eu-west through a WAN emulator link of PEER_DELAY_MS each way;
+    N clients (one connection each) read one key at a time as fast as answers come."""
+    import harness
+    saved = harness.GEOGATE
+    if geogate:
+        harness.GEOGATE = geogate
+    log("scenario: failed-over reads over the WAN (%s)" % label)
+    try:
+        with Lab(SITES, nodes=2, wanem=True, admin=True, wait_up=20.0) as lab:
+            for a, b_ in ((SITES[0], SITES[1]), (SITES[1], SITES[0])):
+                lab.set_link(a, b_, delay=PEER_DELAY_MS, jitter=PEER_JITTER_MS)
+            port = lab.sites["us-east"].port
+            bench_tool("--port", port, "--keys", PEER_KEYS, "--key-prefix", "wan:",
+                       "--warmup-keys", "--requests", 1, "--ratio", "0:1", "--connections", 4)
+            lab.wait_drained(60)
+            code, body = lab.admin("us-east", "POST", "/failover?to=eu-west")
+            if code != 200:
+                raise RuntimeError("failover refused: %d %s" % (code, body))
+            deadline = time.monotonic() + 10
+            while (lab.site_status("us-east") or {}).get("mode") != "failed_over":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("us-east did not fail over")
+                time.sleep(0.05)
+            rows = []
+            for n in PEER_CLIENTS:
+                bench_tool("--port", port, "--keys", PEER_KEYS, "--key-prefix", "wan:",
+                           "--ratio", "0:1", "--connections", n, "--duration", 1)  # connect, settle
+                r = bench_tool("--port", port, "--keys", PEER_KEYS, "--key-prefix", "wan:",
+                               "--ratio", "0:1", "--connections", n, "--duration", PEER_SECONDS)
+                lat = r["latency_us"]
+                rows.append({"clients": n, "reads": r["gets"], "hits": r["hits"],
+                             "errors": r["errors"], "p50_ms": lat["p50"] / 1000.0,
+                             "p90_ms": lat["p90"] / 1000.0, "p99_ms": lat["p99"] / 1000.0,
+                             "mean_ms": lat["mean"] / 1000.0})
+                log("%s: %d clients: median %.1f ms, p90 %.1f ms, %d reads, %d hits, %d errors"
+                    % (label, n, rows[-1]["p50_ms"], rows[-1]["p90_ms"], r["gets"], r["hits"],
+                       r["errors"]))
+            health_rtt = None
+            for pr in (lab.site_status("us-east") or {}).get("peers", []):
+                if pr.get("site") == "eu-west":
+                    health_rtt = pr.get("rtt_ms")
+    finally:
+        harness.GEOGATE = saved
+    return {"label": label, "rows": rows, "health_rtt_ms": health_rtt}
+
+
+def render_peer_latency(runs, rtt_ms):
+    out = []
+    w = out.append
+    w("### Failed-over reads over the WAN: peer read latency / link RTT (issue 15, point 2)")
+    w("")
+    w("A fresh two-site lab with a WAN emulator (geogate-wanem) between the sites, %d ms "
+      "one-way each direction with ±%d ms jitter, as `make demo`'s us-east ↔ eu-west; %d keys "
+      "set at us-east and replicated, then us-east is failed over to eu-west "
+      "(`POST /failover?to=eu-west`) and N clients (geogate-bench, one connection each) read "
+      "one key at a time from us-east, each sending its next `get` when the answer came, for "
+      "%d s. *Link RTT* is the median round trip of a 100-byte message echoed through a "
+      "geogate-wanem link with the same settings (%.1f ms): what one round trip over the link "
+      "costs. Goal: ratio ≤ 1.1 at each concurrency (one WAN round trip per read)."
+      % (PEER_DELAY_MS, PEER_JITTER_MS, PEER_KEYS, PEER_SECONDS, rtt_ms))
+    w("")
+    head = "| clients |"
+    rule = "|---:|"
+    for r in runs:
+        head += " %s: median read | p90 | **peer read latency / link RTT** | reads (errors) |" % r["label"]
+        rule += "---:|---:|---:|---:|"
+    w(head)
+    w(rule)
+    for i, n in enumerate(PEER_CLIENTS):
+        line = "| %d |" % n
+        for r in runs:
+            x = r["rows"][i]
+            line += " %.1f ms | %.1f ms | **%.2f** | %d (%d) |" % (
+                x["p50_ms"], x["p90_ms"], x["p50_ms"] / rtt_ms, x["reads"], x["errors"])
+        w(line)
+    w("")
+    w("The gateway's own view of the link (its last Health/Check round trip to eu-west, "
+      "`rtt_ms` in `/status`): %s." % ", ".join("%s %s ms" % (r["label"], r["health_rtt_ms"])
+                                                 for r in runs))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------
 # Report
 
 def fmt(x, spec="%.0f"):
@@ -298,7 +476,7 @@ def machine_info(check_dirty=True):
             "memcached": mc, "commit": commit, "load": loadavg()}
 
 
-def render(args, info, runs, hang, took, window_s):
+def render(args, info, runs, hang, took, window_s, peer=None):
     on, off = runs
     out = []
     w = out.append
@@ -306,8 +484,9 @@ def render(args, info, runs, hang, took, window_s):
     w("")
     w("Made by:")
     w("")
-    w("    /usr/bin/python3 tests/bench/run_failover_bench.py%s%s --out %s" % (
-        " --quick" if args.quick else "", " --bin DIR" if args.bin else "", args.out or "FILE"))
+    w("    /usr/bin/python3 tests/bench/run_failover_bench.py%s%s%s --out %s" % (
+        " --quick" if args.quick else "", " --bin DIR" if args.bin else "",
+        " --before-bin %s" % args.before_bin if args.before_bin else "", args.out or "FILE"))
     w("")
     w("| machine | |")
     w("|---|---|")
@@ -399,6 +578,14 @@ def render(args, info, runs, hang, took, window_s):
       "*local* hit ratio reaches `warmup.hit_ratio` (0.9): the keys not yet filled then miss "
       "and are loaded by the clients. With warm-up off the recovered pool is cold: every first "
       "read of a key misses and the client loads it.")
+    if peer is not None:
+        w("")
+        w(render_peer_latency(*peer))
+        if args.before_bin:
+            w("")
+            w("*before*: `--before-bin %s` (%s), the gateway built from the commit before the "
+              "fix, run by this same script in the same run; the emulator is this tree's for both."
+              % (args.before_bin, args.before_note or "an older build"))
     return "\n".join(out)
 
 
@@ -415,6 +602,11 @@ def main():
                     "$GEOGATE_BIN or bin/)")
     ap.add_argument("--bin-note", help="what the --bin binaries are, for the report")
     ap.add_argument("--no-hang", action="store_true", help="skip the SIGSTOP scenario")
+    ap.add_argument("--before-bin", help="directory of an older geogate: the WAN read latency "
+                    "scenario also runs with it, as a 'before' column")
+    ap.add_argument("--before-note", help="what the --before-bin build is, for the report")
+    ap.add_argument("--peer-latency-only", action="store_true",
+                    help="run only the WAN read latency scenario and print its table")
     args = ap.parse_args()
     setup_imports(args.bin)
     window_s = 30 if args.quick else 60
@@ -426,15 +618,25 @@ def main():
     def on_signal(signum, frame):
         raise KeyboardInterrupt("signal %d" % signum)
     signal.signal(signal.SIGTERM, on_signal)
-    signal.alarm(600)
+    signal.alarm(900)
     signal.signal(signal.SIGALRM, on_signal)
     try:
+        rtt = link_rtt_ms(PEER_DELAY_MS, PEER_JITTER_MS)
+        log("link RTT (echo through a %d ms ± %d ms emulator link): %.2f ms"
+            % (PEER_DELAY_MS, PEER_JITTER_MS, rtt))
+        peer_runs = []
+        if args.before_bin:
+            peer_runs.append(run_peer_latency(os.path.join(args.before_bin, "geogate"), "before"))
+        peer_runs.append(run_peer_latency(None, "after" if args.before_bin else "this tree"))
+        if args.peer_latency_only:
+            print(render_peer_latency(peer_runs, rtt))
+            return 0
         runs = [run_failback(True, before_s, args.failed_s, window_s),
                 run_failback(False, before_s, args.failed_s, window_s)]
         hang = None if args.no_hang else run_hang(5.0 if args.quick else 8.0, 5.0)
     finally:
         signal.alarm(0)
-    report = render(args, info, runs, hang, time.time() - t0, window_s)
+    report = render(args, info, runs, hang, time.time() - t0, window_s, (peer_runs, rtt))
     print(report)
     if args.out:
         write_section(args.out, report)
