@@ -33,6 +33,9 @@
 #define DRILL_MAX_CONNS 64
 #define DRILL_MAX_PROBLEMS 8
 #define DRILL_MAX_ERRORS 100000 /* error start times kept for classifying */
+#define DRILL_MAX_SAMPLES (1u << 20) /* read latencies kept for the failed-over median */
+#define DRILL_MAX_RTTS 1024          /* link round trips polled while failed over */
+#define DRILL_RATIO_GOAL 1.1         /* a failed-over read should cost one WAN round trip */
 #define DRILL_POLL_FAST_MS 50
 #define DRILL_POLL_MS 250
 
@@ -70,6 +73,12 @@ struct drill_second {
     char mode[16];       /* last mode /status showed in this second ("" if not polled) */
 };
 
+/* One answered read: when it started and how long it took. */
+struct drill_sample {
+    int64_t at_ms; /* start, ms since t0 */
+    uint32_t us;
+};
+
 /* One load connection and its thread. */
 struct drill_conn {
     struct drill_load *l;
@@ -92,6 +101,8 @@ struct drill_load {
     uint64_t hits, misses, errors;
     int64_t *err_at; /* start (ms since t0) of each failed read */
     size_t nerr;
+    struct drill_sample *samples; /* every answered read, in completion order */
+    size_t nsamples;
     char first_error[200];
 };
 
@@ -134,6 +145,10 @@ struct drill {
     int nproblems;
     char notes[DRILL_MAX_PROBLEMS][256];
     int nnotes;
+    /* the serving peer's link round trip (its last Health/Check, /status rtt_ms), one per
+     * poll while failed over: the yardstick a failed-over read is measured against */
+    double rtts[DRILL_MAX_RTTS];
+    size_t nrtts;
 };
 
 static void drill_problem(struct drill *d, const char *fmt, ...)
@@ -198,6 +213,14 @@ static bool drill_sleep(int64_t ms)
 
 /* ---- the load thread ------------------------------------------------------------------ */
 
+static int64_t drill_mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static struct drill_second *drill_sec(struct drill_load *l, int64_t ms_since_t0)
 {
     size_t i = ms_since_t0 < 0 ? 0 : (size_t)(ms_since_t0 / 1000);
@@ -231,11 +254,16 @@ static void *drill_load_main(void *arg)
         x ^= x << 5;
         snprintf(key, sizeof(key), "%s%u", o->prefix, x % (uint32_t)o->keys);
         start = ctl_mono_ms();
+        int64_t start_us = drill_mono_us();
         rc = ctl_mc_get(&dc->mc, key);
-        int64_t took_us = (ctl_mono_ms() - start) * 1000;
+        int64_t took_us = drill_mono_us() - start_us;
         pthread_mutex_lock(&l->lock);
         struct drill_second *s = drill_sec(l, start - l->t0);
         s->latency_us += (uint64_t)took_us;
+        if (rc >= 0 && l->nsamples < DRILL_MAX_SAMPLES) {
+            l->samples[l->nsamples].at_ms = start - l->t0;
+            l->samples[l->nsamples++].us = (uint32_t)(took_us < UINT32_MAX ? took_us : UINT32_MAX);
+        }
         if (rc == 1) {
             s->hits++;
             l->hits++;
@@ -346,6 +374,13 @@ static int drill_poll(struct drill *d, struct drill_status *out)
         dp->rtt_ms = ctl_json_num(p, "rtt_ms", 0);
     }
     ctl_json_free(st);
+    if (strcmp(out->mode, "failed_over") == 0 && d->nrtts < DRILL_MAX_RTTS) {
+        for (size_t i = 0; i < out->npeers; i++) {
+            if (strcmp(out->peers[i].site, out->peer) == 0 && out->peers[i].rtt_ms > 0) {
+                d->rtts[d->nrtts++] = out->peers[i].rtt_ms;
+            }
+        }
+    }
     if (d->load.secs != NULL) {
         pthread_mutex_lock(&d->load.lock);
         drill_copy_str(drill_sec(&d->load, drill_now(d))->mode, sizeof(d->load.secs[0].mode),
@@ -715,6 +750,76 @@ static double drill_latency(struct drill_window w)
     return n > 0 ? (double)w.latency_us / 1000.0 / (double)n : -1;
 }
 
+/* Failed-over reads against the link they crossed: one read should cost one round trip of
+ * the link to the serving peer, whatever the number of clients, so the ratio of the median
+ * read to that round trip is the figure to watch (goal DRILL_RATIO_GOAL).  Medians, not
+ * means: a read that waited for a second round trip shows up as a ratio near 2 for the
+ * clients that waited, and a mean hides how many did. */
+struct drill_peer_read {
+    size_t reads;       /* answered reads in the failed-over window */
+    double median_ms;   /* -1 without reads */
+    double p90_ms;      /* -1 without reads */
+    double link_rtt_ms; /* median of the polled rtt_ms, -1 when none was polled */
+    double ratio;       /* median_ms / link_rtt_ms, -1 when either is missing */
+};
+
+static int drill_cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static int drill_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The same window as drill_windows' "failed over": whole seconds inside the phase. */
+static struct drill_peer_read drill_peer_read(const struct drill *d)
+{
+    struct drill_peer_read pr = {0, -1, -1, -1, -1};
+    int64_t from = d->t_failed_over + 1000, to = d->t_failback - 999;
+    uint32_t *us;
+    size_t n = 0;
+
+    if (d->nrtts > 0) {
+        double r[DRILL_MAX_RTTS];
+
+        memcpy(r, d->rtts, d->nrtts * sizeof(r[0]));
+        qsort(r, d->nrtts, sizeof(r[0]), drill_cmp_double);
+        pr.link_rtt_ms = r[d->nrtts / 2];
+    }
+    if (d->t_failed_over < 0 || d->t_failback <= d->t_failed_over + 1999 ||
+        d->load.nsamples == 0) {
+        return pr;
+    }
+    us = malloc(d->load.nsamples * sizeof(*us));
+    if (us == NULL) {
+        return pr;
+    }
+    for (size_t i = 0; i < d->load.nsamples; i++) {
+        const struct drill_sample *x = &d->load.samples[i];
+
+        if (x->at_ms >= (from / 1000) * 1000 && x->at_ms < ((to + 999) / 1000) * 1000) {
+            us[n++] = x->us;
+        }
+    }
+    if (n > 0) {
+        qsort(us, n, sizeof(*us), drill_cmp_u32);
+        pr.reads = n;
+        pr.median_ms = us[n / 2] / 1000.0;
+        pr.p90_ms = us[(n * 9) / 10] / 1000.0;
+        if (pr.link_rtt_ms > 0) {
+            pr.ratio = pr.median_ms / pr.link_rtt_ms;
+        }
+    }
+    free(us);
+    return pr;
+}
+
 /* Errors of reads that started in [from, to) ms since t0 (exact, from the error list). */
 static uint64_t drill_errors_in(const struct drill *d, int64_t from, int64_t to)
 {
@@ -801,9 +906,11 @@ static void drill_print_report(const struct drill *d)
 {
     const struct drill_phases ph = drill_error_phases(d);
     struct drill_window all, before, fo, fb10;
+    struct drill_peer_read pr;
     double total_records = 0, total_bytes = 0;
 
     drill_windows(d, &all, &before, &fo, &fb10);
+    pr = drill_peer_read(d);
     printf("\n== geogate drill report: site %s (admin %s, clients %s)\n", d->site, d->admin->addr,
            d->mc_addr);
     printf("load             %d keys, up to %.0f reads/s on %d connections; %" PRIu64
@@ -846,6 +953,18 @@ static void drill_print_report(const struct drill *d)
     printf("\nread latency     before %.1f ms, failed over %.1f ms, first 10 s after failback "
            "%.1f ms (mean; -1: no reads)\n",
            drill_latency(before), drill_latency(fo), drill_latency(fb10));
+    if (pr.reads > 0) {
+        printf("peer reads       median %.1f ms, p90 %.1f ms over %zu failed-over reads; link RTT ",
+               pr.median_ms, pr.p90_ms, pr.reads);
+        if (pr.ratio > 0) {
+            printf("%.0f ms (%s's Health/Check round trip, median of %zu polls)\n"
+                   "peer read latency / link RTT  %.2f (goal <= %.1f: one WAN round trip per "
+                   "read)\n",
+                   pr.link_rtt_ms, d->failed_over_peer, d->nrtts, pr.ratio, DRILL_RATIO_GOAL);
+        } else {
+            printf("not reported by /status\n");
+        }
+    }
     if (d->t_failback >= 0) {
         if (d->t_local >= 0) {
             printf("warm-up          local again %.1f s after the failback\n",
@@ -879,6 +998,7 @@ static int drill_write_json(const struct drill *d, const char *path)
 {
     const struct drill_phases ph = drill_error_phases(d);
     struct drill_window all, before, fo, fb10;
+    struct drill_peer_read pr;
     double total_records = 0, total_bytes = 0;
     FILE *f = fopen(path, "w");
 
@@ -967,6 +1087,16 @@ static int drill_write_json(const struct drill *d, const char *path)
     drill_json_ratio(f, drill_latency(fo));
     fprintf(f, ", \"first_10s_after_failback\": ");
     drill_json_ratio(f, drill_latency(fb10));
+    pr = drill_peer_read(d);
+    fprintf(f, "},\n  \"peer_read\": {\"reads\": %zu, \"median_ms\": ", pr.reads);
+    drill_json_ratio(f, pr.median_ms);
+    fprintf(f, ", \"p90_ms\": ");
+    drill_json_ratio(f, pr.p90_ms);
+    fprintf(f, ", \"link_rtt_ms\": ");
+    drill_json_ratio(f, pr.link_rtt_ms);
+    fprintf(f, ", \"latency_per_link_rtt\": ");
+    drill_json_ratio(f, pr.ratio);
+    fprintf(f, ", \"goal\": %.1f", DRILL_RATIO_GOAL);
     fprintf(f, "},\n  \"timeline\": [");
     bool first = true;
     for (size_t s = (size_t)(d->t_load / 1000); s * 1000 < (size_t)d->t_end && s < d->load.nsecs;
@@ -1191,7 +1321,8 @@ int ctl_drill(const struct ctl_target *admin, int argc, char **argv)
     d->load.nsecs = nsecs;
     d->load.secs = calloc(nsecs, sizeof(*d->load.secs));
     d->load.err_at = calloc(DRILL_MAX_ERRORS, sizeof(*d->load.err_at));
-    if (d->load.secs == NULL || d->load.err_at == NULL) {
+    d->load.samples = calloc(DRILL_MAX_SAMPLES, sizeof(*d->load.samples));
+    if (d->load.secs == NULL || d->load.err_at == NULL || d->load.samples == NULL) {
         fprintf(stderr, "geogatectl: out of memory\n");
         rc = CTL_EXIT_REFUSED;
         goto done;
@@ -1213,6 +1344,7 @@ done:
     drill_load_stop(d);
     free(d->load.secs);
     free(d->load.err_at);
+    free(d->load.samples);
     pthread_mutex_destroy(&d->load.lock);
     free(d);
     return rc;
