@@ -177,6 +177,63 @@ class WanemTest(unittest.TestCase):
             self.assertGreaterEqual(min(rtts), 2 * delay - 0.1, "delivered early")
             self.assertLess(abs(med - 2 * delay), SLACK_MS)
 
+    def test_each_chunk_keeps_its_own_delay(self):
+        # A link delays every chunk by the same time from when it was sent: chunks sent
+        # while earlier ones are still on the wire neither wait for those to arrive nor
+        # arrive in a bunch with them.  Requests multiplexed on one connection (HTTP/2) and
+        # requests on many connections both rely on it; a relay that held a chunk behind
+        # the previous chunk's timer would show a second round trip here.
+        delay, n, gap = 25, 20, 0.003
+        self.ctl.set("echo", delay=delay)
+        sent, got = {}, {}
+        with connect(self.em.ports["echo"]) as s:
+            def reader():
+                buf = b""
+                while len(got) < n:
+                    data = s.recv(4096)
+                    if not data:
+                        return
+                    now = time.perf_counter()
+                    buf += data
+                    while len(buf) >= 16:
+                        got[struct.unpack("!I", buf[:4])[0]] = now
+                        buf = buf[16:]
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            for i in range(n):
+                sent[i] = time.perf_counter()
+                s.sendall(struct.pack("!I", i) * 4)
+                time.sleep(gap)
+            t.join(5 + 2 * delay / 1000.0 + SLACK_MS / 1000.0)
+        self.assertEqual(sorted(got), list(range(n)), "echoes missing")
+        lat = [(got[i] - sent[i]) * 1000.0 for i in range(n)]
+        arrivals = [(got[i] - got[0]) * 1000.0 for i in range(n)]
+        print("\n  %d chunks %.0f ms apart on one connection, %d ms each way: RTT min %.3f "
+              "median %.3f max %.3f ms; last arrived %.1f ms after the first (sent %.1f ms "
+              "after)" % (n, gap * 1000, delay, min(lat), statistics.median(lat), max(lat),
+                          arrivals[-1], (sent[n - 1] - sent[0]) * 1000.0))
+        self.assertGreaterEqual(min(lat), 2 * delay - 0.1, "delivered early")
+        # Less than one and a half round trips at the median: a chunk held for the one
+        # before it would cost two.
+        self.assertLess(statistics.median(lat), 3 * delay)
+
+        # Many connections at once: each request one round trip, not queued behind others.
+        conns = [connect(self.em.ports["echo"]) for _ in range(8)]
+        try:
+            t0 = time.perf_counter()
+            for i, c in enumerate(conns):
+                c.sendall(struct.pack("!I", i) * 4)
+            lat = []
+            for i, c in enumerate(conns):
+                self.assertEqual(recv_exact(c, 16), struct.pack("!I", i) * 4)
+                lat.append((time.perf_counter() - t0) * 1000.0)
+        finally:
+            for c in conns:
+                c.close()
+        print("  8 connections sending at once: RTT min %.3f max %.3f ms" % (min(lat), max(lat)))
+        self.assertGreaterEqual(min(lat), 2 * delay - 0.1, "delivered early")
+        self.assertLess(statistics.median(lat), 3 * delay)
+
     def test_delay_per_direction(self):
         self.ctl.set("echo", dir="fwd", delay=30)
         self.ctl.set("echo", dir="rev", delay=5)

@@ -5,7 +5,14 @@
  * It does not touch packets, routes or the kernel (netem is not available on the test
  * machines); it only relays byte streams between 127.0.0.1:LISTEN_PORT and a loopback
  * target, so loss and retransmission are not modelled, and a client's connect() completes
- * at once instead of after one round trip.  It refuses targets that are not loopback.
+ * at once instead of after one round trip.  Nor are ACKs: each end's bytes are acknowledged
+ * by this relay's kernel (at once, after its delayed-ACK timer, or with the next bytes the
+ * relay delivers to that end), not a round trip later, so a sender that waits for an ACK
+ * (Nagle's algorithm holding a small write) waits for a time that only resembles a real
+ * link's.  Data is delayed like a link's: every chunk by the link's delay from the moment it
+ * was read, whatever is still in flight before it on the same or other connections (only
+ * jitter can hold a chunk for an earlier one, because a stream never reorders).  It refuses
+ * targets that are not loopback.
  * Everything runs on one libevent loop in one thread.
  *
  * One relayed connection is two flows, fwd (client -> target) and rev (target -> client):
