@@ -42,6 +42,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +181,7 @@ int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node, u
     const struct gw_node *n = &pool->nodes[node];
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
+    int one = 1;
     int rc;
 
     memset(s, 0, sizeof(*s));
@@ -196,6 +199,10 @@ int gw_mc_sock_open(struct gw_mc_sock *s, struct gw_pool *pool, uint32_t node, u
         snprintf(err, errlen, "node %s: socket: %s", n->label, strerror(errno));
         goto fail_socket;
     }
+    /* A restore pipelines a batch of adds and waits for their replies: with Nagle on, the
+     * first small write's segment waits for memcached's delayed ACK (40 ms) on every batch,
+     * because memcached says nothing until the item's value arrives. */
+    (void)setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (connect(s->fd, (const struct sockaddr *)&n->addr, n->addrlen) == -1) {
         uint32_t keep = s->timeout_ms;
         if (errno != EINPROGRESS) {
