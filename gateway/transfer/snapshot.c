@@ -48,7 +48,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -262,6 +264,37 @@ int gw_mc_sock_send(struct gw_mc_sock *s, const void *data, size_t len)
         }
         p += w;
         len -= (size_t)w;
+    }
+    return 0;
+}
+
+int gw_mc_sock_sendv(struct gw_mc_sock *s, struct iovec *iov, size_t n)
+{
+    while (n > 0) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n < IOV_MAX ? n : IOV_MAX};
+        ssize_t w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+        size_t left;
+
+        if (w == -1 && (errno == EAGAIN || errno == EINTR)) {
+            int rc = mc_sock_wait(s, POLLOUT);
+            if (rc != 0) {
+                return rc;
+            }
+            continue;
+        }
+        if (w == -1) {
+            return -EIO;
+        }
+        left = (size_t)w;
+        while (n > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
     }
     return 0;
 }
