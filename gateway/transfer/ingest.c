@@ -28,7 +28,10 @@
 #define INGEST_BATCH 256     /* mutations per gw_apply_batch */
 #define INGEST_INFLIGHT 8    /* batches in flight */
 #define INGEST_RAW_BATCH 256 /* version-0 items per round of adds */
-#define RAW_HEAD_MAX (MC_KEY_MAX_LENGTH + 96) /* "add KEY FLAGS EXPIRY BYTES\r\n" */
+
+/* Room for one "add KEY FLAGS EXPIRY BYTES\r\n". */
+#define RAW_HEAD_MAX (MC_KEY_MAX_LENGTH + 96)
+
 #define INGEST_WAIT_SLICE_MS 200
 
 struct ingest_shared {
@@ -69,8 +72,9 @@ struct gw_ingest {
     struct raw_item raw[INGEST_RAW_BATCH];
     uint32_t nraw;
     struct raw_node *nodes; /* one per node of the pool */
-    char heads[INGEST_RAW_BATCH][RAW_HEAD_MAX]; /* a round's command lines */
-    struct iovec iov[INGEST_RAW_BATCH * 3];     /* head, value, "\r\n" per add */
+    /* A round's command lines, and per add its line, its value and "\r\n" to send. */
+    char heads[INGEST_RAW_BATCH][RAW_HEAD_MAX];
+    struct iovec iov[INGEST_RAW_BATCH * 3];
     struct gw_ingest_counts own; /* raw path and skips; the workers' part is in sh */
     char reason[256];
 };
@@ -260,8 +264,16 @@ static int raw_send_node(struct gw_ingest *in, uint32_t node)
     struct raw_node *rn = &in->nodes[node];
     size_t niov = 0;
     uint32_t count = 0;
+    bool any = false;
     int rc;
 
+    for (uint32_t i = 0; i < in->nraw && !any; i++) {
+        any = in->raw[i].node == node;
+    }
+    if (!any) {
+        rn->last_round = 0;
+        return 0; /* nothing for it: no connection opened just to read old replies */
+    }
     if (rn->sock.fd == -1) {
         char err[200];
         if (gw_mc_sock_open(&rn->sock, in->pool, node, 0, err, sizeof(err)) != 0) {
@@ -284,10 +296,6 @@ static int raw_send_node(struct gw_ingest *in, uint32_t node)
         }
         in->iov[niov++] = (struct iovec){.iov_base = (void *)crlf, .iov_len = sizeof(crlf)};
         count++;
-    }
-    if (count == 0) {
-        rn->last_round = 0;
-        return 0;
     }
     rc = gw_mc_sock_sendv(&rn->sock, in->iov, niov);
     if (rc != 0) {
