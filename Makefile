@@ -166,6 +166,7 @@ bench: all
 	$(PYTHON) tests/bench/run_repl_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_failover_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_backfill_bench.py --out docs/BENCHMARKS.md
+	$(PYTHON) tests/bench/run_restore_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_client_bench.py --out docs/BENCHMARKS.md
 	$(PYTHON) tests/bench/run_chaos.py --duration 600 --out docs/BENCHMARKS.md
 

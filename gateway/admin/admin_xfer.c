@@ -30,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h> /* before event2/keyvalq_struct.h, which defines TAILQ_* without it */
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -50,6 +52,7 @@
 #define XFER_QUEUE_LOW (1u << 20)  /* and is woken below this */
 #define XFER_CHUNK (256u << 10)    /* bytes per HTTP chunk */
 #define XFER_JOIN_WAIT_MS 3000     /* how long destroy waits for a thread */
+#define XFER_RESTORE_NICE 10       /* the restore thread's nice value (see restore_thread) */
 
 enum xfer_kind { XFER_SNAPSHOT = 0, XFER_RESTORE, XFER_KIND_MAX };
 
@@ -452,6 +455,11 @@ void gw_admin_xfer_snapshot(struct gw_admin_xfer *x, struct evhttp_request *req)
 
 /* ---- POST /restore ---- */
 
+/* A restore applies as fast as a core and memcached let it, which on a busy machine is CPU
+ * the client workers need.  At a lower priority it still takes idle cores whole, and yields
+ * to the workers (and to memcached) while they have requests to serve, so clients' latency
+ * does not pay for its speed; under a sustained full load it keeps a share and finishes.
+ * Linux applies a nice value to the one thread it is set on. */
 static void *restore_thread(void *arg)
 {
     struct xfer_job *j = arg;
@@ -459,6 +467,9 @@ static void *restore_thread(void *arg)
     struct gw_restore_result res;
     int rc;
 
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), XFER_RESTORE_NICE) == -1) {
+        log_debug("restore: cannot lower the thread's priority: %s", strerror(errno));
+    }
     j->body = NULL; /* gw_restore_run owns it now */
     rc = gw_restore_run(j->srv, j->pool, body, &j->cancel, &res);
     pthread_mutex_lock(&j->lock);

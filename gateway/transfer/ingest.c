@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "gateway/store/apply.h"
@@ -27,6 +28,10 @@
 #define INGEST_BATCH 256     /* mutations per gw_apply_batch */
 #define INGEST_INFLIGHT 8    /* batches in flight */
 #define INGEST_RAW_BATCH 256 /* version-0 items per round of adds */
+
+/* Room for one "add KEY FLAGS EXPIRY BYTES\r\n". */
+#define RAW_HEAD_MAX (MC_KEY_MAX_LENGTH + 96)
+
 #define INGEST_WAIT_SLICE_MS 200
 
 struct ingest_shared {
@@ -50,6 +55,13 @@ struct raw_item {
     Geogate__Wan__V1__Mutation *m;
 };
 
+/* The ingest's own connection to one node. */
+struct raw_node {
+    struct gw_mc_sock sock; /* fd -1 until first used */
+    uint32_t unanswered;    /* adds sent whose replies are not read yet */
+    uint32_t last_round;    /* of which sent in the latest round */
+};
+
 struct gw_ingest {
     struct gw_server *srv;
     struct gw_pool *pool;
@@ -59,7 +71,10 @@ struct gw_ingest {
     uint32_t next_worker;
     struct raw_item raw[INGEST_RAW_BATCH];
     uint32_t nraw;
-    struct gw_mc_sock *socks; /* one per node, opened on first use (fd -1 until then) */
+    struct raw_node *nodes; /* one per node of the pool */
+    /* A round's command lines, and per add its line, its value and "\r\n" to send. */
+    char heads[INGEST_RAW_BATCH][RAW_HEAD_MAX];
+    struct iovec iov[INGEST_RAW_BATCH * 3];
     struct gw_ingest_counts own; /* raw path and skips; the workers' part is in sh */
     char reason[256];
 };
@@ -210,7 +225,15 @@ static int batch_submit(struct gw_ingest *in)
     return 0;
 }
 
-/* ---- version-0 items: `add` over the ingest's own connections ---- */
+/* ---- version-0 items: `add` over the ingest's own connections ----
+ *
+ *   take ──> raw[] (256) ──raw_flush──> per node: every add of the round in one sendmsg
+ *                                       (heads formatted, values pointed at, not copied)
+ *            then read the replies of the round before, so memcached applies one round
+ *            while this thread reads and decodes the next; at most two rounds unanswered
+ *            per node, which keeps the replies far below a socket buffer (no deadlock
+ *            between our writes and memcached's).
+ */
 
 static void raw_clear(struct gw_ingest *in)
 {
@@ -220,77 +243,114 @@ static void raw_clear(struct gw_ingest *in)
     in->nraw = 0;
 }
 
-/* Send every pending add for node and read the replies.  Returns 0 or -EIO (reason set). */
-static int raw_flush_node(struct gw_ingest *in, uint32_t node)
+/* A node stopped answering or took the connection down: say so, forget what it owed. */
+static int raw_node_failed(struct gw_ingest *in, uint32_t node, int rc)
 {
-    struct gw_mc_sock *s = &in->socks[node];
-    char line[MC_KEY_MAX_LENGTH + 96];
-    uint32_t sent = 0;
-    int rc = 0;
+    struct raw_node *rn = &in->nodes[node];
 
-    if (s->fd == -1) {
+    snprintf(in->reason, sizeof(in->reason), "node %s: %s while writing items", rn->sock.label,
+             rc == -ETIMEDOUT ? "no answer" : "connection lost");
+    gw_mc_sock_close(&rn->sock);
+    rn->sock.fd = -1;
+    rn->unanswered = 0;
+    rn->last_round = 0;
+    return -EIO;
+}
+
+/* Send every pending add for node in one go.  Returns 0 or -EIO (reason set). */
+static int raw_send_node(struct gw_ingest *in, uint32_t node)
+{
+    static const char crlf[2] = "\r\n";
+    struct raw_node *rn = &in->nodes[node];
+    size_t niov = 0;
+    uint32_t count = 0;
+    bool any = false;
+    int rc;
+
+    for (uint32_t i = 0; i < in->nraw && !any; i++) {
+        any = in->raw[i].node == node;
+    }
+    if (!any) {
+        rn->last_round = 0;
+        return 0; /* nothing for it: no connection opened just to read old replies */
+    }
+    if (rn->sock.fd == -1) {
         char err[200];
-        if (gw_mc_sock_open(s, in->pool, node, 0, err, sizeof(err)) != 0) {
+        if (gw_mc_sock_open(&rn->sock, in->pool, node, 0, err, sizeof(err)) != 0) {
             snprintf(in->reason, sizeof(in->reason), "%s", err);
             return -EIO;
         }
     }
-    for (uint32_t i = 0; i < in->nraw && rc == 0; i++) {
+    for (uint32_t i = 0; i < in->nraw; i++) {
         const Geogate__Wan__V1__Mutation *m = in->raw[i].m;
+        char *head = in->heads[count];
         int n;
         if (in->raw[i].node != node) {
             continue;
         }
-        n = snprintf(line, sizeof(line), "add %.*s %" PRIu32 " %" PRIu32 " %zu\r\n",
+        n = snprintf(head, RAW_HEAD_MAX, "add %.*s %" PRIu32 " %" PRIu32 " %zu\r\n",
                      (int)m->key.len, (const char *)m->key.data, m->flags, m->expiry, m->value.len);
-        rc = gw_mc_sock_send(s, line, (size_t)n);
-        if (rc == 0 && m->value.len > 0) {
-            rc = gw_mc_sock_send(s, m->value.data, m->value.len);
+        in->iov[niov++] = (struct iovec){.iov_base = head, .iov_len = (size_t)n};
+        if (m->value.len > 0) {
+            in->iov[niov++] = (struct iovec){.iov_base = m->value.data, .iov_len = m->value.len};
         }
-        if (rc == 0) {
-            rc = gw_mc_sock_send(s, "\r\n", 2);
-        }
-        sent++;
+        in->iov[niov++] = (struct iovec){.iov_base = (void *)crlf, .iov_len = sizeof(crlf)};
+        count++;
     }
-    for (uint32_t i = 0; i < sent && rc == 0; i++) {
+    rc = gw_mc_sock_sendv(&rn->sock, in->iov, niov);
+    if (rc != 0) {
+        return raw_node_failed(in, node, rc);
+    }
+    rn->unanswered += count;
+    rn->last_round = count;
+    return 0;
+}
+
+/* Read node's replies until at most keep adds are unanswered.  Returns 0 or -EIO. */
+static int raw_read_node(struct gw_ingest *in, uint32_t node, uint32_t keep)
+{
+    struct raw_node *rn = &in->nodes[node];
+
+    while (rn->unanswered > keep) {
         char *reply;
         size_t len;
-        rc = gw_mc_sock_line(s, &reply, &len);
+        int rc = gw_mc_sock_line(&rn->sock, &reply, &len);
         if (rc != 0) {
-            break;
+            return raw_node_failed(in, node, rc);
         }
+        rn->unanswered--;
         if (strcmp(reply, "STORED") == 0) {
             in->own.applied++;
         } else if (strcmp(reply, "NOT_STORED") == 0) {
             in->own.rejected_older++; /* something is there: anything beats version 0 */
         } else {
-            log_warn("node %s refused an item: %.100s", s->label, reply);
+            log_warn("node %s refused an item: %.100s", rn->sock.label, reply);
             in->own.rejected_older++;
         }
-    }
-    if (rc != 0) {
-        snprintf(in->reason, sizeof(in->reason), "node %s: %s while writing items", s->label,
-                 rc == -ETIMEDOUT ? "no answer" : "connection lost");
-        gw_mc_sock_close(s);
-        s->fd = -1;
-        return -EIO;
     }
     return 0;
 }
 
-static int raw_flush(struct gw_ingest *in)
+/* Send what is collected, then read the replies of the round before (final: of every
+ * round).  After a failure the other nodes' replies are still read, so the counts hold
+ * everything that was applied.  Returns 0 or -EIO (reason set). */
+static int raw_flush(struct gw_ingest *in, bool final)
 {
     int rc = 0;
 
     for (uint32_t node = 0; node < in->pool->nnodes && rc == 0; node++) {
-        for (uint32_t i = 0; i < in->nraw; i++) {
-            if (in->raw[i].node == node) {
-                rc = raw_flush_node(in, node);
-                break;
-            }
-        }
+        rc = raw_send_node(in, node);
     }
-    raw_clear(in);
+    raw_clear(in); /* what was sent is in the kernel's buffers now */
+    for (uint32_t node = 0; node < in->pool->nnodes; node++) {
+        struct raw_node *rn = &in->nodes[node];
+        int rc2;
+        if (rn->sock.fd == -1) {
+            continue;
+        }
+        rc2 = raw_read_node(in, node, final || rc != 0 ? 0 : rn->last_round);
+        rc = rc != 0 ? rc : rc2;
+    }
     return rc;
 }
 
@@ -309,15 +369,15 @@ int gw_ingest_create(struct gw_server *srv, struct gw_pool *pool, atomic_bool *c
     in->pool = pool;
     in->cancel = cancel;
     in->sh = calloc(1, sizeof(*in->sh));
-    in->socks = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*in->socks));
-    if (in->sh == NULL || in->socks == NULL) {
+    in->nodes = calloc(pool->nnodes ? pool->nnodes : 1, sizeof(*in->nodes));
+    if (in->sh == NULL || in->nodes == NULL) {
         free(in->sh);
-        free(in->socks);
+        free(in->nodes);
         free(in);
         return -ENOMEM;
     }
     for (uint32_t i = 0; i < pool->nnodes; i++) {
-        in->socks[i].fd = -1;
+        in->nodes[i].sock.fd = -1;
     }
     pthread_mutex_init(&in->sh->lock, NULL);
     pthread_cond_init(&in->sh->cond, NULL);
@@ -355,7 +415,7 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
                                            (uint32_t)m->key.len);
     in->raw[in->nraw].m = m;
     in->nraw++;
-    return in->nraw == INGEST_RAW_BATCH ? raw_flush(in) : 0;
+    return in->nraw == INGEST_RAW_BATCH ? raw_flush(in, false) : 0;
 }
 
 static void *memdup(const void *p, size_t n)
@@ -413,8 +473,8 @@ int gw_ingest_flush(struct gw_ingest *in, struct gw_ingest_counts *counts)
     int rc = cancelled(in) ? -ECANCELED : batch_submit(in);
     bool failed;
 
-    if (rc == 0 && in->nraw > 0) {
-        rc = raw_flush(in);
+    if (rc == 0) {
+        rc = raw_flush(in, true);
     }
     if (!wait_inflight(in, 0) && rc == 0) {
         rc = -ECANCELED;
@@ -451,9 +511,9 @@ void gw_ingest_destroy(struct gw_ingest *in)
     raw_clear(in);
     wait_inflight(in, 0);
     for (uint32_t i = 0; i < in->pool->nnodes; i++) {
-        gw_mc_sock_close(&in->socks[i]);
+        gw_mc_sock_close(&in->nodes[i].sock);
     }
-    free(in->socks);
+    free(in->nodes);
     shared_put(in->sh);
     free(in);
 }

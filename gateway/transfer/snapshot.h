@@ -20,6 +20,7 @@
 #include "proto/geogate_wan.pb-c.h"
 
 struct gw_pool;
+struct iovec;
 
 /* ---- the file format (see the top of snapshot.c) ------------------------------------- */
 
@@ -174,6 +175,10 @@ void gw_mc_sock_close(struct gw_mc_sock *s);
 
 /* Send all of data.  Returns 0, -ETIMEDOUT or -EIO. */
 int gw_mc_sock_send(struct gw_mc_sock *s, const void *data, size_t len);
+
+/* Send all of iov[0..n) with as few system calls as the socket allows; iov is consumed
+ * (its entries are advanced past what was sent).  Returns 0, -ETIMEDOUT or -EIO. */
+int gw_mc_sock_sendv(struct gw_mc_sock *s, struct iovec *iov, size_t n);
 
 /* Read one line (without its "\r\n" or "\n"); *line points into the buffer until the next
  * call.  Lines over 64 KiB are an error.  Returns 0, -ETIMEDOUT, -EIO (closed), -EPROTO
