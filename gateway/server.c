@@ -30,6 +30,7 @@
 #include "gateway/base/config.h"
 #include "gateway/failover/failover.h"
 #include "gateway/frontend/client.h"
+#include "gateway/frontend/vop.h"
 #include "gateway/base/log.h"
 #include "gateway/routing/pool.h"
 #include "gateway/failover/remote.h"
@@ -98,7 +99,7 @@ static void worker_parser_release(struct gw_worker *w)
  *   before a socket is written mid-pass: the spool records, so no reply overtakes its own
  *   stop      ack waiters failed ─> clients closed ─> node connections closed (failing what
  *             was pending) ─> clients those failures closed ─> peer links ─> spare
- *             requests ─> the node table and the pool ─> the parser
+ *             requests and versioned operations ─> the node table and the pool ─> the parser
  *
  * Returns 0, or -ENOSPC when a point has no room left (hooks.h, GW_HOOKS_PER_POINT).
  */
@@ -122,6 +123,7 @@ static int worker_hooks(struct gw_worker_hooks *h)
         gw_hooks_add(h, GW_HOOK_STOP, gw_client_reap) != 0 ||
         gw_hooks_add(h, GW_HOOK_STOP, gw_remote_stop) != 0 ||
         gw_hooks_add(h, GW_HOOK_STOP, gw_req_pool_release) != 0 ||
+        gw_hooks_add(h, GW_HOOK_STOP, gw_vop_pool_release) != 0 ||
         gw_hooks_add(h, GW_HOOK_STOP, gw_backend_worker_release) != 0 ||
         gw_hooks_add(h, GW_HOOK_STOP, worker_parser_release) != 0) {
         return -ENOSPC;

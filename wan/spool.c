@@ -179,6 +179,7 @@ static void spool_free(struct wan_spool *sp)
     }
     free(sp->peers);
     free(sp->run);
+    free(sp->tail.buf);
     free(sp->dir_path);
     if (sp->active_fd != -1) {
         close(sp->active_fd);
@@ -389,6 +390,44 @@ struct append_run {
 /* Write the run at the end of the active segment, then index its records.  On a failed
  * write the records are taken back (file truncated, their seqs handed out again) and the
  * error returned; *committed counts the records that made it. */
+/* The first n records of run are in the active segment s now: keep their bytes in the
+ * tail too.  A tail that does not end where they start (another segment, files replaced,
+ * a write taken back) or has no room starts again at them. */
+static void tail_note(struct wan_spool *sp, const struct spool_seg *s,
+                      const struct append_run *run, size_t n)
+{
+    struct spool_tail *t = &sp->tail;
+    uint64_t off0, bytes = 0;
+    size_t i;
+
+    if (n == 0) {
+        return;
+    }
+    off0 = run->rec[0].off;
+    for (i = 0; i < n; i++) {
+        bytes += run->rec[i].size;
+    }
+    if (!t->valid || t->gen != sp->gen || t->seg != s->name_seq || t->base + t->len != off0 ||
+        bytes > SPOOL_TAIL_MAX - t->len) {
+        t->valid = false;
+        if (bytes > SPOOL_TAIL_MAX) {
+            return;
+        }
+        if (t->buf == NULL && (t->buf = malloc(SPOOL_TAIL_MAX)) == NULL) {
+            return; /* cursors read the file */
+        }
+        t->base = off0;
+        t->len = 0;
+        t->seg = s->name_seq;
+        t->gen = sp->gen;
+        t->valid = true;
+    }
+    for (i = 0; i < n * 3; i++) {
+        memcpy(t->buf + t->len, run->iov[i].iov_base, run->iov[i].iov_len);
+        t->len += run->iov[i].iov_len;
+    }
+}
+
 static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t *committed)
 {
     struct spool_seg *s = &sp->segs[sp->nsegs - 1];
@@ -428,6 +467,7 @@ static int append_run_write(struct wan_spool *sp, struct append_run *run, size_t
         sp->st.appended++;
         (*committed)++;
     }
+    tail_note(sp, s, run, *committed);
     run->n = 0;
     run->bytes = 0;
     if (rc == 0 && sp->npeers == 0) {
@@ -884,6 +924,10 @@ int wan_spool_cursor_next(struct wan_spool_cursor *c, struct wan_spool_record *o
             continue;
         }
         s = &sp->segs[i];
+        c->rd.tail = sp->tail.valid && sp->tail.gen == sp->gen &&
+                             sp->tail.seg == c->seg_name_seq
+                         ? &sp->tail
+                         : NULL;
         if (c->off >= s->size) {
             if (i + 1 == sp->nsegs) {
                 rc = -EAGAIN;

@@ -137,6 +137,21 @@ void spool_rd_free(struct spool_rd *r)
     spool_rd_init(r);
 }
 
+/* File bytes [off, off + len) into buf: copied from the spool's tail when it holds them
+ * all, else read (spool_pread_all). */
+static int rd_fill(const struct spool_rd *r, uint8_t *buf, size_t len, uint64_t off, size_t *got)
+{
+    const struct spool_tail *t = r->tail;
+
+    if (t != NULL && t->valid && off >= t->base && off - t->base <= t->len &&
+        len <= t->len - (off - t->base)) {
+        memcpy(buf, t->buf + (off - t->base), len);
+        *got = len;
+        return 0;
+    }
+    return spool_pread_all(r->fd, buf, len, off, got);
+}
+
 /* Point *p at file bytes [off, off + n), reading ahead but never at or past limit (the
  * segment's known good size, so bytes past it are never cached).  Returns 0, -ENOMEM,
  * -EIO (the file is shorter than limit says) or -errno of pread. */
@@ -167,7 +182,7 @@ int spool_rd_get(struct spool_rd *r, uint64_t off, size_t n, uint64_t limit, con
             r->buf = nb;
             r->cap = RD_CHUNK;
         }
-        rc = spool_pread_all(r->fd, r->buf + r->len, more, end, &got);
+        rc = rd_fill(r, r->buf + r->len, more, end, &got);
         if (rc != 0) {
             r->len = 0;
             return rc;
@@ -192,7 +207,7 @@ int spool_rd_get(struct spool_rd *r, uint64_t off, size_t n, uint64_t limit, con
         r->cap = want;
     }
     r->len = 0;
-    rc = spool_pread_all(r->fd, r->buf, want, off, &got);
+    rc = rd_fill(r, r->buf, want, off, &got);
     if (rc != 0) {
         return rc;
     }
@@ -421,6 +436,31 @@ void spool_segs_remove(struct wan_spool *sp, size_t i)
 
 #define LOCATE_CHUNK (64u << 10)
 
+/* spool_seg_locate's walk over record heads held in memory: bytes [base, base + len) of
+ * s, which end at its size. */
+static int locate_walk(const struct spool_seg *s, uint64_t target, uint64_t off,
+                       uint64_t ordinal, const uint8_t *buf, uint64_t base, size_t len,
+                       struct spool_pos *pos)
+{
+    while (off < s->size) {
+        const uint8_t *h = buf + (off - base);
+        if (off + REC_PREFIX > base + len) {
+            return -EIO;
+        }
+        if (get64(h + 8) >= target) {
+            pos->found = true;
+            pos->off = off;
+            pos->ordinal = ordinal;
+            pos->seq = get64(h + 8);
+            pos->time_ms = get64(h + 16);
+            return 0;
+        }
+        off += FRAME_SIZE + get32(h);
+        ordinal++;
+    }
+    return 0;
+}
+
 int spool_seg_locate(struct wan_spool *sp, const struct spool_seg *s, uint64_t target,
                      struct spool_pos *pos)
 {
@@ -445,6 +485,13 @@ int spool_seg_locate(struct wan_spool *sp, const struct spool_seg *s, uint64_t t
     }
     off = s->marks[lo].off;
     ordinal = s->marks[lo].ordinal;
+    /* The records past the mark are usually the last ones appended, still in the tail:
+     * walk them there (the shipper seeks back after holding a batch, and acks trim). */
+    const struct spool_tail *t = &sp->tail;
+    if (t->valid && t->gen == sp->gen && t->seg == s->name_seq && off >= t->base &&
+        t->base + t->len == s->size) {
+        return locate_walk(s, target, off, ordinal, t->buf, t->base, t->len, pos);
+    }
     rc = spool_seg_fd_get(sp, s, &fd);
     if (rc != 0) {
         return rc;

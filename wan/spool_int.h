@@ -40,12 +40,28 @@ static inline uint64_t max64(uint64_t a, uint64_t b)
 
 /* ---- records and the reader ---- */
 
+/* The last bytes appended to the active segment, kept in memory so that the shipper,
+ * which follows the tail of the spool a moment behind the workers, copies them instead of
+ * reading them back from the file.  Bytes [base, base + len) of segment `seg` while the
+ * spool's gen is `gen`; always ending at that segment's committed size.  Under mu. */
+#define SPOOL_TAIL_MAX RD_CHUNK
+struct spool_tail {
+    uint8_t *buf; /* SPOOL_TAIL_MAX bytes once used */
+    uint64_t base;
+    size_t len;
+    uint64_t seg; /* name_seq */
+    uint64_t gen;
+    bool valid;
+};
+
 struct spool_rd {
     int fd;
     uint8_t *buf;
     size_t cap;
     uint64_t base; /* file offset of buf[0] */
     size_t len;    /* valid bytes in buf */
+    const struct spool_tail *tail; /* the file's bytes in memory where it covers them, or
+                                    * NULL; set by its user for each read, under mu */
 };
 
 enum rec_status {
@@ -146,6 +162,7 @@ struct wan_spool {
     /* The appends' staging (spool.c), under mu: kept from one append to the next, since
      * allocating its 25 KB cost a malloc from the top of the heap every time. */
     struct append_run *run;
+    struct spool_tail tail;
 };
 
 struct wan_spool_cursor {

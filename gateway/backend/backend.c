@@ -489,19 +489,28 @@ static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const cha
 static int be_versioned_value(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
                               const char *line, size_t len, const struct mc_reply *r)
 {
-    uint8_t hb[WAN_ITEM_HEADER_SIZE];
+    uint8_t copy[WAN_ITEM_HEADER_SIZE];
+    const uint8_t *hb = copy;
     struct wan_item_header h;
-    struct evbuffer_ptr pos;
     struct evbuffer *dst;
+    struct evbuffer_iovec first;
     char head[MC_KEY_MAX_LENGTH + 80];
     int n;
 
     if (evbuffer_get_length(in) < len + 2 + WAN_ITEM_HEADER_SIZE) {
         return -1;
     }
-    evbuffer_ptr_set(in, &pos, len + 2, EVBUFFER_PTR_SET);
-    evbuffer_copyout_from(in, &pos, hb, sizeof(hb));
-    if (wan_item_header_decode(hb, sizeof(hb), &h) != 0) {
+    /* The header is almost always in the same piece of the buffer as the line before it:
+     * read it there.  (Not by a pullup: that may move the line, which r points into.) */
+    if (evbuffer_peek(in, -1, NULL, &first, 1) >= 1 && (const char *)first.iov_base == line &&
+        first.iov_len >= len + 2 + WAN_ITEM_HEADER_SIZE) {
+        hb = (const uint8_t *)line + len + 2;
+    } else {
+        struct evbuffer_ptr pos;
+        evbuffer_ptr_set(in, &pos, len + 2, EVBUFFER_PTR_SET);
+        evbuffer_copyout_from(in, &pos, copy, sizeof(copy));
+    }
+    if (wan_item_header_decode(hb, WAN_ITEM_HEADER_SIZE, &h) != 0) {
         return 0;
     }
     if (h.tombstone) {

@@ -379,14 +379,18 @@ static bool client_retry_read(struct gw_req *r)
     uint32_t n = 0;
     int peer;
 
-    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) || r->keybuf == NULL ||
-        (peer = gw_route_fallback_peer(r->w)) < 0 || r->nkeys == 0) {
+    if (r->client == NULL || (r->cmd != MC_CMD_GET && r->cmd != MC_CMD_GETS) ||
+        (r->keybuf == NULL && r->nkey1 == 0) || (peer = gw_route_fallback_peer(r->w)) < 0 ||
+        r->nkeys == 0) {
         return false;
     }
     if (r->nkeys > 64 && (keys = malloc(r->nkeys * sizeof(*keys))) == NULL) {
         return false;
     }
-    if (r->slots != NULL) {
+    if (r->keybuf == NULL) {
+        keys[n].p = r->key1;
+        keys[n++].len = r->nkey1;
+    } else if (r->slots != NULL) {
         for (; n < r->nslots; n++) {
             keys[n].p = r->slots[n].key;
             keys[n].len = r->slots[n].nkey;
@@ -493,8 +497,7 @@ static void forward_get_one(struct gw_client *c, const struct mc_request *m, uin
     r->pending = 1;
     memcpy(r->key1, m->keys[0].p, nkey);
     if (gw_server_replicates(w->srv)) {
-        /* kept for a retry at a peer should the node fail under this read */
-        r->keybuf = strndup(r->key1, nkey);
+        r->nkey1 = (uint8_t)nkey; /* a retry at a peer, should the node fail under it */
     }
     gw_backend_send_get(gw_worker_backend(w, node), &r->frag, m->cmd, r->key1, nkey);
 }

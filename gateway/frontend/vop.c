@@ -16,6 +16,7 @@
 #include "gateway/frontend/vop.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,14 @@
 #include "wan/version.h"
 
 #define VOP_MAX_TRIES 8
+
+/* Operations a worker keeps for reuse, each with its capture buffer: a replicating set
+ * would otherwise allocate and free both. */
+#if defined(__SANITIZE_ADDRESS__)
+#define VOP_FREE_MAX 0 /* every operation freed, so a leak shows */
+#else
+#define VOP_FREE_MAX 256
+#endif
 
 enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
 
@@ -72,20 +81,42 @@ struct vop {
     bool want_cas;
     int remote; /* peer site the key falls back to (its local node is down), or -1 */
     const char *answer; /* delete: decided by the gets */
+    struct vop *next_free; /* in the worker's free list */
 };
 
+/* Ends v: what it owns is freed; v and its capture buffer go back to the worker's list. */
 static void vop_free(struct vop *v)
 {
-    if (v->cap) {
-        evbuffer_free(v->cap);
-    }
+    struct gw_worker *w = v->w;
+
     if (v->cap2) {
         evbuffer_free(v->cap2);
     }
     free(v->data);
     gw_cur_release(&v->cur);
     free(v->new_val);
+    if (v->cap != NULL && w->nvop_free < VOP_FREE_MAX) {
+        evbuffer_drain(v->cap, evbuffer_get_length(v->cap));
+        v->next_free = w->vop_free;
+        w->vop_free = v;
+        w->nvop_free++;
+        return;
+    }
+    if (v->cap) {
+        evbuffer_free(v->cap);
+    }
     free(v);
+}
+
+void gw_vop_pool_release(struct gw_worker *w)
+{
+    while (w->vop_free != NULL) {
+        struct vop *v = w->vop_free;
+        w->vop_free = v->next_free;
+        evbuffer_free(v->cap);
+        free(v);
+    }
+    w->nvop_free = 0;
 }
 
 /* Answer the client (unless noreply) and end the operation. */
@@ -532,15 +563,25 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
 static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cmd, uint32_t node,
                            const char *key, uint32_t nkey)
 {
-    struct vop *v = calloc(1, sizeof(*v));
+    struct vop *v = w->vop_free;
 
-    if (v == NULL) {
-        return NULL;
-    }
-    v->cap = evbuffer_new(); /* cap2 only for a delete, which writes while it reads */
-    if (v->cap == NULL) {
-        vop_free(v);
-        return NULL;
+    if (v != NULL) {
+        struct evbuffer *cap = v->cap; /* kept, empty */
+        w->vop_free = v->next_free;
+        w->nvop_free--;
+        memset(v, 0, offsetof(struct vop, key));
+        memset(&v->nkey, 0, sizeof(*v) - offsetof(struct vop, nkey));
+        v->cap = cap;
+    } else {
+        v = calloc(1, sizeof(*v));
+        if (v == NULL) {
+            return NULL;
+        }
+        v->cap = evbuffer_new(); /* cap2 only for a delete, which writes while it reads */
+        if (v->cap == NULL) {
+            free(v);
+            return NULL;
+        }
     }
     v->w = w;
     v->r = r;

@@ -49,4 +49,8 @@ void gw_vop_touch(struct gw_worker *w, uint32_t node, const char *key, uint32_t 
                   int32_t exptime, bool want_cas, struct gw_touch_result *res,
                   void (*done)(void *arg), void *arg);
 
+/* Free the versioned operations the worker kept for reuse (its stop, after every client
+ * and node connection is closed, so none is in use). */
+void gw_vop_pool_release(struct gw_worker *w);
+
 #endif

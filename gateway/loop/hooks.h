@@ -36,7 +36,7 @@ enum gw_hook {
 };
 
 /* Hooks per point: today's wiring needs at most six (the tick). */
-#define GW_HOOKS_PER_POINT 8
+#define GW_HOOKS_PER_POINT 10
 
 typedef void (*gw_hook_fn)(struct gw_worker *w);
 /* Returns 0, or a negative error code having undone its own part. */

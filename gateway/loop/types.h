@@ -64,6 +64,8 @@ struct gw_worker {
     struct gw_ack_list *ack_waits; /* writes waiting for a peer's ack (repl.c) */
     struct gw_req *req_free;       /* requests kept for reuse (req.c) */
     uint32_t nreq_free;
+    struct vop *vop_free;          /* versioned operations kept for reuse (vop.c) */
+    uint32_t nvop_free;
     char rbuf[16384];              /* reads land here first when a socket's input is empty */
     bool rbuf_busy;                /* an on_data callback is reading rbuf */
     bool repl_appended;            /* this pass spooled something */

@@ -215,13 +215,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id,
     {
         struct event_config *ec = event_config_new();
         if (ec != NULL) {
-            if (id >= srv->nworkers) {
-                /* The WAN thread: its batches wait on millisecond timers (coalescing)
-                 * with no other wake-up to cut them short, and epoll's own timeout
-                 * rounds up a whole ms.  Client workers wake it (event_active) from
-                 * their threads, so its base keeps its lock. */
-                event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
-            } else {
+            if (id < srv->nworkers) {
                 /* A client worker's base is touched by its own thread only (others
                  * reach it through notify_fd), so it needs no lock. */
                 event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);

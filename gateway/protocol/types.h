@@ -112,6 +112,8 @@ struct gw_req {
     uint32_t emitted; /* slots whose answer has gone on, in the client's key order */
     char *keybuf; /* owns the key bytes slots point to; a one-node read of a replicating
                    * site without slots: its keys, space-separated (a retry at a peer) */
+    uint8_t nkey1; /* a one-key get/gets of a replicating site: key1's length, kept for a
+                    * retry at a peer (0: none) */
     uint32_t *slotidx;
     struct gw_req *next_free; /* in the worker's free list */
     /* Last, and not cleared when a request is reused (gw_req_new): */

@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -216,7 +218,7 @@ static bool kicks_wanted(struct gw_repl *repl)
     for (size_t i = 0; i < repl->npeers; i++) {
         struct gw_peer *p = &repl->peers[i];
         if (p->up && p->inflight < REPL_INFLIGHT &&
-            (p->coalesce_ev == NULL || !evtimer_pending(p->coalesce_ev, NULL))) {
+            !p->coalesce_armed) {
             return true;
         }
     }
@@ -382,6 +384,23 @@ static void restamp_start(struct gw_peer *p, const struct wan_spool_record *firs
     gw_apply_restamp(repl->w, req, restamp_done, repl); /* takes req */
 }
 
+/* Pump p again in ms milliseconds, unless that is already due. */
+static void coalesce_arm(struct gw_peer *p, int64_t ms)
+{
+    struct itimerspec its = {
+        .it_value = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L},
+    };
+
+    if (p->coalesce_armed || p->coalesce_fd == -1) {
+        return;
+    }
+    if (timerfd_settime(p->coalesce_fd, 0, &its, NULL) == -1) {
+        log_warn("peer %s: cannot arm the coalescing timer: %s", p->site, strerror(errno));
+        return; /* the next write or ack pumps it */
+    }
+    p->coalesce_armed = true;
+}
+
 static void peer_pump_once(struct gw_peer *p)
 {
     struct gw_repl *repl = p->repl;
@@ -462,11 +481,8 @@ static void peer_pump_once(struct gw_peer *p)
             /* Let this small batch gather a few more mutations (bounded by `hold` ms of
              * added lag) instead of paying a whole batch exchange for one or two. */
             int64_t wait = (int64_t)oldest + hold - gw_wall_ms();
-            struct timeval tv = {0, (suseconds_t)((wait > 0 ? wait : 1) * 1000)};
             wan_spool_cursor_seek(p->cursor, first);
-            if (p->coalesce_ev != NULL && !evtimer_pending(p->coalesce_ev, NULL)) {
-                evtimer_add(p->coalesce_ev, &tv);
-            }
+            coalesce_arm(p, wait > 0 ? wait : 1);
             return;
         }
         if (n == 0) {
@@ -743,9 +759,13 @@ static void peer_connect(struct gw_peer *p)
 
 static void coalesce_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct gw_peer *p = arg;
+
     (void)fd;
     (void)what;
-    peer_pump(arg);
+    /* Edge-triggered: arming the timer again resets its expiry count, so it needs no read. */
+    p->coalesce_armed = false;
+    peer_pump(p);
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -1217,8 +1237,17 @@ static int repl_start(void *arg)
         return rc;
     }
     for (size_t i = 0; i < repl->npeers; i++) {
-        repl->peers[i].coalesce_ev = evtimer_new(repl->w->base, coalesce_cb, &repl->peers[i]);
-        peer_connect(&repl->peers[i]);
+        struct gw_peer *p = &repl->peers[i];
+        p->coalesce_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (p->coalesce_fd == -1) {
+            return -errno;
+        }
+        p->coalesce_ev = event_new(repl->w->base, p->coalesce_fd, EV_READ | EV_PERSIST | EV_ET,
+                                   coalesce_cb, p);
+        if (p->coalesce_ev == NULL || event_add(p->coalesce_ev, NULL) != 0) {
+            return -ENOMEM;
+        }
+        peer_connect(p);
     }
     return 0;
 }
@@ -1236,6 +1265,11 @@ static int repl_stop(void *arg)
             event_free(repl->peers[i].coalesce_ev);
             repl->peers[i].coalesce_ev = NULL;
         }
+        if (repl->peers[i].coalesce_fd != -1) {
+            close(repl->peers[i].coalesce_fd);
+            repl->peers[i].coalesce_fd = -1;
+        }
+        repl->peers[i].coalesce_armed = false;
     }
     if (repl->server != NULL) {
         wan_grpc_server_destroy(repl->server);
@@ -1303,6 +1337,7 @@ int gw_repl_create(struct gw_server *srv, struct gw_worker *wan, const struct gw
         repl->peers[i].repl = repl;
         repl->peers[i].conf = &cfg->wan.peers[i];
         repl->peers[i].site = cfg->wan.peers[i].site;
+        repl->peers[i].coalesce_fd = -1;
         names[i] = cfg->wan.peers[i].site;
     }
     if (repl->npeers > 0) {

@@ -88,7 +88,12 @@ struct gw_peer {
     uint64_t lag_count;
     int64_t up_since_ms;
     char last_error[160];
-    struct event *coalesce_ev; /* fires when a held-back small batch is due */
+    /* Fires when a held-back small batch is due: a timerfd of its own, armed only while a
+     * batch is held, since a precise timer on the WAN thread's base would reprogram one on
+     * every pass of its loop (epoll's own timeout rounds up a whole ms). */
+    struct event *coalesce_ev;
+    int coalesce_fd;
+    bool coalesce_armed;
     /* health, from Health/Check every second while the link is up */
     bool serving;
     bool health_inflight;

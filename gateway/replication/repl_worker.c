@@ -112,12 +112,17 @@ static void pending_free(struct gw_worker *w)
     }
 }
 
+/* The most bytes a packed Mutation takes besides its key and value: a tag and a length or
+ * value of at most 5 bytes for each of its 9 fields, 8 for the fixed64 hlc. */
+#define MUTATION_PACKED_EXTRA 64
+
 /* Pack m for key into the worker's pending records.  False when out of memory. */
 static bool pending_add(struct gw_worker *w, const char *key, uint32_t nkey,
                         const Geogate__Wan__V1__Mutation *m)
 {
     struct gw_spool_pending *sp = w->spool_pending;
-    size_t len = geogate__wan__v1__mutation__get_packed_size(m);
+    /* packed into room for its largest size, which spares protobuf-c a sizing pass */
+    size_t len = m->key.len + m->value.len + MUTATION_PACKED_EXTRA;
     struct pending_ent *e;
 
     if (sp == NULL && (sp = w->spool_pending = calloc(1, sizeof(*sp))) == NULL) {
@@ -135,8 +140,8 @@ static bool pending_add(struct gw_worker *w, const char *key, uint32_t nkey,
     memcpy(sp->buf + sp->len, key, nkey);
     sp->len += nkey;
     e->doff = sp->len;
+    len = geogate__wan__v1__mutation__pack(m, sp->buf + sp->len);
     e->dlen = len;
-    geogate__wan__v1__mutation__pack(m, sp->buf + sp->len);
     sp->len += len;
     return true;
 }

@@ -58,6 +58,7 @@ struct bench_opts {
     const char *key_prefix;
     double duration;   /* seconds; used when requests == 0 */
     uint64_t requests; /* total over all connections; 0 = run for duration */
+    double rate;       /* requests per second over all threads; 0 = as fast as replies come */
     bool warmup_keys;
     uint64_t seed;
     bool json;
@@ -255,6 +256,7 @@ struct bench_worker {
     const struct bench_opts *o;
     struct event_base *base;
     struct event *tick;
+    struct event *pace; /* --rate: tops the connections up as the schedule allows */
     struct bench_conn *conns;
     int nconns;
     int live_conns;
@@ -320,10 +322,27 @@ static size_t fmt_u64(char *p, uint64_t v)
     return n;
 }
 
+/* Whether the worker has requests left to send, now or (--rate) later. */
+static bool worker_has_more(const struct bench_worker *w)
+{
+    if (w->phase == BENCH_PHASE_WARMUP) {
+        return w->warm_next < w->warm_end;
+    }
+    return w->issuing && w->issued < w->quota;
+}
+
+/* Whether it may send one now. */
 static bool worker_can_issue(const struct bench_worker *w)
 {
     if (w->phase == BENCH_PHASE_WARMUP) {
         return w->warm_next < w->warm_end;
+    }
+    if (w->o->rate > 0 && w->issuing) {
+        /* open schedule: request N of this worker is due at start + N / its share of rate */
+        double due = (double)(now_ns() - w->start_ns) * 1e-9 * w->o->rate / w->o->threads;
+        if ((double)w->issued >= due + 1.0) {
+            return false;
+        }
     }
     return w->issuing && w->issued < w->quota;
 }
@@ -622,7 +641,7 @@ protocol_error:
 
 static void worker_check_done(struct bench_worker *w)
 {
-    if ((w->outstanding == 0 && !worker_can_issue(w)) || w->live_conns == 0) {
+    if ((w->outstanding == 0 && !worker_has_more(w)) || w->live_conns == 0) {
         event_base_loopbreak(w->base);
     }
 }
@@ -692,6 +711,22 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     worker_check_done(w);
+}
+
+/* --rate: every connection with room takes what the schedule has made due meanwhile. */
+static void worker_on_pace(evutil_socket_t fd, short what, void *arg)
+{
+    struct bench_worker *w = arg;
+    uint64_t now = now_ns();
+
+    (void)fd;
+    (void)what;
+    if (w->phase != BENCH_PHASE_RUN) {
+        return;
+    }
+    for (int i = 0; i < w->nconns && worker_can_issue(w); i++) {
+        conn_fill(&w->conns[i], now);
+    }
 }
 
 /* A blocking TCP connection to the target; returns the fd or a negative errno. */
@@ -804,7 +839,7 @@ static void worker_run_phase(struct bench_worker *w, enum bench_phase phase)
     for (int i = 0; i < w->nconns; i++) {
         conn_fill(&w->conns[i], now);
     }
-    if (w->outstanding > 0 || worker_can_issue(w)) {
+    if (w->outstanding > 0 || worker_has_more(w)) {
         event_base_dispatch(w->base);
     }
     if (phase == BENCH_PHASE_RUN && w->run.hist.total == 0) {
@@ -828,6 +863,13 @@ static void *worker_main(void *arg)
         w->base = event_base_new();
         w->tick = w->base ? event_new(w->base, -1, EV_PERSIST, worker_on_tick, w) : NULL;
         if (w->tick == NULL || event_add(w->tick, &tick) == -1) {
+            w->failed = -ENOMEM;
+        }
+    }
+    if (w->failed == 0 && o->rate > 0) {
+        struct timeval pace = {0, 1000};
+        w->pace = event_new(w->base, -1, EV_PERSIST, worker_on_pace, w);
+        if (w->pace == NULL || event_add(w->pace, &pace) == -1) {
             w->failed = -ENOMEM;
         }
     }
@@ -1007,6 +1049,9 @@ fail_workers:
         if (ws[t].tick) {
             event_free(ws[t].tick);
         }
+        if (ws[t].pace) {
+            event_free(ws[t].pace);
+        }
         if (ws[t].base) {
             event_base_free(ws[t].base);
         }
@@ -1144,6 +1189,8 @@ static void usage(FILE *f)
                "  --key-prefix S      key prefix (\"bench:\")\n"
                "  --duration SEC      run this long (10) ...\n"
                "  --requests N        ... or send this many requests in total\n"
+               "  --rate N            at most N requests per second in all, on schedule\n"
+               "                      (0: each connection sends as soon as it has room)\n"
                "  --warmup-keys       set every key of the key space first (not measured)\n"
                "  --seed N            random seed (1)\n"
                "  --timeout SEC       give up on replies after this long without progress (5)\n"
@@ -1181,6 +1228,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         OPT_PREFIX,
         OPT_DURATION,
         OPT_REQUESTS,
+        OPT_RATE,
         OPT_WARMUP,
         OPT_SEED,
         OPT_TIMEOUT,
@@ -1201,6 +1249,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         {"key-prefix", required_argument, NULL, OPT_PREFIX},
         {"duration", required_argument, NULL, OPT_DURATION},
         {"requests", required_argument, NULL, OPT_REQUESTS},
+        {"rate", required_argument, NULL, OPT_RATE},
         {"warmup-keys", no_argument, NULL, OPT_WARMUP},
         {"seed", required_argument, NULL, OPT_SEED},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
@@ -1283,6 +1332,10 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
             break;
         case OPT_REQUESTS:
             bad = parse_u64(optarg, &o->requests, 1, UINT64_MAX / 2);
+            break;
+        case OPT_RATE:
+            o->rate = strtod(optarg, &end);
+            bad = *end || end == optarg || !(o->rate >= 0);
             break;
         case OPT_WARMUP:
             o->warmup_keys = true;
