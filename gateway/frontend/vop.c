@@ -41,9 +41,9 @@
 /* Operations a worker keeps for reuse, each with its capture buffer: a replicating set
  * would otherwise allocate and free both. */
 #if defined(__SANITIZE_ADDRESS__)
-#define VOP_FREE_MAX 0 /* every operation freed, so a leak shows */
+static const uint32_t vop_free_max = 0; /* every operation freed, so a leak shows */
 #else
-#define VOP_FREE_MAX 256
+static const uint32_t vop_free_max = 256;
 #endif
 
 enum vop_step { VOP_BLIND = 0, VOP_READ, VOP_WRITE, VOP_CHECK, VOP_STEP_MAX };
@@ -95,7 +95,7 @@ static void vop_free(struct vop *v)
     free(v->data);
     gw_cur_release(&v->cur);
     free(v->new_val);
-    if (v->cap != NULL && w->nvop_free < VOP_FREE_MAX) {
+    if (v->cap != NULL && w->nvop_free < vop_free_max) {
         evbuffer_drain(v->cap, evbuffer_get_length(v->cap));
         v->next_free = w->vop_free;
         w->vop_free = v;
