@@ -423,6 +423,9 @@ static void tail_note(struct wan_spool *sp, const struct spool_seg *s,
         t->valid = true;
     }
     for (i = 0; i < n * 3; i++) {
+        if (run->iov[i].iov_len == 0) {
+            continue; /* an empty key or record: its base may be NULL, which memcpy forbids */
+        }
         memcpy(t->buf + t->len, run->iov[i].iov_base, run->iov[i].iov_len);
         t->len += run->iov[i].iov_len;
     }
