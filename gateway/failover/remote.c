@@ -213,9 +213,7 @@ static void warm_fill(struct remote_job *j)
     struct gw_server *srv = j->w->srv;
     Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
     Geogate__Wan__V1__Mutation *muts[256];
-    Geogate__Wan__V1__ShipRequest *copy;
-    size_t n = 0, len;
-    uint8_t *buf;
+    size_t n = 0;
 
     for (uint32_t k = 0; k < j->nmiss && n < 256; k++) {
         const Geogate__Wan__V1__Mutation *m = peer_item(j, k);
@@ -229,17 +227,7 @@ static void warm_fill(struct remote_job *j)
     req.origin_site = srv->cfg->wan.peers[j->peer].site;
     req.n_mutations = n;
     req.mutations = muts;
-    len = geogate__wan__v1__ship_request__get_packed_size(&req);
-    buf = malloc(len);
-    if (buf == NULL) {
-        return;
-    }
-    geogate__wan__v1__ship_request__pack(&req, buf);
-    copy = geogate__wan__v1__ship_request__unpack(NULL, len, buf);
-    free(buf);
-    if (copy != NULL) {
-        gw_apply_batch(j->w, copy, false, fill_done, j->w);
-    }
+    gw_apply_batch_of(j->w, &req, fill_done, j->w);
 }
 
 /* Everything is in: answer the client. */

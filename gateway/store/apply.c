@@ -736,6 +736,24 @@ void gw_apply_restamp(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
     batch_run(w, req, APPLY_MODE_RESTAMP, false, done, arg);
 }
 
+void gw_apply_batch_of(struct gw_worker *w, const Geogate__Wan__V1__ShipRequest *req,
+                       gw_apply_done_fn done, void *arg)
+{
+    Geogate__Wan__V1__ShipRequest *copy;
+    size_t len = geogate__wan__v1__ship_request__get_packed_size(req);
+    uint8_t *buf = malloc(len);
+
+    if (buf == NULL) {
+        return;
+    }
+    geogate__wan__v1__ship_request__pack(req, buf);
+    copy = geogate__wan__v1__ship_request__unpack(NULL, len, buf);
+    free(buf);
+    if (copy != NULL) {
+        gw_apply_batch(w, copy, false, done, arg);
+    }
+}
+
 static void local_item_done(void *arg, uint64_t applied, uint64_t rejected, bool failed,
                             Geogate__Wan__V1__Mutation **newer, size_t n_newer)
 {
@@ -753,9 +771,6 @@ void gw_apply_local_item(struct gw_worker *w, const char *key, uint32_t nkey,
     Geogate__Wan__V1__ShipRequest req = GEOGATE__WAN__V1__SHIP_REQUEST__INIT;
     Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
     Geogate__Wan__V1__Mutation *mp = &m;
-    Geogate__Wan__V1__ShipRequest *copy;
-    uint8_t *buf;
-    size_t len;
 
     m.key.data = (uint8_t *)key;
     m.key.len = nkey;
@@ -772,17 +787,7 @@ void gw_apply_local_item(struct gw_worker *w, const char *key, uint32_t nkey,
     req.origin_site = w->srv->cfg->site;
     req.n_mutations = 1;
     req.mutations = &mp;
-    len = geogate__wan__v1__ship_request__get_packed_size(&req);
-    buf = malloc(len);
-    if (buf == NULL) {
-        return;
-    }
-    geogate__wan__v1__ship_request__pack(&req, buf);
-    copy = geogate__wan__v1__ship_request__unpack(NULL, len, buf);
-    free(buf);
-    if (copy != NULL) {
-        gw_apply_batch(w, copy, false, local_item_done, NULL);
-    }
+    gw_apply_batch_of(w, &req, local_item_done, NULL);
 }
 
 /* ---- remote reads ---- */

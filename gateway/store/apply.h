@@ -54,6 +54,12 @@ typedef void (*gw_apply_done_fn)(void *arg, uint64_t applied, uint64_t rejected,
 void gw_apply_batch(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req,
                     bool collect_newer, gw_apply_done_fn done, void *arg);
 
+/* gw_apply_batch (without collecting newer items) of a request the caller keeps: it is
+ * copied whole (packed and unpacked by protobuf-c), so the apply owns what it frees.
+ * Out of memory: nothing is applied and done is not called. */
+void gw_apply_batch_of(struct gw_worker *w, const Geogate__Wan__V1__ShipRequest *req,
+                       gw_apply_done_fn done, void *arg);
+
 /* As gw_apply_batch with collect_newer, for a batch of a peer's Ship stream: an item
  * beyond the clock bound fails the batch instead (done says failed: it must not be acked,
  * so it stays in the sender's spool).  The caller refuses such batches before they get
