@@ -486,13 +486,14 @@ static void restore_json(const struct gw_restore_result *res, double secs, struc
 {
     evbuffer_add_printf(b, "{\"status\": ");
     gw_json_str(b, gw_restore_status_name(res->status));
-    evbuffer_add_printf(
-        b,
-        ", \"records\": %" PRIu64 ", \"applied\": %" PRIu64 ", \"skipped_expired\": %" PRIu64
-        ", \"rejected_older\": %" PRIu64 ", \"skipped_tombstones\": %" PRIu64
-        ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f, \"items_per_s\": %.0f",
-        res->records, res->applied, res->skipped_expired, res->rejected_older,
-        res->skipped_tombstones, res->bytes, secs, secs > 0 ? (double)res->records / secs : 0.0);
+    evbuffer_add_printf(b,
+                        ", \"records\": %" PRIu64 ", \"applied\": %" PRIu64
+                        ", \"skipped_expired\": %" PRIu64 ", \"rejected_older\": %" PRIu64
+                        ", \"skipped_tombstones\": %" PRIu64 ", \"paced_rounds\": %" PRIu64
+                        ", \"bytes\": %" PRIu64 ", \"seconds\": %.3f, \"items_per_s\": %.0f",
+                        res->records, res->applied, res->skipped_expired, res->rejected_older,
+                        res->skipped_tombstones, res->paced_rounds, res->bytes, secs,
+                        secs > 0 ? (double)res->records / secs : 0.0);
     if (res->header.format != 0) {
         evbuffer_add_printf(b, ", \"format_version\": %u", res->header.format);
     }

@@ -502,6 +502,9 @@ static void snap_print_restore(const struct ctl_json *j, const char *path, doubl
         printf(", %.0f tombstones skipped (gateway without versions)",
                ctl_json_num(j, "skipped_tombstones", 0));
     }
+    if (ctl_json_num(j, "paced_rounds", 0) > 0) {
+        printf(", %.0f rounds paused for clients", ctl_json_num(j, "paced_rounds", 0));
+    }
     printf("; %.2f s (%.0f items/s)\n", secs,
            secs > 0 ? ctl_json_num(j, "records", 0) / secs : 0.0);
 }

@@ -25,9 +25,14 @@
 #include "gateway/transfer/snapshot.h"
 #include "gateway/loop/worker.h"
 
-#define INGEST_BATCH 256     /* mutations per gw_apply_batch */
-#define INGEST_INFLIGHT 8    /* batches in flight */
-#define INGEST_RAW_BATCH 256 /* version-0 items per round of adds */
+#define INGEST_INFLIGHT 8 /* batches in flight */
+#define INGEST_ROUND 256  /* items per round of adds, or mutations per gw_apply_batch */
+
+/* Pacing the adds while clients are served (see raw_pace). */
+#define INGEST_ROUND_SHARED 64      /* items per round while clients are served */
+#define INGEST_CLIENTS_QUIET_MS 100 /* no client byte read for this long: full speed */
+#define INGEST_PAUSE_MIN_NS 20000L  /* a pause is the round's own time, within these */
+#define INGEST_PAUSE_MAX_NS 2000000L
 
 /* Room for one "add KEY FLAGS EXPIRY BYTES\r\n". */
 #define RAW_HEAD_MAX (MC_KEY_MAX_LENGTH + 96)
@@ -69,12 +74,16 @@ struct gw_ingest {
     struct ingest_shared *sh;
     Geogate__Wan__V1__ShipRequest *batch; /* being filled */
     uint32_t next_worker;
-    struct raw_item raw[INGEST_RAW_BATCH];
+    struct raw_item raw[INGEST_ROUND];
     uint32_t nraw;
     struct raw_node *nodes; /* one per node of the pool */
     /* A round's command lines, and per add its line, its value and "\r\n" to send. */
-    char heads[INGEST_RAW_BATCH][RAW_HEAD_MAX];
-    struct iovec iov[INGEST_RAW_BATCH * 3];
+    char heads[INGEST_ROUND][RAW_HEAD_MAX];
+    struct iovec iov[INGEST_ROUND * 3];
+    uint32_t round_max;          /* INGEST_ROUND, or INGEST_ROUND_SHARED while paced */
+    uint64_t clients_bytes;      /* the workers' bytes_read at the last look */
+    uint64_t clients_seen_ms;    /* when they last moved */
+    uint64_t round_start_ns;     /* when the current round began (after the last pause) */
     struct gw_ingest_counts own; /* raw path and skips; the workers' part is in sh */
     char reason[256];
 };
@@ -96,6 +105,60 @@ static void shared_put(struct ingest_shared *sh)
 static bool cancelled(const struct gw_ingest *in)
 {
     return in->cancel != NULL && atomic_load(in->cancel);
+}
+
+/* ---- pacing ----
+ *
+ * A restore (or backfill) into an idle site runs at full speed: rounds of INGEST_ROUND,
+ * one behind the other.  memcached then takes a round of adds whole before a client's get
+ * on the same node, and the nodes and this thread keep both cores busy, so a client's p99
+ * rose 10x and more on the 2-core bench.  While any client worker read a byte within
+ * INGEST_CLIENTS_QUIET_MS, rounds are INGEST_ROUND_SHARED items and each is followed by a
+ * pause as long as the round itself: the nodes are idle half the time and a client's get
+ * waits behind at most a short round (docs/BENCHMARKS.md, "Restore").  Versioned items go
+ * the same way: batches of INGEST_ROUND_SHARED, one in flight, each followed by the pause.
+ */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool clients_active(struct gw_ingest *in, uint64_t now)
+{
+    uint64_t bytes = 0;
+
+    for (int i = 0; i < in->srv->nworkers; i++) {
+        bytes += __atomic_load_n(&in->srv->workers[i].stats.bytes_read, __ATOMIC_RELAXED);
+    }
+    if (bytes != in->clients_bytes) {
+        in->clients_bytes = bytes;
+        in->clients_seen_ms = now / 1000000u;
+    }
+    return now / 1000000u - in->clients_seen_ms < INGEST_CLIENTS_QUIET_MS;
+}
+
+/* After a round: choose the next round's size and pause if clients are served. */
+static void ingest_pace(struct gw_ingest *in)
+{
+    uint64_t now = now_ns();
+    uint64_t took = now - in->round_start_ns;
+
+    if (!clients_active(in, now)) {
+        in->round_max = INGEST_ROUND;
+        in->round_start_ns = now;
+        return;
+    }
+    in->round_max = INGEST_ROUND_SHARED;
+    in->own.paced_rounds++;
+    struct timespec ts = {0, took < INGEST_PAUSE_MIN_NS   ? INGEST_PAUSE_MIN_NS
+                             : took > INGEST_PAUSE_MAX_NS ? INGEST_PAUSE_MAX_NS
+                                                          : (long)took};
+    nanosleep(&ts, NULL);
+    in->round_start_ns = now_ns();
 }
 
 /* ---- versioned items: batches through the workers ---- */
@@ -141,7 +204,7 @@ static Geogate__Wan__V1__ShipRequest *batch_new(const struct gw_server *srv)
     geogate__wan__v1__ship_request__init(req);
     req->gateway_id = srv->cfg->gateway_id;
     req->origin_site = strdup(srv->cfg->site);
-    req->mutations = malloc(INGEST_BATCH * sizeof(*req->mutations));
+    req->mutations = malloc(INGEST_ROUND * sizeof(*req->mutations));
     if (req->origin_site == NULL || req->mutations == NULL) {
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
         return NULL;
@@ -186,11 +249,13 @@ static int batch_submit(struct gw_ingest *in)
         return 0;
     }
     in->batch = NULL;
-    if (!wait_inflight(in, INGEST_INFLIGHT - 1)) {
+    /* Paced: the batch before is applied before this one goes, then the pause. */
+    if (!wait_inflight(in, in->round_max == INGEST_ROUND_SHARED ? 0 : INGEST_INFLIGHT - 1)) {
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
         snprintf(in->reason, sizeof(in->reason), "cancelled");
         return -ECANCELED;
     }
+    ingest_pace(in);
     b = calloc(1, sizeof(*b));
     if (b == NULL) {
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
@@ -351,6 +416,9 @@ static int raw_flush(struct gw_ingest *in, bool final)
         rc2 = raw_read_node(in, node, final || rc != 0 ? 0 : rn->last_round);
         rc = rc != 0 ? rc : rc2;
     }
+    if (!final && rc == 0) {
+        ingest_pace(in);
+    }
     return rc;
 }
 
@@ -379,6 +447,8 @@ int gw_ingest_create(struct gw_server *srv, struct gw_pool *pool, atomic_bool *c
     for (uint32_t i = 0; i < pool->nnodes; i++) {
         in->nodes[i].sock.fd = -1;
     }
+    in->round_start_ns = now_ns();
+    in->round_max = clients_active(in, in->round_start_ns) ? INGEST_ROUND_SHARED : INGEST_ROUND;
     pthread_mutex_init(&in->sh->lock, NULL);
     pthread_cond_init(&in->sh->cond, NULL);
     in->sh->refs = 1;
@@ -403,7 +473,7 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
             return -ENOMEM;
         }
         in->batch->mutations[in->batch->n_mutations++] = m;
-        return in->batch->n_mutations == INGEST_BATCH ? batch_submit(in) : 0;
+        return in->batch->n_mutations >= in->round_max ? batch_submit(in) : 0;
     }
     if (m->tombstone) {
         /* No versions here: an absence is what the pool already has. */
@@ -411,11 +481,11 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
         geogate__wan__v1__mutation__free_unpacked(m, NULL);
         return 0;
     }
-    in->raw[in->nraw].node = gw_pool_route(in->pool, (const char *)m->key.data,
-                                           (uint32_t)m->key.len);
+    in->raw[in->nraw].node =
+        gw_pool_route(in->pool, (const char *)m->key.data, (uint32_t)m->key.len);
     in->raw[in->nraw].m = m;
     in->nraw++;
-    return in->nraw == INGEST_RAW_BATCH ? raw_flush(in, false) : 0;
+    return in->nraw >= in->round_max ? raw_flush(in, false) : 0;
 }
 
 static void *memdup(const void *p, size_t n)

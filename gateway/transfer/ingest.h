@@ -32,6 +32,7 @@ struct gw_ingest_counts {
     uint64_t rejected_older;     /* the site already held the same or a newer version */
     uint64_t skipped_expired;    /* expiry already passed */
     uint64_t skipped_tombstones; /* tombstones, on a gateway without versions */
+    uint64_t paced_rounds;       /* rounds of adds followed by a pause for clients */
 };
 
 /* pool is borrowed (the caller holds a reference until destroy); cancel may be NULL.

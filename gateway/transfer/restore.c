@@ -260,6 +260,7 @@ int gw_restore_run(struct gw_server *srv, struct gw_pool *pool, struct evbuffer 
     res->rejected_older = counts.rejected_older;
     res->skipped_expired = counts.skipped_expired;
     res->skipped_tombstones = counts.skipped_tombstones;
+    res->paced_rounds = counts.paced_rounds;
     gw_ingest_destroy(r.in);
 
     if (rc == 0 || rc == -EBADMSG) {

@@ -48,6 +48,7 @@ struct gw_restore_result {
     uint64_t skipped_expired;     /* expiry already passed */
     uint64_t rejected_older;      /* the site already held the same or a newer version */
     uint64_t skipped_tombstones;  /* tombstones, on a gateway without versions */
+    uint64_t paced_rounds;        /* rounds of adds paused for clients (ingest.c) */
     uint64_t bad_offset;          /* with BAD_*: byte offset of the first bad record */
     uint64_t bytes;               /* file size */
     char reason[256];             /* why it stopped, when not OK */

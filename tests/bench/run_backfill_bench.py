@@ -53,6 +53,7 @@ class Probe(threading.Thread):
         self.port, self.keys, self.rate = port, keys, rate
         self.samples = []
         self.stop_ev = threading.Event()
+        self.hold = threading.Event()  # set: send nothing until cleared
 
     def run(self):
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -62,6 +63,10 @@ class Probe(threading.Thread):
         nxt = time.monotonic()
         buf = b""
         while not self.stop_ev.is_set():
+            if self.hold.is_set():
+                time.sleep(0.005)
+                nxt = time.monotonic()
+                continue
             k = rng.choice(self.keys).encode()
             t0 = time.monotonic()
             ok = True
