@@ -131,7 +131,7 @@ static bool clients_active(struct gw_ingest *in, uint64_t now)
 {
     uint64_t bytes = 0;
 
-    for (int i = 0; i < in->srv->nworkers; i++) {
+    for (int i = 0; in->srv->workers != NULL && i < in->srv->nworkers; i++) {
         bytes += __atomic_load_n(&in->srv->workers[i].stats.bytes_read, __ATOMIC_RELAXED);
     }
     if (bytes != in->clients_bytes) {
