@@ -238,6 +238,9 @@ static void be_send(struct gw_backend *be, struct gw_frag *frag, const char *lin
     } else if (bytes != NULL && ndata > 0) {
         evbuffer_add(out, bytes, ndata);
     }
+    if (frag->meta) {
+        evbuffer_add(out, "mn\r\n", 4);
+    }
     be_queued(be);
 }
 
@@ -264,7 +267,8 @@ static uint64_t be_key_bit(const char *key, uint32_t nkey)
 
     memcpy(&head, key, n);
     memcpy(&tail, key + nkey - n, n);
-    return (uint64_t)1 << (((head ^ (tail << 7 | tail >> 57) ^ nkey) * 0x9e3779b97f4a7c15ull) >> 58);
+    return (uint64_t)1 << (((head ^ (tail << 7 | tail >> 57) ^ nkey) * 0x9e3779b97f4a7c15ull) >>
+                           58);
 }
 
 static bool be_group_has(const struct gw_backend *be, const char *key, uint32_t nkey)
@@ -433,7 +437,8 @@ void gw_backend_forget_dst(struct gw_worker *w, const struct evbuffer *buf)
             w->backends[i]->dst_conn = NULL;
         }
     }
-    TAILQ_FOREACH(be, &w->retired, retire_link) {
+    TAILQ_FOREACH(be, &w->retired, retire_link)
+    {
         if (be->dst == buf) {
             be->dst = NULL;
             be->dst_conn = NULL;
@@ -451,8 +456,7 @@ void gw_backend_tick(struct gw_backend *be, int64_t now_ms)
         be_fail(be, "connect timed out", true);
         return;
     }
-    if (be->npending > 0 && now_ms - be->last_progress_ms > (int64_t)pool->timeout_ms &&
-        be->open) {
+    if (be->npending > 0 && now_ms - be->last_progress_ms > (int64_t)pool->timeout_ms && be->open) {
         /* Before blaming the node, drain the socket: if this thread was starved of CPU
          * the replies may be waiting there (a read updates last_progress_ms). */
         uint64_t gen = be->conn_gen;
@@ -468,8 +472,8 @@ void gw_backend_tick(struct gw_backend *be, int64_t now_ms)
     }
 }
 
-static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const char *line,
-                           size_t len, size_t consumed)
+static void be_probe_reply(struct gw_backend *be, struct evbuffer *in, const char *line, size_t len,
+                           size_t consumed)
 {
     bool ok = len >= 8 && memcmp(line, "VERSION ", 8) == 0;
 
@@ -597,8 +601,8 @@ static int be_merged_answered(struct gw_backend *be, struct gw_frag *frag, uint6
  * A reply line to the multi-key get the head frag belongs to.  Returns 0 when the line
  * was consumed, 1 to wait for more input, -1 when the connection failed.
  */
-static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char *line,
-                          size_t len, uint64_t gen)
+static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char *line, size_t len,
+                          uint64_t gen)
 {
     struct gw_frag *frag = TAILQ_FIRST(&be->pending);
     struct mc_reply r;
@@ -671,6 +675,46 @@ static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char
  * while no whole line is there.  A line nearly always lies in the first chain, where
  * memchr finds its end; a line across chains, or one after a bare LF, takes libevent's
  * search and a pullup. */
+/*
+ * A reply line to the meta command at the head of pending: passed on as it is (a VA
+ * line with its data block) until the MN that followed the command, which ends it.
+ * Quiet mode (q) needs nothing more: whatever the node chose to say comes before the MN.
+ * Returns 0, or -1 when the connection failed meanwhile.
+ */
+static int be_meta_line(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
+                        const char *line, size_t len, uint64_t gen)
+{
+    struct evbuffer *dst;
+    uint32_t bytes = 0;
+
+    if (len == 2 && line[0] == 'M' && line[1] == 'N') {
+        evbuffer_drain(in, 4);
+        TAILQ_REMOVE(&be->pending, frag, link);
+        be_answered(be);
+        gw_node_success(be->node);
+        gw_req_frag_meta_end(frag);
+        return be->conn_gen == gen ? 0 : -1;
+    }
+    if (len >= 3 && memcmp(line, "VA ", 3) == 0 && !mc_meta_va_bytes(line, len, &bytes)) {
+        log_warn("node %s: malformed VA line; closing", be->node->label);
+        be_fail(be, "protocol error", true);
+        return -1;
+    }
+    dst = gw_req_meta_dst(frag, bytes);
+    if (dst != NULL) {
+        evbuffer_remove_buffer(in, dst, len + 2);
+    } else {
+        evbuffer_drain(in, len + 2);
+    }
+    if (len >= 3 && memcmp(line, "VA ", 3) == 0) {
+        be->in_data = true;
+        be->data_left = bytes + 2;
+        be->dst = dst;
+        be->dst_conn = dst != NULL ? gw_req_stream_conn(frag) : NULL;
+    }
+    return 0;
+}
+
 static const char *be_next_line(struct evbuffer *in, size_t *len)
 {
     struct evbuffer_iovec v;
@@ -710,8 +754,7 @@ static void be_read(struct gw_conn *conn, void *arg)
             size_t n = avail < be->data_left ? avail : be->data_left;
             if (n > 0 && be->dst != NULL) {
                 evbuffer_remove_buffer(in, be->dst, n);
-                if (be->dst_conn != NULL &&
-                    evbuffer_get_length(be->dst) >= GW_BE_STREAM_WRITE) {
+                if (be->dst_conn != NULL && evbuffer_get_length(be->dst) >= GW_BE_STREAM_WRITE) {
                     /* a large value streaming to a client: to the kernel as it comes,
                      * not at the end of a pass that may read much more of it */
                     gw_conn_write_now(be->dst_conn);
@@ -761,6 +804,12 @@ static void be_read(struct gw_conn *conn, void *arg)
             }
             be->await_end = false;
             evbuffer_drain(in, len + 2);
+            continue;
+        }
+        if (frag->meta) {
+            if (be_meta_line(be, frag, in, line, len, gen) != 0) {
+                return;
+            }
             continue;
         }
         if (frag->merged) {

@@ -3,7 +3,8 @@
  *
  *   read ──> client_process: for each complete request in the input buffer
  *              ├─ swallow / data-block states finish a storage command first
- *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place)
+ *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place;
+ *              │  a meta command's line kept as sent for client_cmds.c)
  *              └─ dispatch: error reply | local answer | forward via gw_route_key
  *   backend replies ──> req.c ──> client_req_ops.done ──> client_flush writes every
  *              finished request at the head of the queue, in order
@@ -59,11 +60,11 @@
 #define GW_CLIENT_OUT_HIGH (1u << 20)
 #define GW_CLIENT_OUT_LOW (256u << 10)
 #define GW_CLIENT_INFLIGHT_BYTES (1u << 20)
-#define GW_CLIENT_EST_INIT (256u << 10)  /* a new client: 4 retrievals in flight */
-#define GW_CLIENT_BIG_VALUE (64u << 10)  /* from here on, ask the socket for room */
+#define GW_CLIENT_EST_INIT (256u << 10)   /* a new client: 4 retrievals in flight */
+#define GW_CLIENT_BIG_VALUE (64u << 10)   /* from here on, ask the socket for room */
 #define GW_CLIENT_KERNEL_QUEUE (1u << 20) /* of which this much at most */
 #define GW_CLIENT_LIMIT_LOG_MS 10000
-#define GW_TICK_GUESS_MS 50                /* the worker's tick */
+#define GW_TICK_GUESS_MS 50 /* the worker's tick */
 #define GW_CLIENT_ROOM_BACKOFF_MAX_MS 250
 
 static void client_process(struct gw_client *c);
@@ -130,9 +131,8 @@ static void reply_line(struct gw_client *c, const char *line)
  * than the whole budget, so it can always go alone). */
 static void client_charge(struct gw_client *c, struct gw_req *r, uint64_t bytes)
 {
-    uint64_t room = GW_CLIENT_INFLIGHT_BYTES - (r->charge < GW_CLIENT_INFLIGHT_BYTES
-                                                    ? r->charge
-                                                    : GW_CLIENT_INFLIGHT_BYTES);
+    uint64_t room = GW_CLIENT_INFLIGHT_BYTES -
+                    (r->charge < GW_CLIENT_INFLIGHT_BYTES ? r->charge : GW_CLIENT_INFLIGHT_BYTES);
 
     if (bytes > room) {
         bytes = room;
@@ -336,6 +336,9 @@ static void do_local(struct gw_client *c, const struct mc_request *m)
     case MC_CMD_STATS:
         do_stats(c, m);
         break;
+    case MC_CMD_MN:
+        reply_line(c, "MN");
+        break;
     case MC_CMD_QUIT:
         c->quit_seen = true;
         gw_conn_pause_read(&c->conn);
@@ -502,7 +505,7 @@ static void forward_get_one(struct gw_client *c, const struct mc_request *m, uin
     gw_backend_send_get(gw_worker_backend(w, node), &r->frag, m->cmd, r->key1, nkey);
 }
 
-/* gat/gats on a replicating gateway: client_gat.c. */
+/* gat/gats on a replicating gateway: client_cmds.c. */
 
 static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
 {
@@ -702,7 +705,7 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
         return;
     }
     if (st == NULL) {
-        st = c->store = malloc(sizeof(*st));
+        st = c->store = calloc(1, sizeof(*st));
         if (st == NULL) {
             client_close(c);
             return;
@@ -724,7 +727,6 @@ static void begin_store(struct gw_client *c, const struct mc_request *m)
     c->in_state = GW_IN_DATA;
 }
 
-/* The data block is in: check its "\r\n" like memcached, then send it on. */
 /*
  * The data block of the pending storage command has arrived whole: check its end and
  * send it on.  It is the first vlen bytes of in or, when in is NULL, at flat (the read
@@ -739,6 +741,10 @@ static void finish_store(struct gw_client *c, struct evbuffer *in, const char *f
     struct gw_req *r;
 
     c->in_state = GW_IN_LINE;
+    if (st->cmd == MC_CMD_MS) {
+        gw_client_meta_store(c, in, flat);
+        return;
+    }
     if (in != NULL) {
         evbuffer_ptr_set(in, &pos, st->vlen - 2, EVBUFFER_PTR_SET);
         evbuffer_copyout_from(in, &pos, last2, 2);
@@ -905,7 +911,9 @@ static void dispatch(struct gw_client *c, const struct mc_request *m)
     case MC_ACT_ERROR_SWALLOW:
         c->in_state = GW_IN_SWALLOW;
         c->swallow_left = m->swallow;
-        if (m->key != NULL) {
+        if (m->cmd == MC_CMD_MS) {
+            gw_client_meta_drop(c, m);
+        } else if (m->key != NULL) {
             drop_too_large(c, m);
         }
         /* fall through */
@@ -1035,12 +1043,22 @@ static void client_line(struct gw_client *c, size_t raw)
     struct gw_worker *w = c->w;
     struct mc_request m;
     size_t len = raw;
+    bool meta;
 
     if (len > 1 && w->scratch[len - 1] == '\r') {
         len--;
     }
+    /* A meta command goes on as it came: keep it before mc_parse cuts it into tokens. */
+    meta = len >= 2 && w->scratch[0] == 'm' && out_reserve(w, len);
+    if (meta) {
+        memcpy(w->out, w->scratch, len);
+    }
     if (mc_parse(&w->parser, w->scratch, len, w->srv->max_value_bytes, &m) != 0) {
         reply_line(c, "SERVER_ERROR out of memory");
+        return;
+    }
+    if (meta && m.action == MC_ACT_FORWARD && mc_cmd_is_meta(m.cmd)) {
+        gw_client_meta(c, &m, w->out, len);
         return;
     }
     dispatch(c, &m);
@@ -1184,8 +1202,8 @@ static size_t client_take(struct gw_conn *conn, void *arg, const char *p, size_t
  * close. */
 static void client_finish_at_eof(struct gw_client *c)
 {
-    if ((c->conn.eof || (c->draining && c->in_state == GW_IN_LINE)) && !c->closing && !c->quitting && !c->paused && c->barrier == 0 &&
-        TAILQ_EMPTY(&c->reqs)) {
+    if ((c->conn.eof || (c->draining && c->in_state == GW_IN_LINE)) && !c->closing &&
+        !c->quitting && !c->paused && c->barrier == 0 && TAILQ_EMPTY(&c->reqs)) {
         client_close_after_write(c);
     }
 }
@@ -1383,6 +1401,7 @@ void gw_client_reap(struct gw_worker *w)
             gw_backend_forget_dst(w, c->conn.out); /* a value streaming to it when it went */
         }
         gw_conn_close(&c->conn);
+        free(c->store != NULL ? c->store->meta_line : NULL);
         free(c->store);
         free(c);
         w->nclients--;

@@ -16,12 +16,21 @@ void gw_client_accept(struct gw_worker *w, int fd);
 void gw_client_barrier_hold(struct gw_client *c);
 void gw_client_barrier_release(struct gw_client *c);
 
-/* For client_gat.c, which answers requests asynchronously: queue a new request on c, in
+/* For client_cmds.c, which answers requests asynchronously: queue a new request on c, in
  * order (NULL and c closed when out of memory), or answer one error line now. */
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
 
-/* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
+
+/* Meta commands (client_cmds.c): m, a mg/ms/md/ma/me to forward, whose line as the client
+ * sent it is line[0..len); an ms's data block is in (in, or at flat when in is NULL); an
+ * ms refused as too large drops the old item as memcached does. */
+void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char *line,
+                    size_t len);
+void gw_client_meta_store(struct gw_client *c, struct evbuffer *in, const char *flat);
+void gw_client_meta_drop(struct gw_client *c, const struct mc_request *m);
+
+/* gat/gats on a replicating gateway (client_cmds.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 
 /* `stats` (client_stats.c): the general counters, each node's health, `stats reset`. */

@@ -30,6 +30,8 @@ struct gw_store_pending {
     uint16_t nkey;
     char key[MC_KEY_MAX_LENGTH + 1];
     int remote; /* the key's node is down: peer site to carry the write out at, or -1 */
+    char *meta_line; /* ms: the line as the client sent it, with "\r\n" (client_meta.c) */
+    uint32_t meta_len, meta_cap;
 };
 
 struct gw_client {

@@ -11,22 +11,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 /* memcached counts the terminal (empty) token too; we keep its arithmetic so the
  * WANT_TOKENS rules read the same. */
 #define MC_TOKENS_ON_STACK 24
 #define MC_EXPTIME_RELATIVE_MAX 2592000 /* memcached: larger exptimes are absolute times */
 
 static const char *const cmd_names[MC_CMD_MAX] = {
-    [MC_CMD_NONE] = "none",       [MC_CMD_GET] = "get",
-    [MC_CMD_GETS] = "gets",       [MC_CMD_GAT] = "gat",
-    [MC_CMD_GATS] = "gats",       [MC_CMD_SET] = "set",
-    [MC_CMD_ADD] = "add",         [MC_CMD_REPLACE] = "replace",
-    [MC_CMD_APPEND] = "append",   [MC_CMD_PREPEND] = "prepend",
-    [MC_CMD_CAS] = "cas",         [MC_CMD_DELETE] = "delete",
-    [MC_CMD_INCR] = "incr",       [MC_CMD_DECR] = "decr",
-    [MC_CMD_TOUCH] = "touch",     [MC_CMD_FLUSH_ALL] = "flush_all",
-    [MC_CMD_VERSION] = "version", [MC_CMD_VERBOSITY] = "verbosity",
-    [MC_CMD_STATS] = "stats",     [MC_CMD_QUIT] = "quit",
+    [MC_CMD_NONE] = "none",
+    [MC_CMD_GET] = "get",
+    [MC_CMD_GETS] = "gets",
+    [MC_CMD_GAT] = "gat",
+    [MC_CMD_GATS] = "gats",
+    [MC_CMD_SET] = "set",
+    [MC_CMD_ADD] = "add",
+    [MC_CMD_REPLACE] = "replace",
+    [MC_CMD_APPEND] = "append",
+    [MC_CMD_PREPEND] = "prepend",
+    [MC_CMD_CAS] = "cas",
+    [MC_CMD_DELETE] = "delete",
+    [MC_CMD_INCR] = "incr",
+    [MC_CMD_DECR] = "decr",
+    [MC_CMD_TOUCH] = "touch",
+    [MC_CMD_FLUSH_ALL] = "flush_all",
+    [MC_CMD_VERSION] = "version",
+    [MC_CMD_VERBOSITY] = "verbosity",
+    [MC_CMD_STATS] = "stats",
+    [MC_CMD_QUIT] = "quit",
+    [MC_CMD_MG] = "mg",
+    [MC_CMD_MS] = "ms",
+    [MC_CMD_MD] = "md",
+    [MC_CMD_MA] = "ma",
+    [MC_CMD_ME] = "me",
+    [MC_CMD_MN] = "mn",
     [MC_CMD_UNSUPPORTED] = "unsupported",
 };
 
@@ -38,7 +56,7 @@ static const char ERR_DELETE[] =
     "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
 static const char ERR_TOO_LARGE[] = "SERVER_ERROR object too large for cache";
 static const char ERR_SHUTDOWN[] = "ERROR: shutdown not enabled";
-static const char ERR_META[] = "SERVER_ERROR meta commands are not supported by geogate yet";
+static const char ERR_FLAGS_LONG[] = "CLIENT_ERROR options flags too long";
 static const char ERR_ADMIN[] = "SERVER_ERROR command not supported through geogate";
 
 const char *mc_cmd_name(enum mc_cmd cmd)
@@ -441,28 +459,108 @@ static void parse_storage(struct mc_token *tok, size_t ntok, uint32_t max_value,
     req->action = MC_ACT_FORWARD;
 }
 
-/* "ms <key> <datalen> <flags>*" carries a data block; swallow it so the value is not
- * taken for commands. */
-static void parse_meta(struct mc_token *tok, size_t ntok, struct mc_request *req)
-{
-    int32_t dlen;
+/*
+ * Meta commands (protocol.txt "Meta Commands").  The gateway decides only what it must
+ * to frame and route them, the way memcached 1.6 decides it, and passes everything else
+ * to the key's node as the client sent it, so replies and errors are memcached's own:
+ *   - no key: ERROR (me: CLIENT_ERROR bad command line format); mn: answered here;
+ *   - ms: a key over 250 bytes, more than 16 flags, or a <datalen> that is not a number
+ *     are refused before the data block, which is then read as commands (memcached does
+ *     the same); a data block over the largest value: "object too large", swallowed;
+ *     otherwise the line and its data block go on whole, bad flags and all;
+ *   - flag b (the first letter of a flag token, as memcached reads it): the key is
+ *     base64, routed by its decoded bytes so `get foo` and `mg Zm9v b` meet on one node.
+ */
+#define META_MS_MAX_FLAGS 16
 
-    req->cmd = MC_CMD_UNSUPPORTED;
-    req->error = ERR_META;
-    req->action = MC_ACT_ERROR;
-    if (tok[0].p[1] == 's' && ntok >= 3 && mc_strtol(tok[2].p, &dlen) && dlen >= 0 &&
-        dlen <= INT_MAX - 2) {
-        req->action = MC_ACT_ERROR_SWALLOW;
-        req->swallow = (uint32_t)dlen + 2;
+static void parse_meta(struct mc_token *tok, size_t ntok, uint32_t max_value,
+                       struct mc_request *req)
+{
+    static const enum mc_cmd cmds[] = {['g'] = MC_CMD_MG, ['s'] = MC_CMD_MS, ['d'] = MC_CMD_MD,
+                                       ['a'] = MC_CMD_MA, ['e'] = MC_CMD_ME, ['n'] = MC_CMD_MN};
+    size_t first_flag = 2;
+
+    req->cmd = cmds[(unsigned char)tok[0].p[1]];
+    if (req->cmd == MC_CMD_MN) {
+        req->action = MC_ACT_LOCAL;
+        return;
     }
+    if (ntok < 2) {
+        set_error(req, req->cmd == MC_CMD_ME ? ERR_FORMAT : ERR_ERROR);
+        return;
+    }
+    req->key = tok[1].p;
+    req->nkey = tok[1].len;
+    if (req->cmd == MC_CMD_MS) {
+        if (ntok < 3 || tok[1].len > MC_KEY_MAX_LENGTH) {
+            set_error(req, ERR_FORMAT);
+            return;
+        }
+        if (ntok - 3 > META_MS_MAX_FLAGS) {
+            set_error(req, ERR_FLAGS_LONG);
+            return;
+        }
+        if (!mc_strtol(tok[2].p, &req->vlen) || req->vlen < 0 || req->vlen > INT_MAX - 2) {
+            set_error(req, ERR_FORMAT);
+            return;
+        }
+        first_flag = 3;
+    }
+    for (size_t i = first_flag; i < ntok; i++) {
+        req->meta_b |= tok[i].p[0] == 'b';
+    }
+    if (req->cmd == MC_CMD_MS && (uint32_t)req->vlen > max_value) {
+        req->action = MC_ACT_ERROR_SWALLOW;
+        req->error = ERR_TOO_LARGE;
+        req->swallow = (uint32_t)req->vlen + 2;
+        return;
+    }
+    req->action = MC_ACT_FORWARD;
 }
 
-#define WANT(lo, hi)                                                                         \
-    do {                                                                                     \
-        if (nt < (lo) || nt > (hi)) {                                                        \
-            set_error(req, ERR_ERROR);                                                       \
-            return 0;                                                                        \
-        }                                                                                    \
+int mc_meta_key_decode(const char *key, uint32_t nkey, unsigned char *out)
+{
+    unsigned char buf[MC_KEY_MAX_LENGTH + 3];
+    int n;
+    uint32_t pad = 0;
+
+    if (nkey == 0 || nkey % 4 != 0 || nkey > MC_KEY_MAX_LENGTH) {
+        return -1;
+    }
+    n = EVP_DecodeBlock(buf, (const unsigned char *)key, (int)nkey);
+    if (n < 0) {
+        return -1;
+    }
+    pad = (key[nkey - 1] == '=') + (key[nkey - 2] == '=');
+    n -= (int)pad;
+    memcpy(out, buf, (size_t)n);
+    return n;
+}
+
+bool mc_meta_va_bytes(const char *line, size_t len, uint32_t *bytes)
+{
+    uint64_t v = 0;
+    size_t i = 3;
+
+    if (len < 4 || memcmp(line, "VA ", 3) != 0) {
+        return false;
+    }
+    for (; i < len && line[i] >= '0' && line[i] <= '9' && i < 13; i++) {
+        v = v * 10 + (uint64_t)(line[i] - '0');
+    }
+    if (i == 3 || (i < len && line[i] != ' ') || v > UINT32_MAX - 2) {
+        return false;
+    }
+    *bytes = (uint32_t)v;
+    return true;
+}
+
+#define WANT(lo, hi)                                                                               \
+    do {                                                                                           \
+        if (nt < (lo) || nt > (hi)) {                                                              \
+            set_error(req, ERR_ERROR);                                                             \
+            return 0;                                                                              \
+        }                                                                                          \
     } while (0)
 
 #define IS(tokname) (t0len == sizeof(tokname) - 1 && memcmp(t0, tokname, t0len) == 0)
@@ -510,8 +608,8 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
     }
 
     if (t0[0] == 'm' && t0len == 2) {
-        if (strchr("gsdnae", t0[1]) != NULL) {
-            parse_meta(tok, ntok, req);
+        if (t0[1] != '\0' && strchr("gsdnae", t0[1]) != NULL) {
+            parse_meta(tok, ntok, max_value, req);
         }
         return 0;
     }

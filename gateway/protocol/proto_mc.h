@@ -8,7 +8,10 @@
  *   client bytes --mc_frame_line--> one line --mc_parse--> struct mc_request
  *                                                  |-> FORWARD (+ data block of vlen+2 bytes,
  *                                                  |            checked by mc_data_block_ok)
- *                                                  |-> LOCAL   (version, stats, verbosity, quit)
+ *                                                  |-> META    (mg ms md ma me: the line goes on
+ *                                                  |            as the client sent it, ms with
+ *                                                  |            a data block of vlen+2 bytes)
+ *                                                  |-> LOCAL   (version, stats, verbosity, quit, mn)
  *                                                  |-> ERROR   (reply `error`, maybe swallow)
  *                                                  '-> CLOSE
  */
@@ -45,7 +48,13 @@ enum mc_cmd {
     MC_CMD_VERBOSITY,
     MC_CMD_STATS,
     MC_CMD_QUIT,
-    MC_CMD_UNSUPPORTED, /* a memcached command a gateway cannot honour (meta, slabs, ...) */
+    MC_CMD_MG, /* the meta commands (protocol.txt "Meta Commands") */
+    MC_CMD_MS,
+    MC_CMD_MD,
+    MC_CMD_MA,
+    MC_CMD_ME,
+    MC_CMD_MN,
+    MC_CMD_UNSUPPORTED, /* a memcached command a gateway cannot honour (slabs, ...) */
     MC_CMD_MAX
 };
 
@@ -93,6 +102,7 @@ struct mc_request {
     struct mc_token *keys; /* get/gets/gat/gats: every key, in the client's order */
     uint32_t nkeys;
     const char *subcommand; /* stats: first argument or NULL */
+    bool meta_b;            /* meta: flag b, the key is base64 */
 };
 
 /* Per-connection (or per-thread) scratch: a growable key array.  Zero-initialise. */
@@ -140,7 +150,19 @@ static inline bool mc_cmd_is_retrieval(enum mc_cmd cmd)
 {
     return cmd >= MC_CMD_GET && cmd <= MC_CMD_GATS;
 }
+static inline bool mc_cmd_is_meta(enum mc_cmd cmd)
+{
+    return cmd >= MC_CMD_MG && cmd <= MC_CMD_MN;
+}
 const char *mc_cmd_name(enum mc_cmd cmd);
+
+/* A meta command's key in base64 (flag b) decoded into out (room for
+ * MC_KEY_MAX_LENGTH bytes).  Returns its length, or -1 when it is not valid base64 (the
+ * node answers that; the caller routes by the key as sent). */
+int mc_meta_key_decode(const char *key, uint32_t nkey, unsigned char *out);
+
+/* The size in a meta "VA <size> <flags>*" reply line; false when it has none. */
+bool mc_meta_va_bytes(const char *line, size_t len, uint32_t *bytes);
 
 /* memcached's number parsers, bug for bug (util.c): the whole token must be a number
  * (trailing whitespace allowed), no '-' on unsigned values that wrap. */

@@ -189,8 +189,7 @@ struct gw_conn *gw_req_stream_conn(struct gw_frag *frag)
 {
     struct gw_req *r = frag->req;
 
-    if (r == NULL || r->slots != NULL || !r->streamed || r->client == NULL ||
-        r->client->closing) {
+    if (r == NULL || r->slots != NULL || !r->streamed || r->client == NULL || r->client->closing) {
         return NULL;
     }
     return &r->client->conn;
@@ -445,6 +444,19 @@ void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *lin
             evbuffer_drain(in, consumed);
         }
     }
+    frag_complete(frag);
+}
+
+struct evbuffer *gw_req_meta_dst(struct gw_frag *frag, uint32_t bytes)
+{
+    struct gw_req *r = frag->req;
+
+    r->reply_bytes += bytes;
+    return r->failed || r->noreply || r->client == NULL ? NULL : req_sink(r);
+}
+
+void gw_req_frag_meta_end(struct gw_frag *frag)
+{
     frag_complete(frag);
 }
 

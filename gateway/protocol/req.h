@@ -41,6 +41,13 @@ struct gw_conn *gw_req_stream_conn(struct gw_frag *frag);
 struct evbuffer *gw_req_value_dst(struct gw_frag *frag, const char *key, uint32_t nkey,
                                   uint32_t bytes);
 
+/* Where the next piece of a meta command's reply goes (bytes: a VA data block's size,
+ * counted for the client's back-pressure), NULL: drop it. */
+struct evbuffer *gw_req_meta_dst(struct gw_frag *frag, uint32_t bytes);
+
+/* A meta command's reply ended (its MN came). */
+void gw_req_frag_meta_end(struct gw_frag *frag);
+
 /* The terminal reply line of frag (END, STORED, 42, an error...): takes `consumed`
  * bytes (line + CRLF) out of in and completes the frag. */
 void gw_req_frag_line(struct gw_frag *frag, struct evbuffer *in, const char *line, size_t len,

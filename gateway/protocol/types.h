@@ -38,6 +38,9 @@ struct gw_frag {
     void *cb_arg;
     struct evbuffer *capture; /* with cb: where the reply is collected */
     bool cb_values;           /* with cb: the reply may hold VALUE blocks */
+    /* A meta command: "mn" follows it to the node, and its reply is every line (and VA
+     * data block) before that MN, passed on as it is (backend.c, be_meta_line). */
+    bool meta;
     struct gw_backend *be;
     TAILQ_ENTRY(gw_frag) link;
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
