@@ -679,6 +679,7 @@ static int be_merged_line(struct gw_backend *be, struct evbuffer *in, const char
  * A reply line to the meta command at the head of pending: passed on as it is (a VA
  * line with its data block) until the MN that followed the command, which ends it.
  * Quiet mode (q) needs nothing more: whatever the node chose to say comes before the MN.
+ * An internal request (frag->cb) gets the whole reply in its capture at the MN.
  * Returns 0, or -1 when the connection failed meanwhile.
  */
 static int be_meta_line(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
@@ -692,7 +693,11 @@ static int be_meta_line(struct gw_backend *be, struct gw_frag *frag, struct evbu
         TAILQ_REMOVE(&be->pending, frag, link);
         be_answered(be);
         gw_node_success(be->node);
-        gw_req_frag_meta_end(frag);
+        if (frag->cb != NULL) {
+            frag->cb(frag, frag->capture, NULL);
+        } else {
+            gw_req_frag_meta_end(frag);
+        }
         return be->conn_gen == gen ? 0 : -1;
     }
     if (len >= 3 && memcmp(line, "VA ", 3) == 0 && !mc_meta_va_bytes(line, len, &bytes)) {
@@ -700,7 +705,7 @@ static int be_meta_line(struct gw_backend *be, struct gw_frag *frag, struct evbu
         be_fail(be, "protocol error", true);
         return -1;
     }
-    dst = gw_req_meta_dst(frag, bytes);
+    dst = frag->cb != NULL ? frag->capture : gw_req_meta_dst(frag, bytes);
     if (dst != NULL) {
         evbuffer_remove_buffer(in, dst, len + 2);
     } else {
@@ -710,7 +715,7 @@ static int be_meta_line(struct gw_backend *be, struct gw_frag *frag, struct evbu
         be->in_data = true;
         be->data_left = bytes + 2;
         be->dst = dst;
-        be->dst_conn = dst != NULL ? gw_req_stream_conn(frag) : NULL;
+        be->dst_conn = dst != NULL && frag->cb == NULL ? gw_req_stream_conn(frag) : NULL;
     }
     return 0;
 }

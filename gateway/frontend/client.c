@@ -3,8 +3,7 @@
  *
  *   read ──> client_process: for each complete request in the input buffer
  *              ├─ swallow / data-block states finish a storage command first
- *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place;
- *              │  a meta command's line kept as sent for client_cmds.c)
+ *              ├─ mc_frame_line + mc_parse (a copy of the line, tokenized in place; meta: as sent)
  *              └─ dispatch: error reply | local answer | forward via gw_route_key
  *   backend replies ──> req.c ──> client_req_ops.done ──> client_flush writes every
  *              finished request at the head of the queue, in order
@@ -53,6 +52,7 @@
 #include "gateway/protocol/req.h"
 #include "gateway/routing/route.h"
 #include "gateway/server.h"
+#include "gateway/frontend/meta_vers.h"
 #include "gateway/frontend/vop.h"
 #include "gateway/loop/worker.h"
 
@@ -261,6 +261,9 @@ static void client_flush(struct gw_client *c)
         TAILQ_REMOVE(&c->reqs, r, link);
         c->nreqs--;
         client_uncharge(c, r);
+        if (r->meta_x != 0) {
+            gw_meta_vers_reply(r);
+        }
         if (r->reply != NULL) {
             evbuffer_add_buffer(out, r->reply);
         }

@@ -21,12 +21,10 @@ void gw_client_barrier_release(struct gw_client *c);
 struct gw_req *gw_client_new_req(struct gw_client *c, enum mc_cmd cmd);
 void gw_client_reply_error(struct gw_client *c, const char *line);
 
-
 /* Meta commands (client_cmds.c): m, a mg/ms/md/ma/me to forward, whose line as the client
  * sent it is line[0..len); an ms's data block is in (in, or at flat when in is NULL); an
  * ms refused as too large drops the old item as memcached does. */
-void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char *line,
-                    size_t len);
+void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char *line, size_t len);
 void gw_client_meta_store(struct gw_client *c, struct evbuffer *in, const char *flat);
 void gw_client_meta_drop(struct gw_client *c, const struct mc_request *m);
 

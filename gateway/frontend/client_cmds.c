@@ -12,9 +12,8 @@
  * by an "mn" so its reply, quiet or not, ends at the node's MN (backend.c, be_meta_line).
  * memcached itself answers every flag, error and quiet-mode rule, so the replies are its
  * own byte for byte.  `mn` is answered in client.c.  On a replicating gateway an item's
- * value starts with its version header, which a meta reply (s, v, c, t) would show as it
- * is and a meta write would not carry: meta commands are refused there with a
- * SERVER_ERROR until they are translated over the header (docs/META.md).
+ * value starts with its version header: meta commands keep their meaning over it there
+ * (meta_vers.c).
  */
 #include "gateway/frontend/client.h"
 
@@ -34,6 +33,7 @@
 #include "gateway/backend/backend.h"
 #include "gateway/base/stats.h"
 #include "gateway/loop/worker.h"
+#include "gateway/frontend/meta_vers.h"
 
 /*
  * gat/gats on a replicating gateway: the new expiry must reach the version header and
@@ -179,9 +179,6 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m)
 
 /* ---- meta commands ---- */
 
-static const char ERR_META_VERSIONED[] =
-    "SERVER_ERROR meta commands are not supported on a replicating geogate yet";
-
 /* The next bytes of c's input are a data block nobody takes. */
 static void meta_swallow(struct gw_client *c, uint32_t bytes)
 {
@@ -191,31 +188,30 @@ static void meta_swallow(struct gw_client *c, uint32_t bytes)
 
 /* The node m's key lives on, or -1 after answering m with an error (an ms's data block
  * then swallowed). */
-static int meta_node(struct gw_client *c, const struct mc_request *m)
+static int meta_node(struct gw_client *c, const struct mc_request *m, int *remote)
 {
     struct gw_worker *w = c->w;
     unsigned char decoded[MC_KEY_MAX_LENGTH];
     const char *key = m->key;
     uint32_t nkey = m->nkey;
+    bool read = m->cmd == MC_CMD_MG || m->cmd == MC_CMD_ME;
     struct gw_route rt;
     const char *error = NULL;
 
-    if (gw_server_replicates(w->srv)) {
-        error = ERR_META_VERSIONED;
-    } else {
-        if (m->meta_b) {
-            int n = mc_meta_key_decode(m->key, m->nkey, decoded);
-            if (n > 0) {
-                key = (const char *)decoded;
-                nkey = (uint32_t)n;
-            }
+    if (m->meta_b) {
+        int n = mc_meta_key_decode(m->key, m->nkey, decoded);
+        if (n > 0) {
+            key = (const char *)decoded;
+            nkey = (uint32_t)n;
         }
-        rt = gw_route_key(w, key, nkey,
-                          m->cmd == MC_CMD_MG || m->cmd == MC_CMD_ME ? GW_ROUTE_READ
-                                                                     : GW_ROUTE_WRITE);
-        if (rt.kind != GW_ROUTE_LOCAL) {
-            error = w->pool->nodes[rt.node].err_down;
-        }
+    }
+    rt = gw_route_key(w, key, nkey, read ? GW_ROUTE_NODE : GW_ROUTE_WRITE);
+    /* A replicating site's write goes to a peer when its node is down or the site failed
+     * over (as its text twin's); a read is its node's only, for now (docs/META.md). */
+    *remote = rt.kind == GW_ROUTE_FAILED_OVER || rt.kind == GW_ROUTE_PEER ? rt.peer : -1;
+    if (rt.kind == GW_ROUTE_DOWN || (rt.kind != GW_ROUTE_LOCAL && read) ||
+        (*remote >= 0 && !gw_server_replicates(w->srv))) {
+        error = w->pool->nodes[rt.node].err_down;
     }
     if (error == NULL) {
         return (int)rt.node;
@@ -251,7 +247,8 @@ static struct gw_store_pending *meta_pending(struct gw_client *c, size_t len)
 void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char *line, size_t len)
 {
     struct gw_worker *w = c->w;
-    int node = meta_node(c, m);
+    int remote = -1;
+    int node = meta_node(c, m, &remote);
     struct gw_store_pending *st;
     struct gw_req *r;
 
@@ -265,6 +262,10 @@ void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char 
         r = gw_client_new_req(c, m->cmd);
         if (r == NULL) {
             return; /* the client is closed */
+        }
+        if (gw_server_replicates(w->srv)) {
+            gw_meta_vers_keyed(w, r, line, len, m->cmd, (uint32_t)node, remote);
+            return;
         }
         r->frag.meta = true;
         r->pending = 1;
@@ -282,7 +283,7 @@ void gw_client_meta(struct gw_client *c, const struct mc_request *m, const char 
     st->cmd = MC_CMD_MS;
     st->noreply = false;
     st->node = (uint32_t)node;
-    st->remote = -1;
+    st->remote = remote;
     st->vlen = (uint32_t)m->vlen + 2;
     memcpy(st->meta_line, line, len);
     memcpy(st->meta_line + len, "\r\n", 2);
@@ -301,6 +302,10 @@ void gw_client_meta_store(struct gw_client *c, struct evbuffer *in, const char *
         if (in != NULL) {
             evbuffer_drain(in, st->vlen);
         }
+        return;
+    }
+    if (gw_server_replicates(c->w->srv)) {
+        gw_meta_vers_store(c->w, r, st, in); /* in: a replicating client has no flat path */
         return;
     }
     r->frag.meta = true;

@@ -58,8 +58,7 @@ void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b)
     add_stat(b, "libevent", "%s", event_get_version());
     add_stat(b, "pointer_size", "%d", (int)(8 * sizeof(void *)));
     add_stat(b, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    add_stat(b, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec,
-             (long)ru.ru_stime.tv_usec);
+    add_stat(b, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
     add_stat(b, "max_connections", "%u", srv->max_connections);
     add_stat(b, "curr_connections", "%" PRId64,
              __atomic_load_n(&srv->curr_connections, __ATOMIC_RELAXED));

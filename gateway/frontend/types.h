@@ -29,7 +29,7 @@ struct gw_store_pending {
     uint64_t cas_unique;
     uint16_t nkey;
     char key[MC_KEY_MAX_LENGTH + 1];
-    int remote; /* the key's node is down: peer site to carry the write out at, or -1 */
+    int remote;      /* the key's node is down: peer site to carry the write out at, or -1 */
     char *meta_line; /* ms: the line as the client sent it, with "\r\n" (client_meta.c) */
     uint32_t meta_len, meta_cap;
 };
@@ -43,10 +43,10 @@ struct gw_client {
     int in_state; /* enum gw_in_state */
     uint32_t swallow_left;
     bool closing;
-    bool quitting;      /* close as soon as the output is written */
-    bool quit_seen;     /* `quit` read: parse nothing more */
-    bool paused;        /* reading stopped for back-pressure */
-    bool in_process;    /* re-entrancy guard for client_process */
+    bool quitting;   /* close as soon as the output is written */
+    bool quit_seen;  /* `quit` read: parse nothing more */
+    bool paused;     /* reading stopped for back-pressure */
+    bool in_process; /* re-entrancy guard for client_process */
     bool again;
     bool draining;
     struct gw_store_pending *store;
@@ -55,7 +55,7 @@ struct gw_client {
      * and the size of a value this client usually gets. */
     uint64_t inflight_bytes;
     uint32_t reply_est;
-    bool wait_room;         /* paused until its socket can take the next value */
+    bool wait_room;           /* paused until its socket can take the next value */
     uint32_t room_backoff_ms; /* ... looked at again then (gw_client_tick) */
     int64_t room_check_ms;
     int64_t last_active_ms; /* last read (idle_timeout) */

@@ -79,8 +79,8 @@ struct vop {
     void *on_done_arg;
     struct gw_touch_result *touch; /* gat: where the answer goes */
     bool want_cas;
-    int remote; /* peer site the key falls back to (its local node is down), or -1 */
-    const char *answer; /* delete: decided by the gets */
+    int remote;            /* peer site the key falls back to (its local node is down), or -1 */
+    const char *answer;    /* delete: decided by the gets */
     struct vop *next_free; /* in the worker's free list */
 };
 

@@ -39,7 +39,7 @@ struct gw_touch_result {
     uint8_t *val; /* owned by the result: free() it */
     size_t len;
     uint64_t cas;
-    bool failed;      /* the node failed: the whole gat answers error */
+    bool failed; /* the node failed: the whole gat answers error */
     char error[160];
 };
 

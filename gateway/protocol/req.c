@@ -57,6 +57,7 @@ void gw_req_free(struct gw_req *r)
     if (r->reply != NULL) {
         evbuffer_free(r->reply);
     }
+    free(r->meta_ret);
     for (uint32_t i = 0; i < r->nslots; i++) {
         if (r->slots[i].value != NULL) {
             evbuffer_free(r->slots[i].value);

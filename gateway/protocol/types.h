@@ -84,6 +84,10 @@ struct gw_req_ops {
     void (*barrier_release)(struct gw_client *c);
 };
 
+#define GW_META_X_ON 1    /* the text reply is put in meta words (meta_vers.c) */
+#define GW_META_X_QUIET 2 /* q: HD is held back */
+#define GW_META_X_VALUE 4 /* ma v: the new value as VA */
+
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;  /* in the client's queue, in arrival order */
     TAILQ_ENTRY(gw_req) sync_link; /* in the worker's sync_wait, while held for fsync */
@@ -119,6 +123,8 @@ struct gw_req {
                     * retry at a peer (0: none) */
     uint32_t *slotidx;
     struct gw_req *next_free; /* in the worker's free list */
+    uint8_t meta_x;  /* a meta command answered by its text twin: GW_META_X_* */
+    char *meta_ret;  /* its return flags (" O.. k.. b"), owned; NULL: none */
     /* Last, and not cleared when a request is reused (gw_req_new): */
     char key1[MC_KEY_MAX_LENGTH]; /* a one-key get/gets: its key (frag.mkey) */
 };
