@@ -8,7 +8,11 @@ all on free loopback ports, and drives each with bin/geogate-bench:
     (plus a pipelined row), targets interleaved round by round, median of the rounds;
   * the proxy process's CPU seconds per 100k requests, from utime+stime in /proc/PID/stat;
   * RSS per idle client connection (5,000 connections that each made one request);
-  * RSS of geogate sampled over a long run (the soak).
+  * RSS of geogate sampled over a long run (the soak);
+  * a meta-protocol row: the main configuration again with `geogate-bench --meta` (ms for
+    sets, `mg <key> v f` for gets) against geogate and against memcached directly, with
+    its ratios to nutcracker's text row and to memcached's meta row (nutcracker has no
+    meta protocol).
 
 The report goes between `<!-- proxy-bench:start -->` and `<!-- proxy-bench:end -->` of --out
 (under the title if missing); other benchmarks' sections in the same file are left alone.
@@ -51,6 +55,10 @@ QUIET_ROUNDS = 3
 
 class BenchError(Exception):
     pass
+
+
+META = "meta"  # the runs of the --meta row, beside the configs' text runs
+META_TARGETS = ("memcached", "geogate")  # nutcracker 0.5 has no meta protocol
 
 
 # ------------------------------------------------------------------------------------------
@@ -621,6 +629,8 @@ def render(args, info, configs, targets, memory, soak, elapsed):
                       q[2], QUIET_CORES, q[0], q[1]))
         w("")
 
+    render_meta(w, args, targets, configs)
+
     w("### Memory per idle client connection")
     w("")
     w("Fresh proxy processes (after one request, so lazily built state exists), then "
@@ -741,6 +751,66 @@ def render(args, info, configs, targets, memory, soak, elapsed):
 
 
 
+def render_meta(w, args, targets, configs):
+    """The meta-protocol section: geogate and memcached direct driven with --meta, beside
+    (not instead of) the text rows above."""
+    by = {t.name: t for t in targets}
+    gg, nc, mc = by["geogate"], by["nutcracker"], by["memcached"]
+    main = configs[0][0]
+    w("### Meta protocol: %d connections, no pipelining, 1:4 set:get, 100-byte values"
+      % args.connections)
+    w("")
+    w("The main configuration again with `bin/geogate-bench --meta`: the same keys, mix, "
+      "values and connections, as `ms <key> 100` + value for a set and `mg <key> v f` for "
+      "a get (replies HD, VA + value, EN). nutcracker has no meta protocol, so geogate's "
+      "meta row is compared with nutcracker's text row and with memcached's own meta row. "
+      "Interleaved with the text runs, %d round(s) of %g s, median of the rounds." % (
+          args.rounds, args.duration))
+    w("")
+    w("| target | protocol | ops/s | p50 µs | p99 µs | p99.9 µs | proxy CPU s / 100k req | "
+      "get hits | errors | each round: ops/s (proxy CPU) |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    rows = [(mc, "meta", META), (gg, "meta", META), (nc, "text", main), (gg, "text", main)]
+    for t, proto, cname in rows:
+        s = summary(t.runs.get(cname, []))
+        if s is None:
+            why = getattr(t, "meta_error", None) if cname == META else None
+            w("| %s | %s | did not run%s | | | | | | | |" % (
+                t.label, proto, (": " + why.replace("|", "/").replace("\n", " ")[:300])
+                if why else ""))
+            continue
+        errs = "%d" % s["errors"]
+        if s["errors"]:
+            errs += " (%s)" % ", ".join("%s %d" % (k, v) for k, v in s["error_kinds"].items() if v)
+        w("| %s | %s | %s | %s | %s | %s | %s | %.1f%% | %s | %s |" % (
+            t.label, proto, fmt(s["ops"]), fmt(s["p50"], "%.0f"), fmt(s["p99"], "%.0f"),
+            fmt(s["p999"], "%.0f"), fmt(s["cpu"], "%.3f"), s["hit_pct"], errs,
+            ", ".join("%.0f%s" % (ops, fmt(cpu, " (%.3f)", "")) for ops, cpu in s["rounds"])))
+    sgm = summary(gg.runs.get(META, []))
+    snt = summary(nc.runs.get(main, []))
+    smm = summary(mc.runs.get(META, []))
+    sgt = summary(gg.runs.get(main, []))
+    w("")
+    if sgm:
+        w("geogate meta / nutcracker text: throughput %s×, proxy CPU per request %s×, p99 "
+          "latency %s×. geogate meta / memcached direct meta: throughput %s×, p99 latency %s×. "
+          "geogate meta / geogate text: throughput %s×, proxy CPU per request %s×." % (
+              fmt(ratio(sgm["ops"], snt["ops"] if snt else None), "%.2f"),
+              fmt(ratio(sgm["cpu"], snt["cpu"] if snt else None), "%.2f"),
+              fmt(ratio(sgm["p99"], snt["p99"] if snt else None), "%.2f"),
+              fmt(ratio(sgm["ops"], smm["ops"] if smm else None), "%.2f"),
+              fmt(ratio(sgm["p99"], smm["p99"] if smm else None), "%.2f"),
+              fmt(ratio(sgm["ops"], sgt["ops"] if sgt else None), "%.2f"),
+              fmt(ratio(sgm["cpu"], sgt["cpu"] if sgt else None), "%.2f")))
+        if sgm["errors"]:
+            w("")
+            w("geogate answered the meta load with %d errors: its meta numbers are not "
+              "comparable until that is 0." % sgm["errors"])
+    else:
+        w("geogate's meta row did not run, so there are no meta ratios.")
+    w("")
+
+
 def write_section(path, text):
     """Replace this script's marked section of path (benchdoc.write_marked_section)."""
     write_marked_section(path, "proxy-bench", text)
@@ -790,7 +860,8 @@ def main():
         raise KeyboardInterrupt("signal %d" % sig)
 
     signal.signal(signal.SIGTERM, on_signal)
-    budget = int(args.rounds * 2 * 3 * (args.duration + 20) + args.soak + 300)
+    budget = int(args.rounds * (2 * 3 + len(META_TARGETS)) * (args.duration + 20) +
+                 args.soak + 300)
 
     def on_alarm(sig, frame):
         raise BenchError("the whole benchmark exceeded its %d s budget" % budget)
@@ -862,6 +933,26 @@ def main():
                                        r["latency_us"]["p99"],
                                        fmt(r["proxy_cpu_per_100k"], "%.3f"), r["errors"]))
                     t.check_alive()
+            # the meta row; a failure here (geogate without meta support, say) is the meta
+            # row's alone and leaves the target's text rows running
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for t in order:
+                if not t.ok or t.name not in META_TARGETS or getattr(t, "meta_error", None):
+                    continue
+                extra = ["--pipeline", "1", "--meta", "--duration", "%g" % args.duration]
+                try:
+                    r = measure_run(bench, t, nodes, children, extra, args.duration + 60)
+                except (BenchError, OSError) as e:
+                    t.meta_error = "meta load run failed: %s" % e
+                    log("  %s --meta: %s" % (t.name, t.meta_error))
+                    t.check_alive()
+                    continue
+                t.runs.setdefault(META, []).append(r)
+                log("round %d %-9s %-10s %8.0f ops/s  p99 %6.0f us  proxy cpu/100k %s  "
+                    "errors %d" % (rnd + 1, META, t.name, r["ops_per_sec"],
+                                   r["latency_us"]["p99"],
+                                   fmt(r["proxy_cpu_per_100k"], "%.3f"), r["errors"]))
+                t.check_alive()
 
         gg = next(t for t in targets if t.name == "geogate")
         if args.soak > 0 and gg.ok:

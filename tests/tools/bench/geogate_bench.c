@@ -1,6 +1,8 @@
 /*
  * geogate-bench — memcached ASCII-protocol load generator: drives one target (memcached,
  * nutcracker, geogate) with a set/get mix over many connections and reports throughput,
+ * (with --meta the same workload in meta commands: "ms <key> <len>" + value for a set,
+ * "mg <key> v f" for a get; replies HD / VA <len> f<flags> + value / EN),
  * hits/misses, protocol errors and latency percentiles; or, with --idle-conns, opens many
  * connections that each make one request and then sit idle (to measure a proxy's memory
  * per connection).
@@ -66,6 +68,7 @@ struct bench_opts {
     int idle_conns; /* > 0 selects idle-connection mode */
     double timeout; /* seconds without any reply before outstanding requests time out */
     const char *label;
+    bool meta; /* meta commands (ms/mg) instead of set/get */
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -247,6 +250,7 @@ struct bench_conn {
     struct bench_pending *pend; /* ring of requests in flight, oldest at phead */
     unsigned phead, pcount, pcap;
     size_t value_left; /* bytes of a VALUE data block (and its CRLF) still to skip */
+    bool value_ends;   /* --meta: the request in front is complete once they are skipped */
     bool value_hit;    /* the get in front has seen a VALUE line */
     bool value_bad;    /* ... whose length was not --value-size */
 };
@@ -270,8 +274,10 @@ struct bench_worker {
     struct bench_stats warm;
     struct bench_stats run;
     struct bench_stats *cur; /* warm or run, by phase */
-    const char *set_tail;    /* " 0 0 <value_size>\r\n" */
+    const char *set_tail;    /* " 0 0 <value_size>\r\n" (--meta: " <value_size>\r\n") */
     size_t set_tail_len;
+    const char *set_cmd, *get_cmd; /* "set "/"get ", or with --meta "ms "/"mg " */
+    const char *get_tail;          /* "\r\n", or with --meta " v f\r\n" */
     const char *value; /* value bytes followed by "\r\n" */
     int failed;        /* 0, or a negative errno from set-up */
     pthread_t thread;
@@ -421,13 +427,15 @@ static int conn_append(struct bench_conn *c, enum bench_kind kind, uint64_t key,
     size_t plen = strlen(o->key_prefix);
     size_t need = 4 + plen + 20 + w->set_tail_len + o->value_size + 2;
     char *p = conn_wspace(c, need), *start = p;
+    const char *cmd = kind == BENCH_KIND_SET ? w->set_cmd : w->get_cmd;
+    size_t cmdlen = strlen(cmd);
     struct bench_pending *pd;
 
     if (p == NULL) {
         return -ENOBUFS;
     }
-    memcpy(p, kind == BENCH_KIND_SET ? "set " : "get ", 4);
-    p += 4;
+    memcpy(p, cmd, cmdlen);
+    p += cmdlen;
     memcpy(p, o->key_prefix, plen);
     p += plen;
     p += fmt_u64(p, key);
@@ -437,8 +445,9 @@ static int conn_append(struct bench_conn *c, enum bench_kind kind, uint64_t key,
         memcpy(p, w->value, o->value_size + 2);
         p += o->value_size + 2;
     } else {
-        *p++ = '\r';
-        *p++ = '\n';
+        size_t tl = strlen(w->get_tail);
+        memcpy(p, w->get_tail, tl);
+        p += tl;
     }
     c->wend += (size_t)(p - start);
 
@@ -550,6 +559,51 @@ static long long value_line_bytes(const char *line, size_t len)
     return v;
 }
 
+/* The <size> of "VA <size> <flags>*"; -1 if malformed. */
+static long long va_line_bytes(const char *line, size_t len)
+{
+    size_t i = 3; /* after "VA " */
+    long long v = 0;
+    int digits = 0;
+
+    while (i < len && line[i] >= '0' && line[i] <= '9' && digits < 18) {
+        v = v * 10 + (line[i++] - '0');
+        digits++;
+    }
+    if (digits == 0 || (i < len && line[i] != ' ')) {
+        return -1;
+    }
+    return v;
+}
+
+/* --meta: a meta reply line.  HD/NS answer ms, VA/EN answer mg (the VA's value block
+ * completes the request, in conn_parse); anything else is a protocol error. */
+static bool conn_meta_reply_line(struct bench_conn *c, enum bench_kind kind, const char *line,
+                                 size_t len, uint64_t now)
+{
+    bool tokens_end = len == 2 || (len > 2 && line[2] == ' ');
+
+    if (kind == BENCH_KIND_SET && tokens_end && line_starts(line, len, "HD")) {
+        conn_complete(c, BENCH_ERR_MAX, now);
+    } else if (kind == BENCH_KIND_SET && tokens_end && line_starts(line, len, "NS")) {
+        conn_complete(c, BENCH_ERR_NOT_STORED, now);
+    } else if (kind == BENCH_KIND_GET && tokens_end && line_starts(line, len, "EN")) {
+        conn_complete(c, BENCH_ERR_MAX, now);
+    } else if (kind == BENCH_KIND_GET && line_starts(line, len, "VA ")) {
+        long long bytes = va_line_bytes(line, len);
+        if (bytes < 0) {
+            return false;
+        }
+        c->value_hit = true;
+        c->value_bad = (size_t)bytes != c->w->o->value_size;
+        c->value_left = (size_t)bytes + 2;
+        c->value_ends = true;
+    } else {
+        return false;
+    }
+    return true;
+}
+
 /*
  * Classify one reply line (without its CRLF) for the request in front.  Returns false when
  * the line makes no sense here, after which the connection cannot be trusted.
@@ -558,6 +612,10 @@ static bool conn_reply_line(struct bench_conn *c, const char *line, size_t len, 
 {
     enum bench_kind kind = (enum bench_kind)c->pend[c->phead].kind;
 
+    if (c->w->o->meta && !line_starts(line, len, "SERVER_ERROR") &&
+        !line_starts(line, len, "CLIENT_ERROR") && !line_is(line, len, "ERROR")) {
+        return conn_meta_reply_line(c, kind, line, len, now);
+    }
     if (line_starts(line, len, "SERVER_ERROR")) {
         conn_complete(c, BENCH_ERR_SERVER, now);
     } else if (line_starts(line, len, "CLIENT_ERROR")) {
@@ -598,6 +656,13 @@ static void conn_parse(struct bench_conn *c, uint64_t now)
             c->value_left -= n;
             if (c->value_left > 0) {
                 break;
+            }
+            if (c->value_ends) { /* --meta: a VA's block ends its mg */
+                c->value_ends = false;
+                if (c->pcount == 0) {
+                    goto protocol_error;
+                }
+                conn_complete(c, c->value_bad ? BENCH_ERR_BAD_VALUE : BENCH_ERR_MAX, now);
             }
             continue;
         }
@@ -907,7 +972,12 @@ static void print_result(const struct bench_opts *o, const struct bench_stats *w
     double mean_us = done ? (double)h->sum_ns / (double)done / 1e3 : 0;
 
     if (o->json) {
-        printf("{\"label\":\"%s\",\"host\":\"%s\",\"port\":\"%s\",\"connections\":%d,"
+        if (o->meta) {
+            printf("{\"protocol\":\"meta\",");
+        } else {
+            printf("{");
+        }
+        printf("\"label\":\"%s\",\"host\":\"%s\",\"port\":\"%s\",\"connections\":%d,"
                "\"threads\":%d,\"pipeline\":%d,\"ratio\":\"%u:%u\",\"value_size\":%zu,"
                "\"keys\":%" PRIu64 ",\"warmup_keys\":%s,\"warmup_errors\":%" PRIu64 ",",
                o->label ? o->label : "", o->host, o->port, o->connections, o->threads, o->pipeline,
@@ -932,6 +1002,9 @@ static void print_result(const struct bench_opts *o, const struct bench_stats *w
            "keys %" PRIu64 "\n",
            o->host, o->port, o->connections, o->threads, o->pipeline, o->ratio_set, o->ratio_get,
            o->value_size, o->keys);
+    if (o->meta) {
+        printf("protocol meta (ms / mg v f)\n");
+    }
     printf("requests %" PRIu64 " in %.3f s: %.0f ops/s\n", done, elapsed, ops);
     printf("sets %" PRIu64 "  gets %" PRIu64 " (hits %" PRIu64 ", misses %" PRIu64 ")\n", st->sets,
            st->gets, st->hits, st->misses);
@@ -967,7 +1040,7 @@ static int run_load(const struct bench_opts *o)
         fprintf(stderr, "geogate-bench: out of memory\n");
         goto fail_alloc;
     }
-    snprintf(set_tail, sizeof(set_tail), " 0 0 %zu\r\n", o->value_size);
+    snprintf(set_tail, sizeof(set_tail), o->meta ? " %zu\r\n" : " 0 0 %zu\r\n", o->value_size);
     for (size_t i = 0; i < o->value_size; i++) {
         value[i] = (char)('a' + i % 26);
     }
@@ -994,6 +1067,9 @@ static int run_load(const struct bench_opts *o)
         }
         w->set_tail = set_tail;
         w->set_tail_len = strlen(set_tail);
+        w->set_cmd = o->meta ? "ms " : "set ";
+        w->get_cmd = o->meta ? "mg " : "get ";
+        w->get_tail = o->meta ? " v f\r\n" : "\r\n";
         w->value = value;
         w->cur = &w->warm;
         if (w->conns == NULL) {
@@ -1196,6 +1272,7 @@ static void usage(FILE *f)
                "  --timeout SEC       give up on replies after this long without progress (5)\n"
                "  --label S           name echoed in --json output\n"
                "  --json              one JSON object on stdout\n"
+               "  --meta              meta commands: ms for sets, \"mg <key> v f\" for gets\n"
                "  --idle-conns N      idle mode: open N connections, one get each, then hold\n"
                "                      them until SIGTERM/SIGINT or --duration (0 = forever)\n");
 }
@@ -1235,7 +1312,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         OPT_LABEL,
         OPT_JSON,
         OPT_IDLE,
-        OPT_HELP
+        OPT_HELP,
+        OPT_META
     };
     static const struct option longopts[] = {
         {"host", required_argument, NULL, OPT_HOST},
@@ -1257,6 +1335,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         {"json", no_argument, NULL, OPT_JSON},
         {"idle-conns", required_argument, NULL, OPT_IDLE},
         {"help", no_argument, NULL, OPT_HELP},
+        {"meta", no_argument, NULL, OPT_META},
         {NULL, 0, NULL, 0},
     };
     bool duration_set = false;
@@ -1353,6 +1432,9 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
             break;
         case OPT_JSON:
             o->json = true;
+            break;
+        case OPT_META:
+            o->meta = true;
             break;
         case OPT_IDLE:
             bad = parse_u64(optarg, &v, 1, 1000000);
