@@ -229,7 +229,9 @@ void gw_meta_vers_reply(struct gw_req *r)
         code = "HD"; /* incr/decr's new value */
         if (r->meta_x & GW_META_X_VALUE) {
             evbuffer_drain(b, evbuffer_get_length(b));
-            evbuffer_add_printf(b, "VA %zu%s\r\n%s\r\n", len, ret, line);
+            if (!(r->meta_x & GW_META_X_QUIET)) { /* memcached holds back ma's VA too */
+                evbuffer_add_printf(b, "VA %zu%s\r\n%s\r\n", len, ret, line);
+            }
             return;
         }
     } else {

@@ -1,0 +1,129 @@
+"""Meta commands on replicating sites (issue 16, point 2): real memcached, two real geogate
+sites replicating over mTLS gRPC (multisite.Lab).
+
+A meta command keeps its meaning over the 32-byte version header: `s` is the client's
+value size, `f` the client's flags, `v` the client's value, `c` the cas a `gets` gives,
+and every meta write ships like its text twin (ms: set/add/append/prepend/replace/cas,
+md: a tombstone, ma: incr/decr).  What needs more than the twin (stale-while-revalidate,
+mg T, client versions E) is refused with a SERVER_ERROR naming the flag, never silently.
+"""
+import os
+import socket
+import sys
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from multisite import Lab  # noqa: E402
+
+SLOW = 2.0 if os.environ.get("GEOGATE_SANITIZED") == "1" else 1.0
+
+
+def exchange(port, data, timeout=10.0):
+    """Send data then "mn"; read until the MN that answers it (every reply before it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout * SLOW) as s:
+        s.sendall(data + b"mn\r\n")
+        out = b""
+        deadline = time.monotonic() + timeout * SLOW
+        while not out.endswith(b"MN\r\n"):
+            if time.monotonic() > deadline:
+                raise AssertionError("no MN within %.0f s; got %r" % (timeout, out))
+            chunk = s.recv(65536)
+            if not chunk:
+                raise AssertionError("closed; got %r" % out)
+            out += chunk
+        return out[:-4]
+
+
+def raw_get(port, key):
+    return exchange(port, b"gets " + key + b"\r\n")
+
+
+class MetaSitesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(["us-east", "eu-west"], nodes=2)
+        cls.lab.__enter__()
+        cls.a = cls.lab.sites["us-east"].port
+        cls.b = cls.lab.sites["eu-west"].port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.lab.__exit__(None, None, None)
+
+    def drained(self):
+        self.lab.wait_drained(60 * SLOW)
+
+    def test_writes_ship_and_reads_hide_the_header(self):
+        a, b = self.a, self.b
+        self.assertEqual(exchange(a, b"ms w:one 5 F7 T0\r\nhello\r\n"), b"HD\r\n")
+        self.assertEqual(exchange(a, b"set w:text 3 0 3\r\nabc\r\n"), b"STORED\r\n")
+        self.assertEqual(exchange(a, b"ms w:add 1 ME\r\nx\r\nms w:add 1 ME\r\ny\r\n"),
+                         b"HD\r\nNS\r\n")
+        self.assertEqual(exchange(a, b"ms w:one 3 MA\r\n!!!\r\n"), b"HD\r\n")
+        self.assertEqual(exchange(a, b"ms w:none 1 MR\r\nx\r\n"), b"NS\r\n")
+        self.assertEqual(exchange(a, b"ms w:n 2\r\n40\r\nma w:n D2 v\r\nma w:n MD\r\n"),
+                         b"HD\r\nVA 2\r\n42\r\nHD\r\n")
+        self.assertEqual(exchange(a, b"ma w:missing\r\n"), b"NF\r\n")
+        self.assertEqual(exchange(a, b"set w:gone 0 0 1\r\nx\r\nmd w:gone\r\nmd w:gone\r\n"),
+                         b"STORED\r\nHD\r\nNF\r\n")
+        self.drained()
+        for port in (a, b):
+            self.assertEqual(exchange(port, b"mg w:one s f v k\r\n"),
+                             b"VA 8 s8 f7 kw:one\r\nhello!!!\r\n")
+            # a text write reads the same through meta: the client's size, flags and value
+            self.assertEqual(exchange(port, b"mg w:text v f s\r\n"), b"VA 3 f3 s3\r\nabc\r\n")
+            self.assertEqual(exchange(port, b"mg w:add v\r\n"), b"VA 1\r\nx\r\n")
+            self.assertEqual(exchange(port, b"mg w:n v\r\nget w:n\r\n"),
+                             b"VA 2\r\n41\r\nVALUE w:n 0 2\r\n41\r\nEND\r\n")
+            # a tombstone is held by the nodes but is a miss to meta and text alike
+            self.assertEqual(exchange(port, b"mg w:gone v\r\nmg w:gone\r\nget w:gone\r\n"),
+                             b"EN\r\nEN\r\nEND\r\n")
+            self.assertEqual(exchange(port, b"mg w:none v\r\n"), b"EN\r\n")
+
+    def test_cas_is_the_cas_gets_gives(self):
+        a = self.a
+        exchange(a, b"ms c:1 2\r\nhi\r\n")
+        out = raw_get(a, b"c:1")
+        cas = out.split(b"\r\n")[0].split()[-1]
+        self.assertEqual(exchange(a, b"mg c:1 c\r\n"), b"HD c" + cas + b"\r\n")
+        self.assertEqual(exchange(a, b"ms c:1 2 C999999\r\nno\r\n"), b"EX\r\n")
+        self.assertEqual(exchange(a, b"ms c:1 2 C" + cas + b"\r\nok\r\n"), b"HD\r\n")
+        self.assertEqual(exchange(a, b"mg c:1 v\r\n"), b"VA 2\r\nok\r\n")
+
+    def test_quiet_opaque_base64_pipeline(self):
+        a, b = self.a, self.b
+        pipeline = (b"ms q:1 1 q O1\r\nx\r\n"      # HD held back
+                    b"ms q:1 1 ME q O2\r\ny\r\n"   # NS is said
+                    b"mg q:1 v q k O3\r\n"         # a hit is said
+                    b"mg q:none v q O4\r\n"        # EN held back
+                    b"md q:none q O5\r\n"          # NF is said
+                    b"ma q:1 q\r\n")               # not a number: said
+        out = exchange(a, pipeline)
+        self.assertEqual(out.split(b"\r\n")[:5],
+                         [b"NS O2", b"VA 1 kq:1 O3", b"x", b"NF O5",
+                          b"CLIENT_ERROR cannot increment or decrement non-numeric value"])
+        # base64 "cTox" is "q:1": the same item as the text key
+        self.assertEqual(exchange(a, b"ms cTox 2 b\r\nzz\r\nget q:1\r\nmg cTox b v\r\n"),
+                         b"HD\r\nVALUE q:1 0 2\r\nzz\r\nEND\r\nVA 2\r\nzz\r\n")
+        self.drained()
+        self.assertEqual(exchange(b, b"mg q:1 v\r\n"), b"VA 2\r\nzz\r\n")
+
+    def test_what_needs_more_is_refused_out_loud(self):
+        a = self.a
+        exchange(a, b"ms r:1 2\r\nhi\r\n")
+        for cmd, flag in ((b"mg r:1 v T30\r\n", b"T"), (b"mg r:1 v N30\r\n", b"N"),
+                          (b"md r:1 I\r\n", b"I"), (b"ms r:1 2 I\r\nhi\r\n", b"I"),
+                          (b"ma r:1 N0 J5\r\n", b"N")):
+            out = exchange(a, cmd)
+            self.assertEqual(out, b"SERVER_ERROR meta flag " + flag +
+                             b" is not supported on a replicating geogate yet\r\n", cmd)
+        # the refused ms swallowed its block: the connection still reads commands
+        self.assertEqual(exchange(a, b"ms r:1 2 I\r\nhi\r\nmg r:1 v\r\n").split(b"\r\n")[1:3],
+                         [b"VA 2", b"hi"])
+
+
+if __name__ == "__main__":
+    unittest.main()
