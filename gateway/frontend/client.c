@@ -289,18 +289,44 @@ static void client_req_done(struct gw_req *r)
 
 /* ---- local answers ---- */
 
+static bool sub_is(const struct mc_request *m, const char *name)
+{
+    return m->subcommand != NULL && strcmp(m->subcommand, name) == 0;
+}
+
+/*
+ * `stats [sub]`: the gateway's own (none, settings, conns, nodes, peers), the sum over the
+ * pool's nodes (slabs, items, sizes: client_admin.c), or memcached's answer to the rest
+ * (docs/OPERATIONS.md, "Admin commands").
+ */
 static void do_stats(struct gw_client *c, const struct mc_request *m)
 {
     struct gw_req *r;
     struct evbuffer *b;
 
-    if (m->subcommand != NULL && strcmp(m->subcommand, "reset") == 0) {
+    if (sub_is(m, "reset")) {
         gw_client_stats_reset(c->w->srv);
         reply_line(c, "RESET");
         return;
     }
-    if (m->subcommand != NULL && strcmp(m->subcommand, "nodes") != 0 &&
-        strcmp(m->subcommand, "peers") != 0) {
+    if (sub_is(m, "slabs") || sub_is(m, "items") || sub_is(m, "sizes")) {
+        gw_client_admin_stats(c, m);
+        return;
+    }
+    if (sub_is(m, "detail")) {
+        /* memcached's per-prefix counters: the gateway keeps none, so its dump is
+         * memcached's with detail off; turning them on is each node's business */
+        if (m->arg != NULL && strcmp(m->arg, "dump") == 0) {
+            reply_line(c, "END");
+        } else if (m->arg != NULL && (strcmp(m->arg, "on") == 0 || strcmp(m->arg, "off") == 0)) {
+            reply_line(c, "SERVER_ERROR command not supported through geogate");
+        } else {
+            reply_line(c, "CLIENT_ERROR usage: stats detail on|off|dump");
+        }
+        return;
+    }
+    if (m->subcommand != NULL && !sub_is(m, "nodes") && !sub_is(m, "peers") &&
+        !sub_is(m, "settings") && !sub_is(m, "conns")) {
         reply_line(c, "ERROR");
         return;
     }
@@ -310,8 +336,12 @@ static void do_stats(struct gw_client *c, const struct mc_request *m)
     }
     if (m->subcommand == NULL) {
         gw_client_stats_general(c->w, b);
-    } else if (strcmp(m->subcommand, "peers") == 0) {
+    } else if (sub_is(m, "peers")) {
         gw_repl_stats(c->w->srv, b);
+    } else if (sub_is(m, "settings")) {
+        gw_client_stats_settings(c->w, b);
+    } else if (sub_is(m, "conns")) {
+        gw_client_stats_conns(c, b);
     } else {
         gw_client_stats_nodes(c->w, b);
     }
@@ -335,6 +365,12 @@ static void do_local(struct gw_client *c, const struct mc_request *m)
         break;
     case MC_CMD_STATS:
         do_stats(c, m);
+        break;
+    case MC_CMD_CACHE_MEMLIMIT:
+        gw_client_admin_memlimit(c, m);
+        break;
+    case MC_CMD_LRU_CRAWLER:
+        gw_client_admin_metadump(c, m);
         break;
     case MC_CMD_QUIT:
         c->quit_seen = true;
@@ -1210,7 +1246,8 @@ static void client_read(struct gw_conn *conn, void *arg)
     struct gw_client *c = arg;
 
     (void)conn;
-    c->last_active_ms = c->w->now_ms;
+    /* atomic: `stats conns` on another worker reads it */
+    __atomic_store_n(&c->last_active_ms, c->w->now_ms, __ATOMIC_RELAXED);
     client_process(c);
 }
 
@@ -1271,9 +1308,11 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
     c->reply_est = GW_CLIENT_EST_INIT;
-    c->last_active_ms = gw_mono_ms();
+    __atomic_store_n(&c->last_active_ms, gw_mono_ms(), __ATOMIC_RELAXED);
     TAILQ_INIT(&c->reqs);
+    pthread_mutex_lock(&w->clients_lock);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
+    pthread_mutex_unlock(&w->clients_lock);
     w->nclients++;
     STAT_INCR(&w->stats, total_connections);
     if (w->draining) {
@@ -1294,7 +1333,9 @@ static void client_close(struct gw_client *c)
         w->nwait_room--;
     }
     gw_conn_pause_read(&c->conn);
+    pthread_mutex_lock(&w->clients_lock);
     TAILQ_REMOVE(&w->clients, c, link);
+    pthread_mutex_unlock(&w->clients_lock);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
 }
@@ -1410,7 +1451,9 @@ void gw_client_close_all(struct gw_worker *w)
         if (TAILQ_FIRST(&w->clients) == c) {
             /* still busy: force it */
             c->quitting = true;
+            pthread_mutex_lock(&w->clients_lock);
             TAILQ_REMOVE(&w->clients, c, link);
+            pthread_mutex_unlock(&w->clients_lock);
             TAILQ_INSERT_TAIL(&w->dead, c, link);
             c->closing = true;
         }

@@ -28,6 +28,18 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b);
 void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b);
 void gw_client_stats_reset(struct gw_server *srv);
+/* `stats settings`: the gateway's own settings, memcached's names where it has one. */
+void gw_client_stats_settings(struct gw_worker *w, struct evbuffer *b);
+/* `stats conns`: the listener and every client connection of every worker, c (the one
+ * asking) included, in memcached's shape.  Takes each worker's clients_lock in turn. */
+void gw_client_stats_conns(struct gw_client *c, struct evbuffer *b);
+
+/* Admin commands answered by asking every node of the pool (client_admin.c), in c's
+ * order: `stats slabs|items|sizes` (combined), `lru_crawler metadump` (concatenated),
+ * `cache_memlimit` (OK when every node says OK). */
+void gw_client_admin_stats(struct gw_client *c, const struct mc_request *m);
+void gw_client_admin_metadump(struct gw_client *c, const struct mc_request *m);
+void gw_client_admin_memlimit(struct gw_client *c, const struct mc_request *m);
 
 /* Worker drain hook: every client stops taking requests (client_drain). */
 void gw_client_drain_all(struct gw_worker *w);

@@ -8,7 +8,9 @@
  *   client bytes --mc_frame_line--> one line --mc_parse--> struct mc_request
  *                                                  |-> FORWARD (+ data block of vlen+2 bytes,
  *                                                  |            checked by mc_data_block_ok)
- *                                                  |-> LOCAL   (version, stats, verbosity, quit)
+ *                                                  |-> LOCAL   (version, stats, verbosity, quit,
+ *                                                  |            cache_memlimit, lru_crawler
+ * metadump)
  *                                                  |-> ERROR   (reply `error`, maybe swallow)
  *                                                  '-> CLOSE
  */
@@ -45,7 +47,9 @@ enum mc_cmd {
     MC_CMD_VERBOSITY,
     MC_CMD_STATS,
     MC_CMD_QUIT,
-    MC_CMD_UNSUPPORTED, /* a memcached command a gateway cannot honour (meta, slabs, ...) */
+    MC_CMD_CACHE_MEMLIMIT, /* to every node of the pool */
+    MC_CMD_LRU_CRAWLER,    /* `lru_crawler metadump <arg>`: to every node of the pool */
+    MC_CMD_UNSUPPORTED,    /* a memcached command a gateway cannot honour (meta, slabs, ...) */
     MC_CMD_MAX
 };
 
@@ -92,7 +96,9 @@ struct mc_request {
 
     struct mc_token *keys; /* get/gets/gat/gats: every key, in the client's order */
     uint32_t nkeys;
-    const char *subcommand; /* stats: first argument or NULL */
+    const char *subcommand; /* stats, lru_crawler: first argument or NULL */
+    const char *arg;        /* stats, lru_crawler: second argument or NULL */
+    uint32_t memlimit_mb;   /* cache_memlimit */
 };
 
 /* Per-connection (or per-thread) scratch: a growable key array.  Zero-initialise. */

@@ -38,6 +38,10 @@ struct gw_frag {
     void *cb_arg;
     struct evbuffer *capture; /* with cb: where the reply is collected */
     bool cb_values;           /* with cb: the reply may hold VALUE blocks */
+    /* With cb: the reply is lines that begin with this ("STAT ", "key="), ended by the
+     * first line that does not (END, or an error instead); each line may end in a bare
+     * LF, as metadump's do.  NULL: the reply is one line. */
+    const char *cb_body;
     struct gw_backend *be;
     TAILQ_ENTRY(gw_frag) link;
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */
