@@ -289,64 +289,24 @@ static void client_req_done(struct gw_req *r)
 
 /* ---- local answers ---- */
 
-static bool sub_is(const struct mc_request *m, const char *name)
-{
-    return m->subcommand != NULL && strcmp(m->subcommand, name) == 0;
-}
-
-/*
- * `stats [sub]`: the gateway's own (none, settings, conns, nodes, peers), the sum over the
- * pool's nodes (slabs, items, sizes: client_admin.c), or memcached's answer to the rest
- * (docs/OPERATIONS.md, "Admin commands").
- */
+/* `stats [sub]`: client_stats.c answers it, in c's order. */
 static void do_stats(struct gw_client *c, const struct mc_request *m)
 {
-    struct gw_req *r;
-    struct evbuffer *b;
+    struct gw_req *r = client_req(c, MC_CMD_STATS, false);
 
-    if (sub_is(m, "reset")) {
-        gw_client_stats_reset(c->w->srv);
-        reply_line(c, "RESET");
-        return;
+    if (r != NULL) {
+        gw_client_stats(r, m);
     }
-    if (sub_is(m, "slabs") || sub_is(m, "items") || sub_is(m, "sizes")) {
-        gw_client_admin_stats(c, m);
-        return;
+}
+
+/* An admin command every node of the pool answers (client_admin.c), in c's order. */
+static void do_admin(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_req *r = client_req(c, m->cmd, m->noreply);
+
+    if (r != NULL) {
+        gw_client_admin(r, m);
     }
-    if (sub_is(m, "detail")) {
-        /* memcached's per-prefix counters: the gateway keeps none, so its dump is
-         * memcached's with detail off; turning them on is each node's business */
-        if (m->arg != NULL && strcmp(m->arg, "dump") == 0) {
-            reply_line(c, "END");
-        } else if (m->arg != NULL && (strcmp(m->arg, "on") == 0 || strcmp(m->arg, "off") == 0)) {
-            reply_line(c, "SERVER_ERROR command not supported through geogate");
-        } else {
-            reply_line(c, "CLIENT_ERROR usage: stats detail on|off|dump");
-        }
-        return;
-    }
-    if (m->subcommand != NULL && !sub_is(m, "nodes") && !sub_is(m, "peers") &&
-        !sub_is(m, "settings") && !sub_is(m, "conns")) {
-        reply_line(c, "ERROR");
-        return;
-    }
-    r = client_req(c, MC_CMD_STATS, false);
-    if (r == NULL || (b = gw_req_reply(r)) == NULL) {
-        return;
-    }
-    if (m->subcommand == NULL) {
-        gw_client_stats_general(c->w, b);
-    } else if (sub_is(m, "peers")) {
-        gw_repl_stats(c->w->srv, b);
-    } else if (sub_is(m, "settings")) {
-        gw_client_stats_settings(c->w, b);
-    } else if (sub_is(m, "conns")) {
-        gw_client_stats_conns(c, b);
-    } else {
-        gw_client_stats_nodes(c->w, b);
-    }
-    evbuffer_add(b, "END\r\n", 5);
-    gw_req_finish(r);
 }
 
 static void do_local(struct gw_client *c, const struct mc_request *m)
@@ -367,10 +327,8 @@ static void do_local(struct gw_client *c, const struct mc_request *m)
         do_stats(c, m);
         break;
     case MC_CMD_CACHE_MEMLIMIT:
-        gw_client_admin_memlimit(c, m);
-        break;
     case MC_CMD_LRU_CRAWLER:
-        gw_client_admin_metadump(c, m);
+        do_admin(c, m);
         break;
     case MC_CMD_QUIT:
         c->quit_seen = true;

@@ -24,22 +24,20 @@ void gw_client_reply_error(struct gw_client *c, const char *line);
 /* gat/gats on a replicating gateway (client_gat.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 
-/* `stats` (client_stats.c): the general counters, each node's health, `stats reset`. */
-void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b);
-void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b);
-void gw_client_stats_reset(struct gw_server *srv);
-/* `stats settings`: the gateway's own settings, memcached's names where it has one. */
-void gw_client_stats_settings(struct gw_worker *w, struct evbuffer *b);
-/* `stats conns`: the listener and every client connection of every worker, c (the one
- * asking) included, in memcached's shape.  Takes each worker's clients_lock in turn. */
-void gw_client_stats_conns(struct gw_client *c, struct evbuffer *b);
+/*
+ * `stats [sub]` (client_stats.c) answers r, a request of its client's: the gateway's own
+ * (none, settings, conns, nodes, peers, reset), the sum over the pool's nodes (slabs,
+ * items, sizes: gw_client_admin), or memcached's answer to the rest (docs/OPERATIONS.md,
+ * "Admin commands").
+ */
+void gw_client_stats(struct gw_req *r, const struct mc_request *m);
 
-/* Admin commands answered by asking every node of the pool (client_admin.c), in c's
- * order: `stats slabs|items|sizes` (combined), `lru_crawler metadump` (concatenated),
- * `cache_memlimit` (OK when every node says OK). */
-void gw_client_admin_stats(struct gw_client *c, const struct mc_request *m);
-void gw_client_admin_metadump(struct gw_client *c, const struct mc_request *m);
-void gw_client_admin_memlimit(struct gw_client *c, const struct mc_request *m);
+/*
+ * Answer r by asking every node of the pool (client_admin.c): m is `stats slabs|items|
+ * sizes` (combined), `lru_crawler metadump` (concatenated) or `cache_memlimit` (OK when
+ * every node says OK).  A node that is down: its SERVER_ERROR.
+ */
+void gw_client_admin(struct gw_req *r, const struct mc_request *m);
 
 /* Worker drain hook: every client stops taking requests (client_drain). */
 void gw_client_drain_all(struct gw_worker *w);

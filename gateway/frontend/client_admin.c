@@ -5,10 +5,10 @@
  * Worker loop only.  It does not answer what the gateway keeps itself (client_stats.c)
  * and does not parse (proto_mc.c).
  *
- *   client ──> admin_fan_out: one internal request per node (frag->cb, cb_body)
+ *   client.c's request ──> admin_fan_out: one internal request per node (frag->cb)
  *   node i ──> backend.c ──> admin_node_done: its whole reply kept in caps[i]
- *   the last node ──> admin_answer: one combined reply into the client's request
- *                     (queued in the client's order when the command arrived)
+ *   the last node ──> admin_answer: one combined reply into that request (queued in
+ *                     its client's order when the command arrived), gw_req_finish
  *
  * A node that is down when the command arrives, or fails before it answers, turns the
  * whole answer into that node's SERVER_ERROR: a sum or a key list that silently leaves
@@ -360,30 +360,21 @@ static void admin_node_done(struct gw_frag *frag, struct evbuffer *reply, const 
 }
 
 /*
- * Send line to every node of c's pool, as kind, and answer the client once they all
- * have.  A node that is down already: its SERVER_ERROR now, nothing sent.
+ * Send line to every node of r's pool, as kind, and answer r once they all have.  A node
+ * that is down already: its SERVER_ERROR now, nothing sent.
  */
-static void admin_fan_out(struct gw_client *c, const struct mc_request *m, enum admin_kind kind,
-                          const char *line, size_t len)
+static void admin_fan_out(struct gw_req *r, enum admin_kind kind, const char *line, size_t len)
 {
-    struct gw_worker *w = c->w;
+    struct gw_worker *w = r->w;
     uint32_t nn = w->pool->nnodes;
     struct admin_fan *fan;
-    struct gw_req *r;
 
     for (uint32_t i = 0; i < nn; i++) {
         if (!gw_node_usable(&w->pool->nodes[i])) {
-            if (!m->noreply) {
-                gw_client_reply_error(c, w->pool->nodes[i].err_down);
-            }
+            gw_req_finish_line(r, w->pool->nodes[i].err_down);
             return;
         }
     }
-    r = gw_client_new_req(c, m->cmd);
-    if (r == NULL) {
-        return;
-    }
-    r->noreply = m->noreply;
     fan = calloc(1, sizeof(*fan));
     if (fan == NULL || (fan->frags = calloc(nn, sizeof(*fan->frags))) == NULL ||
         (fan->caps = calloc(nn, sizeof(*fan->caps))) == NULL) {
@@ -421,30 +412,25 @@ fail_alloc:
     gw_req_finish_line(r, "SERVER_ERROR out of memory");
 }
 
-void gw_client_admin_stats(struct gw_client *c, const struct mc_request *m)
-{
-    char line[32];
-    int n = snprintf(line, sizeof(line), "stats %s\r\n", m->subcommand);
-
-    admin_fan_out(c, m, ADMIN_STATS, line, (size_t)n);
-}
-
-void gw_client_admin_metadump(struct gw_client *c, const struct mc_request *m)
+void gw_client_admin(struct gw_req *r, const struct mc_request *m)
 {
     char line[ADMIN_MAX_LINE];
-    int n = snprintf(line, sizeof(line), "lru_crawler metadump %s\r\n", m->arg);
+    enum admin_kind kind;
+    int n;
 
+    if (m->cmd == MC_CMD_STATS) {
+        kind = ADMIN_STATS;
+        n = snprintf(line, sizeof(line), "stats %s\r\n", m->subcommand);
+    } else if (m->cmd == MC_CMD_LRU_CRAWLER) {
+        kind = ADMIN_METADUMP;
+        n = snprintf(line, sizeof(line), "lru_crawler metadump %s\r\n", m->arg);
+    } else {
+        kind = ADMIN_MEMLIMIT;
+        n = snprintf(line, sizeof(line), "cache_memlimit %" PRIu32 "\r\n", m->memlimit_mb);
+    }
     if (n < 0 || (size_t)n >= sizeof(line)) {
-        gw_client_reply_error(c, "CLIENT_ERROR line too long");
+        gw_req_finish_line(r, "CLIENT_ERROR line too long");
         return;
     }
-    admin_fan_out(c, m, ADMIN_METADUMP, line, (size_t)n);
-}
-
-void gw_client_admin_memlimit(struct gw_client *c, const struct mc_request *m)
-{
-    char line[48];
-    int n = snprintf(line, sizeof(line), "cache_memlimit %" PRIu32 "\r\n", m->memlimit_mb);
-
-    admin_fan_out(c, m, ADMIN_MEMLIMIT, line, (size_t)n);
+    admin_fan_out(r, kind, line, (size_t)n);
 }

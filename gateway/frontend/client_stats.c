@@ -23,6 +23,8 @@
 
 #include "gateway/base/clock.h"
 #include "gateway/base/config.h"
+#include "gateway/protocol/req.h"
+#include "gateway/replication/repl.h"
 #include "gateway/routing/pool.h"
 #include "gateway/server.h"
 
@@ -40,7 +42,7 @@ static void add_stat(struct evbuffer *b, const char *name, const char *fmt, ...)
     evbuffer_add(b, "\r\n", 2);
 }
 
-void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b)
+static void stats_general(struct gw_worker *w, struct evbuffer *b)
 {
     struct gw_server *srv = w->srv;
     struct gw_stats *each[64];
@@ -80,7 +82,7 @@ void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b)
     add_stat(b, "pool_hash", "%s", ring_hash_name(w->pool->hash));
 }
 
-void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b)
+static void stats_nodes(struct gw_worker *w, struct evbuffer *b)
 {
     char name[300];
 
@@ -96,7 +98,7 @@ void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b)
     }
 }
 
-void gw_client_stats_reset(struct gw_server *srv)
+static void stats_reset(struct gw_server *srv)
 {
     for (int i = 0; i < srv->nthreads; i++) {
         struct gw_stats *st = &srv->workers[i].stats;
@@ -116,7 +118,7 @@ void gw_client_stats_reset(struct gw_server *srv)
  * the LRU's) is not here: ask a node, or `stats slabs` for the sums.  The last lines are
  * the gateway's own, under its own names.
  */
-void gw_client_stats_settings(struct gw_worker *w, struct evbuffer *b)
+static void stats_settings(struct gw_worker *w, struct evbuffer *b)
 {
     struct gw_server *srv = w->srv;
     const struct gw_config *cfg = srv->cfg;
@@ -205,7 +207,7 @@ static const char *client_state_name(const struct gw_client *c, const struct gw_
     return __atomic_load_n(&c->quitting, __ATOMIC_RELAXED) ? "conn_closing" : "conn_waiting";
 }
 
-void gw_client_stats_conns(struct gw_client *asking, struct evbuffer *b)
+static void stats_conns(struct gw_client *asking, struct evbuffer *b)
 {
     struct gw_server *srv = asking->w->srv;
     int lfd = __atomic_load_n(&srv->listen_fd, __ATOMIC_RELAXED);
@@ -236,4 +238,59 @@ void gw_client_stats_conns(struct gw_client *asking, struct evbuffer *b)
         }
         pthread_mutex_unlock(&w->clients_lock);
     }
+}
+
+static bool sub_is(const struct mc_request *m, const char *name)
+{
+    return m->subcommand != NULL && strcmp(m->subcommand, name) == 0;
+}
+
+void gw_client_stats(struct gw_req *r, const struct mc_request *m)
+{
+    struct gw_worker *w = r->w;
+    struct evbuffer *b;
+
+    if (sub_is(m, "slabs") || sub_is(m, "items") || sub_is(m, "sizes")) {
+        gw_client_admin(r, m);
+        return;
+    }
+    if (sub_is(m, "reset")) {
+        stats_reset(w->srv);
+        gw_req_finish_line(r, "RESET");
+        return;
+    }
+    if (sub_is(m, "detail")) {
+        /* memcached's per-prefix counters: the gateway keeps none, so its dump is
+         * memcached's with detail off; turning them on is each node's business */
+        if (m->arg != NULL && strcmp(m->arg, "dump") == 0) {
+            gw_req_finish_line(r, "END");
+        } else if (m->arg != NULL && (strcmp(m->arg, "on") == 0 || strcmp(m->arg, "off") == 0)) {
+            gw_req_finish_line(r, "SERVER_ERROR command not supported through geogate");
+        } else {
+            gw_req_finish_line(r, "CLIENT_ERROR usage: stats detail on|off|dump");
+        }
+        return;
+    }
+    if (m->subcommand != NULL && !sub_is(m, "nodes") && !sub_is(m, "peers") &&
+        !sub_is(m, "settings") && !sub_is(m, "conns")) {
+        gw_req_finish_line(r, "ERROR");
+        return;
+    }
+    if ((b = gw_req_reply(r)) == NULL) {
+        gw_req_finish(r);
+        return;
+    }
+    if (m->subcommand == NULL) {
+        stats_general(w, b);
+    } else if (sub_is(m, "peers")) {
+        gw_repl_stats(w->srv, b);
+    } else if (sub_is(m, "settings")) {
+        stats_settings(w, b);
+    } else if (sub_is(m, "conns")) {
+        stats_conns(r->client, b);
+    } else {
+        stats_nodes(w, b);
+    }
+    evbuffer_add(b, "END\r\n", 5);
+    gw_req_finish(r);
 }
