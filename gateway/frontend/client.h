@@ -27,7 +27,7 @@ void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 /*
  * `stats [sub]` (client_stats.c) answers r, a request of its client's: the gateway's own
  * (none, settings, conns, nodes, peers, reset), the sum over the pool's nodes (slabs,
- * items, sizes: gw_client_admin), or memcached's answer to the rest (docs/OPERATIONS.md,
+ * items, sizes: gw_client_admin), or memcached's answer to the rest (README.md,
  * "Admin commands").
  */
 void gw_client_stats(struct gw_req *r, const struct mc_request *m);
