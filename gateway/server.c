@@ -199,6 +199,7 @@ static void start_drain(struct gw_server *srv)
     srv->draining = true;
     log_info("draining: no new connections; finishing requests in flight");
     if (srv->listener != NULL) {
+        __atomic_store_n(&srv->listen_fd, -1, __ATOMIC_RELAXED);
         evconnlistener_free(srv->listener);
         srv->listener = NULL;
     }
@@ -300,6 +301,7 @@ int gw_server_run(struct gw_config *cfg)
         goto fail_pool;
     }
     srv.generation = 1;
+    srv.listen_fd = -1;
     srv.nworkers = (int)cfg->threads;
     srv.nthreads = srv.nworkers + (cfg->wan.enabled && cfg->wan.npeers > 0 ? 1 : 0);
     srv.workers = calloc((size_t)srv.nthreads, sizeof(*srv.workers));
@@ -330,6 +332,7 @@ int gw_server_run(struct gw_config *cfg)
     if (srv.listener == NULL) {
         goto fail_start;
     }
+    __atomic_store_n(&srv.listen_fd, (int)evconnlistener_get_fd(srv.listener), __ATOMIC_RELAXED);
     if (gw_admin_start(&srv, &admin) != 0) {
         goto fail_start;
     }

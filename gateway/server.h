@@ -43,6 +43,7 @@ struct gw_server {
     struct gw_backfill *backfill; /* backfill.c's state */
     struct event_base *base;
     struct evconnlistener *listener;
+    int listen_fd; /* atomic: the listener's socket, for `stats conns`; -1 when none */
     struct event *sig_term, *sig_int, *sig_hup;
     time_t started;
     int64_t curr_connections; /* shared, atomic */

@@ -742,6 +742,49 @@ static const char *be_next_line(struct evbuffer *in, size_t *len)
     return (const char *)evbuffer_pullup(in, (ssize_t)(*len + 2));
 }
 
+/*
+ * The lines of a many-line internal reply (frag->cb_body) at the head of in: body lines
+ * go to the frag's capture as they come; the first other line ends the reply (it goes
+ * to the capture too, and the frag to its cb).  Returns 0 when the reply is done, 1 to
+ * wait for more input, -1 when the connection failed.
+ */
+static int be_body_reply(struct gw_backend *be, struct gw_frag *frag, struct evbuffer *in,
+                         uint64_t gen)
+{
+    size_t nbody = strlen(frag->cb_body);
+    char head[16];
+
+    if (nbody > sizeof(head)) {
+        nbody = sizeof(head);
+    }
+    for (;;) {
+        size_t eol_len = 0;
+        struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+        size_t n;
+
+        if ((eol.pos < 0 && evbuffer_get_length(in) > GW_BE_MAX_LINE) || eol.pos > GW_BE_MAX_LINE) {
+            log_warn("node %s: reply line too long; closing", be->node->label);
+            be_fail(be, "protocol error", true);
+            return -1;
+        }
+        if (eol.pos < 0) {
+            return 1;
+        }
+        n = (size_t)eol.pos + eol_len;
+        if ((size_t)eol.pos >= nbody && evbuffer_copyout(in, head, nbody) == (ssize_t)nbody &&
+            memcmp(head, frag->cb_body, nbody) == 0) {
+            evbuffer_remove_buffer(in, frag->capture, n);
+            continue;
+        }
+        TAILQ_REMOVE(&be->pending, frag, link);
+        be_answered(be);
+        gw_node_success(be->node);
+        evbuffer_remove_buffer(in, frag->capture, n);
+        frag->cb(frag, frag->capture, NULL);
+        return be->conn_gen == gen ? 0 : -1;
+    }
+}
+
 static void be_read(struct gw_conn *conn, void *arg)
 {
     struct gw_backend *be = arg;
@@ -790,6 +833,12 @@ static void be_read(struct gw_conn *conn, void *arg)
             log_warn("node %s sent %zu bytes nobody asked for", be->node->label, avail);
             be_fail(be, "unexpected data", true);
             return;
+        }
+        if (!be->await_end && frag->cb != NULL && frag->cb_body != NULL) {
+            if (be_body_reply(be, frag, in, gen) != 0) {
+                return;
+            }
+            continue;
         }
         line = be_next_line(in, &len);
         if (line == NULL || len > GW_BE_MAX_LINE) {

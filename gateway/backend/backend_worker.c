@@ -119,6 +119,22 @@ void gw_backend_worker_reload(struct gw_worker *w, struct gw_pool *pool)
               (unsigned long long)pool->generation);
 }
 
+struct gw_backend *gw_backend_oneshot(struct gw_worker *w, uint32_t node)
+{
+    struct gw_backend *be;
+
+    be = gw_backend_create(w, w->pool, &w->pool->nodes[node], UINT32_MAX);
+    if (be == NULL) {
+        return NULL;
+    }
+    /* The retired list is where connections that finish their requests and close live:
+     * its tick watches their timeouts and frees them, a reload leaves them alone. */
+    be->retiring = true;
+    gw_pool_get(be->pool);
+    TAILQ_INSERT_TAIL(&w->retired, be, retire_link);
+    return be;
+}
+
 void gw_backend_worker_tick(struct gw_worker *w, int64_t now)
 {
     struct gw_backend *be, *next;

@@ -22,6 +22,15 @@ int gw_backend_worker_start(struct gw_worker *w);
  * w keeps its pool and drops the new one. */
 void gw_backend_worker_reload(struct gw_worker *w, struct gw_pool *pool);
 
+/*
+ * A connection of its own to the pool's node `node`, for one long command whose reply
+ * must not hold up everyone's shared connection (lru_crawler metadump: memcached also
+ * reads nothing more on a connection until the dump is over).  Queue internal requests
+ * on it right away; the worker's tick closes and frees it once none is pending.  NULL
+ * when out of memory.
+ */
+struct gw_backend *gw_backend_oneshot(struct gw_worker *w, uint32_t node);
+
 /* Tick hooks, in this order in the tick (see server.c): timeouts of every connection and
  * closing retired ones that finished; a keep-alive on the WAN thread's connections; a
  * probe of each down node this worker claims. */

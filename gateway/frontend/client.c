@@ -292,34 +292,24 @@ static void client_req_done(struct gw_req *r)
 
 /* ---- local answers ---- */
 
+/* `stats [sub]`: client_stats.c answers it, in c's order. */
 static void do_stats(struct gw_client *c, const struct mc_request *m)
 {
-    struct gw_req *r;
-    struct evbuffer *b;
+    struct gw_req *r = client_req(c, MC_CMD_STATS, false);
 
-    if (m->subcommand != NULL && strcmp(m->subcommand, "reset") == 0) {
-        gw_client_stats_reset(c->w->srv);
-        reply_line(c, "RESET");
-        return;
+    if (r != NULL) {
+        gw_client_stats(r, m);
     }
-    if (m->subcommand != NULL && strcmp(m->subcommand, "nodes") != 0 &&
-        strcmp(m->subcommand, "peers") != 0) {
-        reply_line(c, "ERROR");
-        return;
+}
+
+/* An admin command every node of the pool answers (client_admin.c), in c's order. */
+static void do_admin(struct gw_client *c, const struct mc_request *m)
+{
+    struct gw_req *r = client_req(c, m->cmd, m->noreply);
+
+    if (r != NULL) {
+        gw_client_admin(r, m);
     }
-    r = client_req(c, MC_CMD_STATS, false);
-    if (r == NULL || (b = gw_req_reply(r)) == NULL) {
-        return;
-    }
-    if (m->subcommand == NULL) {
-        gw_client_stats_general(c->w, b);
-    } else if (strcmp(m->subcommand, "peers") == 0) {
-        gw_repl_stats(c->w->srv, b);
-    } else {
-        gw_client_stats_nodes(c->w, b);
-    }
-    evbuffer_add(b, "END\r\n", 5);
-    gw_req_finish(r);
 }
 
 static void do_local(struct gw_client *c, const struct mc_request *m)
@@ -341,6 +331,10 @@ static void do_local(struct gw_client *c, const struct mc_request *m)
         break;
     case MC_CMD_MN:
         reply_line(c, "MN");
+        break;
+    case MC_CMD_CACHE_MEMLIMIT:
+    case MC_CMD_LRU_CRAWLER:
+        do_admin(c, m);
         break;
     case MC_CMD_QUIT:
         c->quit_seen = true;
@@ -507,8 +501,6 @@ static void forward_get_one(struct gw_client *c, const struct mc_request *m, uin
     }
     gw_backend_send_get(gw_worker_backend(w, node), &r->frag, m->cmd, r->key1, nkey);
 }
-
-/* gat/gats on a replicating gateway: client_cmds.c. */
 
 static void forward_retrieval(struct gw_client *c, const struct mc_request *m)
 {
@@ -1231,7 +1223,8 @@ static void client_read(struct gw_conn *conn, void *arg)
     struct gw_client *c = arg;
 
     (void)conn;
-    c->last_active_ms = c->w->now_ms;
+    /* atomic: `stats conns` on another worker reads it */
+    __atomic_store_n(&c->last_active_ms, c->w->now_ms, __ATOMIC_RELAXED);
     client_process(c);
 }
 
@@ -1292,9 +1285,11 @@ void gw_client_accept(struct gw_worker *w, int fd)
     c->conn.out_limit = (size_t)w->srv->client_output_limit;
     c->w = w;
     c->reply_est = GW_CLIENT_EST_INIT;
-    c->last_active_ms = gw_mono_ms();
+    __atomic_store_n(&c->last_active_ms, gw_mono_ms(), __ATOMIC_RELAXED);
     TAILQ_INIT(&c->reqs);
+    pthread_mutex_lock(&w->clients_lock);
     TAILQ_INSERT_TAIL(&w->clients, c, link);
+    pthread_mutex_unlock(&w->clients_lock);
     w->nclients++;
     STAT_INCR(&w->stats, total_connections);
     if (w->draining) {
@@ -1315,7 +1310,9 @@ static void client_close(struct gw_client *c)
         w->nwait_room--;
     }
     gw_conn_pause_read(&c->conn);
+    pthread_mutex_lock(&w->clients_lock);
     TAILQ_REMOVE(&w->clients, c, link);
+    pthread_mutex_unlock(&w->clients_lock);
     TAILQ_INSERT_TAIL(&w->dead, c, link);
     event_active(w->reap_ev, EV_TIMEOUT, 0);
 }
@@ -1432,7 +1429,9 @@ void gw_client_close_all(struct gw_worker *w)
         if (TAILQ_FIRST(&w->clients) == c) {
             /* still busy: force it */
             c->quitting = true;
+            pthread_mutex_lock(&w->clients_lock);
             TAILQ_REMOVE(&w->clients, c, link);
+            pthread_mutex_unlock(&w->clients_lock);
             TAILQ_INSERT_TAIL(&w->dead, c, link);
             c->closing = true;
         }

@@ -31,10 +31,20 @@ void gw_client_meta_drop(struct gw_client *c, const struct mc_request *m);
 /* gat/gats on a replicating gateway (client_cmds.c): m is answered in c's order. */
 void gw_client_versioned_gat(struct gw_client *c, const struct mc_request *m);
 
-/* `stats` (client_stats.c): the general counters, each node's health, `stats reset`. */
-void gw_client_stats_general(struct gw_worker *w, struct evbuffer *b);
-void gw_client_stats_nodes(struct gw_worker *w, struct evbuffer *b);
-void gw_client_stats_reset(struct gw_server *srv);
+/*
+ * `stats [sub]` (client_stats.c) answers r, a request of its client's: the gateway's own
+ * (none, settings, conns, nodes, peers, reset), the sum over the pool's nodes (slabs,
+ * items, sizes: gw_client_admin), or memcached's answer to the rest (README.md,
+ * "Admin commands").
+ */
+void gw_client_stats(struct gw_req *r, const struct mc_request *m);
+
+/*
+ * Answer r by asking every node of the pool (client_admin.c): m is `stats slabs|items|
+ * sizes` (combined), `lru_crawler metadump` (concatenated) or `cache_memlimit` (OK when
+ * every node says OK).  A node that is down: its SERVER_ERROR.
+ */
+void gw_client_admin(struct gw_req *r, const struct mc_request *m);
 
 /* Worker drain hook: every client stops taking requests (client_drain). */
 void gw_client_drain_all(struct gw_worker *w);

@@ -40,6 +40,9 @@ struct gw_worker {
     uint32_t nbackends;
     uint32_t rr;
     struct gw_client_list clients;
+    /* Held while a client joins or leaves `clients`, and by any thread that walks it from
+     * outside (`stats conns`): the owning thread reads it without. */
+    pthread_mutex_t clients_lock;
     struct gw_client_list dead;
     struct gw_backend_list retired;
     uint32_t nclients;

@@ -207,6 +207,7 @@ int gw_worker_start(struct gw_worker *w, struct gw_server *srv, int id,
     w->srv = srv;
     w->hooks = hooks;
     TAILQ_INIT(&w->clients);
+    pthread_mutex_init(&w->clients_lock, NULL);
     TAILQ_INIT(&w->dead);
     TAILQ_INIT(&w->retired);
     TAILQ_INIT(&w->flushq);

@@ -45,6 +45,8 @@ static const char *const cmd_names[MC_CMD_MAX] = {
     [MC_CMD_MA] = "ma",
     [MC_CMD_ME] = "me",
     [MC_CMD_MN] = "mn",
+    [MC_CMD_CACHE_MEMLIMIT] = "cache_memlimit",
+    [MC_CMD_LRU_CRAWLER] = "lru_crawler",
     [MC_CMD_UNSUPPORTED] = "unsupported",
 };
 
@@ -555,6 +557,39 @@ bool mc_meta_va_bytes(const char *line, size_t len, uint32_t *bytes)
     return true;
 }
 
+/*
+ * memcached's own answer to the slabs and lru_crawler forms it does not know is ERROR;
+ * the forms it knows change one node's memory layout or crawler (reassign, automove,
+ * crawl, tocrawl, sleep, enable, disable), which a gateway in front of a pool cannot
+ * do for "the" server: those get ERR_ADMIN.  `lru_crawler metadump <classes|all|hash>`
+ * is read-only and goes to every node.
+ */
+static void parse_slabs(struct mc_token *tok, size_t nt, struct mc_request *req)
+{
+    if ((nt == 5 && strcmp(tok[1].p, "reassign") == 0) ||
+        (nt >= 4 && strcmp(tok[1].p, "automove") == 0)) {
+        req->cmd = MC_CMD_UNSUPPORTED;
+        req->error = ERR_ADMIN;
+    }
+}
+
+static void parse_lru_crawler(struct mc_token *tok, size_t nt, struct mc_request *req)
+{
+    const char *sub = nt > 2 ? tok[1].p : "";
+
+    if (nt == 4 && strcmp(sub, "metadump") == 0) {
+        req->cmd = MC_CMD_LRU_CRAWLER;
+        req->action = MC_ACT_LOCAL;
+        req->subcommand = sub;
+        req->arg = tok[2].p;
+    } else if ((nt == 4 && (strcmp(sub, "crawl") == 0 || strcmp(sub, "tocrawl") == 0 ||
+                            strcmp(sub, "sleep") == 0)) ||
+               (nt == 3 && (strcmp(sub, "enable") == 0 || strcmp(sub, "disable") == 0))) {
+        req->cmd = MC_CMD_UNSUPPORTED;
+        req->error = ERR_ADMIN;
+    }
+}
+
 #define WANT(lo, hi)                                                                               \
     do {                                                                                           \
         if (nt < (lo) || nt > (hi)) {                                                              \
@@ -638,12 +673,12 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
             req->cmd = MC_CMD_STATS;
             req->action = MC_ACT_LOCAL;
             req->subcommand = ntok > 1 ? tok[1].p : NULL;
+            req->arg = ntok > 2 ? tok[2].p : NULL;
         } else if (IS("shutdown")) {
             req->cmd = MC_CMD_UNSUPPORTED;
             req->error = ERR_SHUTDOWN;
         } else if (IS("slabs")) {
-            req->cmd = MC_CMD_UNSUPPORTED;
-            req->error = ERR_ADMIN;
+            parse_slabs(tok, nt, req);
         }
         return 0;
     case 'a':
@@ -660,9 +695,11 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
             parse_storage(tok, ntok, max_value, req);
         } else if (IS("cache_memlimit")) {
             WANT(3, 4);
-            req->cmd = MC_CMD_UNSUPPORTED;
+            req->cmd = MC_CMD_CACHE_MEMLIMIT;
             req->noreply = is_noreply(&tok[ntok - 1]);
-            req->error = ERR_ADMIN;
+            if (mc_strtoul(tok[1].p, &req->memlimit_mb)) {
+                req->action = MC_ACT_LOCAL;
+            }
         }
         return 0;
     case 'i':
@@ -757,7 +794,9 @@ int mc_parse(struct mc_parser *p, char *line, size_t len, uint32_t max_value,
             return 0;
         }
         req->action = MC_ACT_LOCAL;
-    } else if (IS("lru_crawler") || IS("watch") || IS("lru") || IS("extstore")) {
+    } else if (IS("lru_crawler")) {
+        parse_lru_crawler(tok, nt, req);
+    } else if (IS("watch") || IS("lru") || IS("extstore")) {
         req->cmd = MC_CMD_UNSUPPORTED;
         req->error = ERR_ADMIN;
     } else if (looks_like_http(tok, ntok)) {

@@ -11,7 +11,8 @@
  *                                                  |-> META    (mg ms md ma me: the line goes on
  *                                                  |            as the client sent it, ms with
  *                                                  |            a data block of vlen+2 bytes)
- *                                                  |-> LOCAL   (version, stats, verbosity, quit, mn)
+ *                                                  |-> LOCAL   (version, stats, verbosity, quit, mn,
+ *                                                  |            cache_memlimit, lru_crawler metadump)
  *                                                  |-> ERROR   (reply `error`, maybe swallow)
  *                                                  '-> CLOSE
  */
@@ -54,6 +55,8 @@ enum mc_cmd {
     MC_CMD_MA,
     MC_CMD_ME,
     MC_CMD_MN,
+    MC_CMD_CACHE_MEMLIMIT, /* to every node of the pool */
+    MC_CMD_LRU_CRAWLER,    /* `lru_crawler metadump <arg>`: to every node of the pool */
     MC_CMD_UNSUPPORTED, /* a memcached command a gateway cannot honour (slabs, ...) */
     MC_CMD_MAX
 };
@@ -101,7 +104,9 @@ struct mc_request {
 
     struct mc_token *keys; /* get/gets/gat/gats: every key, in the client's order */
     uint32_t nkeys;
-    const char *subcommand; /* stats: first argument or NULL */
+    const char *subcommand; /* stats, lru_crawler: first argument or NULL */
+    const char *arg;        /* stats, lru_crawler: second argument or NULL */
+    uint32_t memlimit_mb;   /* cache_memlimit */
     bool meta_b;            /* meta: flag b, the key is base64 */
 };
 

@@ -41,6 +41,10 @@ struct gw_frag {
     /* A meta command: "mn" follows it to the node, and its reply is every line (and VA
      * data block) before that MN, passed on as it is (backend.c, be_meta_line). */
     bool meta;
+    /* With cb: the reply is lines that begin with this ("STAT ", "key="), ended by the
+     * first line that does not (END, or an error instead); each line may end in a bare
+     * LF, as metadump's do.  NULL: the reply is one line. */
+    const char *cb_body;
     struct gw_backend *be;
     TAILQ_ENTRY(gw_frag) link;
     uint32_t *slots; /* multi-node retrieval: indexes into req->slots, in sent order */

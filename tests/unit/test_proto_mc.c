@@ -856,6 +856,23 @@ static const struct parse_case local_cases[] = {
     ERR("shutdown graceful", E_SHUTDOWN),
     ERR("shutdown noreply", E_SHUTDOWN), /* shutdown never reads noreply */
     ERR("cache_memlimit", E_ERROR),
+    LOCAL("cache_memlimit 100"),
+    LOCAL("cache_memlimit 100 x"),
+    LOCALNR("cache_memlimit 100 noreply"),
+    ERR("cache_memlimit abc", E_ERROR),
+    ERR("cache_memlimit -5", E_ERROR),
+    ERRNR("cache_memlimit abc noreply", E_ERROR),
+    ERR("cache_memlimit 64 noreply extra", E_ERROR),
+    LOCAL("lru_crawler metadump all"),
+    LOCAL("lru_crawler metadump 1,7"),
+    LOCAL("lru_crawler metadump hash"),
+    ERR("lru_crawler metadump", E_ERROR),
+    ERR("lru_crawler metadump all noreply", E_ERROR),
+    ERR("lru_crawler", E_ERROR),
+    ERR("lru_crawler foo", E_ERROR),
+    ERR("lru_crawler mgdump all", E_ERROR),
+    ERR("slabs", E_ERROR),
+    ERR("slabs reassign 1", E_ERROR),
 };
 
 static void test_parse_local(void **state)
@@ -882,6 +899,19 @@ static void test_parse_local(void **state)
     free(copy);
     assert_int_equal(parse("version", 7, &req, &copy), 0);
     assert_int_equal(req.cmd, MC_CMD_VERSION);
+    free(copy);
+    assert_int_equal(parse("stats detail dump", 17, &req, &copy), 0);
+    assert_string_equal(req.subcommand, "detail");
+    assert_string_equal(req.arg, "dump");
+    free(copy);
+    assert_int_equal(parse("cache_memlimit 512", 18, &req, &copy), 0);
+    assert_int_equal(req.cmd, MC_CMD_CACHE_MEMLIMIT);
+    assert_int_equal(req.memlimit_mb, 512);
+    free(copy);
+    assert_int_equal(parse("lru_crawler metadump 1,7", 24, &req, &copy), 0);
+    assert_int_equal(req.cmd, MC_CMD_LRU_CRAWLER);
+    assert_string_equal(req.subcommand, "metadump");
+    assert_string_equal(req.arg, "1,7");
     free(copy);
 }
 
@@ -956,18 +986,22 @@ static void test_parse_meta(void **state)
 
 /*
  * Deliberate differences from memcached (a proxy cannot honour these): admin commands
- * that act on one node (memcached: "watch" -> OK, "cache_memlimit 100" -> OK,
- * "lru_crawler metadump all" dumps keys).  geogate answers a clear SERVER_ERROR.
+ * that change one node's memory layout, crawler or logging (memcached: "watch" -> OK,
+ * "slabs reassign 1 2" -> NOSPARE..., "lru_crawler crawl all" -> OK).  geogate answers a
+ * clear SERVER_ERROR.
  */
 #define E_ADMIN "SERVER_ERROR command not supported through geogate"
 static const struct parse_case unsupported_cases[] = {
     ERR("slabs reassign 1 2", E_ADMIN),
-    ERR("lru_crawler metadump all", E_ADMIN),
+    ERR("slabs automove 1", E_ADMIN),
+    ERR("lru_crawler crawl all", E_ADMIN),
+    ERR("lru_crawler tocrawl 5", E_ADMIN),
+    ERR("lru_crawler sleep 5", E_ADMIN),
+    ERR("lru_crawler enable", E_ADMIN),
+    ERR("lru_crawler disable", E_ADMIN),
     ERR("lru tune", E_ADMIN),
     ERR("watch", E_ADMIN),
     ERR("extstore x", E_ADMIN),
-    ERR("cache_memlimit 100", E_ADMIN),
-    ERRNR("cache_memlimit 100 noreply", E_ADMIN),
 };
 
 static void test_parse_unsupported(void **state)
