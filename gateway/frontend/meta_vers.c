@@ -13,9 +13,14 @@
  *   the text reply ──> gw_meta_vers_reply: HD / NS / EX / NF (+ O, k, b), VA for ma v,
  *          HD held back in quiet mode
  *
- * Flags that need more than the text twin (stale-while-revalidate I/N/R, touch T on mg, ms
- * invalidate I, client versions E, ma autovivify N/J, md x/C) are refused with a
- * SERVER_ERROR that names the flag.  Worker loop only.
+ *   md I ──> gw_vop_invalidate: memcached's own stale mark here, and a stale mark that ships
+ *          (every site marks its copy when older), so each site's next mg wins W once and
+ *          the others read the stale value with X / Z until a fresh ms lands everywhere;
+ *          mg N/R pass to the node (an N placeholder is the node's own, never shipped)
+ *
+ * Flags that need more than that (touch T on mg, ms invalidate I, client versions E, ma
+ * autovivify N/J, md x/C, c/t returned by ma) are refused with a SERVER_ERROR that names
+ * the flag.  Worker loop only.
  */
 #include "gateway/frontend/meta_vers.h"
 
@@ -366,7 +371,7 @@ static void meta_get(struct gw_worker *w, struct gw_req *r, const struct meta_li
         gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;
     }
-    if ((f = meta_refused(ml, "TNRE")) != 0) {
+    if ((f = meta_refused(ml, "TE")) != 0) {
         evbuffer_free(j->cap);
         free(j);
         refuse_flag(r, f);
@@ -422,8 +427,30 @@ void gw_meta_vers_keyed(struct gw_worker *w, struct gw_req *r, const char *line,
         }
         return;
     }
-    if ((f = meta_refused(&ml, cmd == MC_CMD_MD ? "ICTxE" : "NJEct")) != 0) {
+    if ((f = meta_refused(&ml, cmd == MC_CMD_MD ? "CxE" : "NJEct")) != 0) {
         refuse_flag(r, f);
+        return;
+    }
+    if (cmd == MC_CMD_MD && meta_flag(&ml, 'I') != NULL) {
+        int32_t ttl = 0;
+        bool has_ttl = (t = meta_flag(&ml, 'T')) != NULL;
+        if (has_ttl && !tok_i32(t, &ttl)) {
+            gw_req_finish_line(r, "CLIENT_ERROR bad token in command line format");
+            return;
+        }
+        if (remote_peer >= 0) {
+            gw_req_finish_line(r, "SERVER_ERROR the key's node is down; an invalidation is "
+                                  "not failed over yet");
+            return;
+        }
+        if (!meta_text_key(r, &ml, key, &m.nkey)) {
+            return; /* answered */
+        }
+        if (!meta_keep_ret(r, &ml, 0)) {
+            gw_req_finish_line(r, "SERVER_ERROR out of memory");
+            return;
+        }
+        gw_vop_invalidate(w, r, node, key, m.nkey, has_ttl, ttl);
         return;
     }
     memset(&m, 0, sizeof(m));

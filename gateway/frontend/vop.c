@@ -81,6 +81,7 @@ struct vop {
     bool want_cas;
     int remote;            /* peer site the key falls back to (its local node is down), or -1 */
     const char *answer;    /* delete: decided by the gets */
+    bool has_ttl;          /* invalidate (MC_CMD_MD): a new TTL, in exptime */
     struct vop *next_free; /* in the worker's free list */
 };
 
@@ -246,6 +247,7 @@ static void vop_ship(struct vop *v)
         .hdr = &v->nh,
         .value = v->new_val,
         .vlen = v->new_len,
+        .stale = v->cmd == MC_CMD_MD,
     };
     v->shipped = gw_repl_ship(v->w, &it);
 }
@@ -452,6 +454,47 @@ static void vop_retry(struct vop *v)
     vop_gets(v);
 }
 
+/* Invalidate (meta md I): the live item the gets found is marked stale by memcached
+ * itself, if it is still that item (C<cas>). */
+static void vop_mark(struct vop *v)
+{
+    char line[MC_KEY_MAX_LENGTH + 64];
+    int n;
+
+    if (!v->cur.found) {
+        vop_finish(v, "NOT_FOUND");
+        return;
+    }
+    n = snprintf(line, sizeof(line), "md %.*s I C%" PRIu64, (int)v->nkey, v->key, v->cur.cas);
+    if (v->has_ttl) {
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " T%" PRId32, v->exptime);
+    }
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "\r\n");
+    v->step = VOP_WRITE;
+    vop_send(v, &v->frag, v->cap, false, line, (size_t)n, NULL, 0);
+}
+
+/* The node's answer to vop_mark: marked (the mark ships, with a fresh version), lost a
+ * race (read again), or its error. */
+static void vop_marked(struct vop *v, struct evbuffer *reply)
+{
+    char text[256];
+
+    reply_text(reply, text, sizeof(text));
+    if (strcmp(text, "HD") == 0) {
+        uint32_t expiry =
+            v->has_ttl ? mc_expiry_abs(v->exptime, (uint32_t)time(NULL)) : v->cur.hdr.expiry;
+        vop_stamp(v, expiry, false);
+        v->nh.client_flags = v->cur.hdr.client_flags;
+        vop_ship(v);
+        vop_finish(v, "DELETED");
+    } else if (strcmp(text, "EX") == 0 || strcmp(text, "NF") == 0) {
+        vop_retry(v);
+    } else {
+        vop_finish(v, text);
+    }
+}
+
 static void vop_delete_done(struct vop *v)
 {
     const char *answer = v->answer;
@@ -512,6 +555,10 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
             vop_finish(v, text);
             return;
         }
+        if (v->cmd == MC_CMD_MD) {
+            vop_mark(v);
+            return;
+        }
         vop_after_read(v);
         return;
     case VOP_CHECK: {
@@ -526,6 +573,10 @@ static void vop_cb(struct gw_frag *frag, struct evbuffer *reply, const char *err
         return;
     }
     case VOP_WRITE:
+        if (v->cmd == MC_CMD_MD) {
+            vop_marked(v, reply);
+            return;
+        }
         next = gw_vop_after_write(v->cmd, false, vop_reply_kind(reply));
         if (next == GW_VOP_NEXT_STORED && v->touch != NULL) {
             /* gat: hand back the item as it was read, then maybe its new cas */
@@ -722,4 +773,18 @@ void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const st
     vop_send(v, &v->frag, v->cap, true, line, (size_t)n, NULL, 0);
     vop_stamp(v, (uint32_t)time(NULL) + w->srv->tombstone_ttl_s, true);
     vop_write(v, &v->frag2, v->cap2, GW_ITEM_SET, 0);
+}
+
+void gw_vop_invalidate(struct gw_worker *w, struct gw_req *r, uint32_t node, const char *key,
+                       uint32_t nkey, bool has_ttl, int32_t ttl)
+{
+    struct vop *v = vop_new(w, r, MC_CMD_MD, node, key, nkey);
+
+    if (v == NULL) {
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    v->has_ttl = has_ttl;
+    v->exptime = ttl;
+    vop_gets(v);
 }

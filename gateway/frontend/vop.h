@@ -30,6 +30,13 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
 void gw_vop_keyed(struct gw_worker *w, struct gw_req *r, uint32_t node, const struct mc_request *m,
                   int remote_peer);
 
+/* Meta `md <key> I [T<ttl>]` (stale-while-revalidate): the live item is marked stale by
+ * memcached itself (its value kept) and a stale mark ships with a fresh version, which
+ * every peer applies to its copy when that copy is older (apply.c).  Answers DELETED, or
+ * NOT_FOUND when there is no live item (then nothing ships). */
+void gw_vop_invalidate(struct gw_worker *w, struct gw_req *r, uint32_t node, const char *key,
+                       uint32_t nkey, bool has_ttl, int32_t ttl);
+
 /* What a gat/gats returns for one key: the item as it was when touched (memcached's
  * gat returns the item and then applies the new expiry), with the cas it has after the
  * touch when want_cas. */

@@ -50,7 +50,7 @@ struct gw_spool_pending {
     size_t len, cap;
     struct pending_ent {
         size_t koff, klen, doff, dlen;
-    } *ent;
+    } * ent;
     struct wan_spool_item *items;
     size_t n, max;
 };
@@ -113,7 +113,7 @@ static void pending_free(struct gw_worker *w)
 }
 
 /* The most bytes a packed Mutation takes besides its key and value: a tag and a length or
- * value of at most 5 bytes for each of its 9 fields, 8 for the fixed64 hlc. */
+ * value of at most 5 bytes for each of its 10 fields, 8 for the fixed64 hlc. */
 #define MUTATION_PACKED_EXTRA 64
 
 /* Pack m for key into the worker's pending records.  False when out of memory. */
@@ -148,8 +148,8 @@ static bool pending_add(struct gw_worker *w, const char *key, uint32_t nkey,
 
 /* Pack one item as a Mutation and spool it: with seq, now (the caller waits for its ack);
  * without, at the end of the pass.  site_id 0 means "the shipper's own". */
-static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombstone,
-                       bool own, uint64_t *seq)
+static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombstone, bool own,
+                       uint64_t *seq)
 {
     struct gw_repl *repl = w->srv->repl;
     Geogate__Wan__V1__Mutation m = GEOGATE__WAN__V1__MUTATION__INIT;
@@ -157,10 +157,24 @@ static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombs
     uint8_t *buf = stackbuf;
     size_t len;
     int rc;
+    /* The spool compacts by its record key (a later record of a key supersedes an earlier
+     * one): a stale mark must not supersede the write before it, so it has a key of its
+     * own ("\x01" + key). */
+    char markkey[MC_KEY_MAX_LENGTH + 1];
+    const char *skey = it->key;
+    uint32_t nskey = it->nkey;
 
+    if (it->stale && it->nkey <= MC_KEY_MAX_LENGTH) {
+        markkey[0] = '\x01';
+        memcpy(markkey + 1, it->key, it->nkey);
+        skey = markkey;
+        nskey = it->nkey + 1;
+    }
     m.key.data = (uint8_t *)it->key;
     m.key.len = it->nkey;
-    if (!tombstone && !it->hdr->tombstone) {
+    if (it->stale) {
+        m.stale = true;
+    } else if (!tombstone && !it->hdr->tombstone) {
         m.value.data = (uint8_t *)it->value;
         m.value.len = it->vlen;
     } else {
@@ -173,7 +187,7 @@ static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombs
         m.site_id = it->hdr->version.site_id;
         m.gateway_id = it->hdr->version.gateway_id;
     }
-    if (seq == NULL && pending_add(w, it->key, it->nkey, &m)) {
+    if (seq == NULL && pending_add(w, skey, nskey, &m)) {
         w->repl_appended = true;
         STAT_INCR(&w->stats, repl_queued);
         return true;
@@ -188,7 +202,7 @@ static bool spool_item(struct gw_worker *w, const struct gw_item *it, bool tombs
         }
     }
     geogate__wan__v1__mutation__pack(&m, buf);
-    rc = wan_spool_append(repl->spool, it->key, it->nkey, buf, len, seq);
+    rc = wan_spool_append(repl->spool, skey, nskey, buf, len, seq);
     if (buf != stackbuf) {
         free(buf);
     }
@@ -321,8 +335,7 @@ void gw_repl_ship_local(struct gw_worker *w, const struct gw_item *it)
         rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_NONE) {
         return;
     }
-    spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false,
-               NULL);
+    spool_item(w, it, rule_for(w->srv->cfg, it->key, it->nkey) == GW_REPL_INVALIDATE, false, NULL);
 }
 
 void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
@@ -342,7 +355,7 @@ void gw_repl_ship_flush(struct gw_worker *w, int32_t delay)
     m.expiry = delay > 0 ? mc_expiry_abs(delay, (uint32_t)time(NULL)) : 0;
     len = geogate__wan__v1__mutation__get_packed_size(&m);
     geogate__wan__v1__mutation__pack(&m, buf);
-    gw_repl_spool_flush(w); /* after the writes before it */
+    gw_repl_spool_flush(w);                                      /* after the writes before it */
     rc = wan_spool_append(repl->spool, NULL, 0, buf, len, NULL); /* never compacted away */
     if (rc != 0) {
         __atomic_add_fetch(&repl->spool_errors, 1, __ATOMIC_RELAXED); /* the spool logs it */
@@ -396,4 +409,3 @@ void gw_repl_pass_end(struct gw_worker *w)
         event_active(repl->kick_ev, EV_READ, 0);
     }
 }
-

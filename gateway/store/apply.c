@@ -27,7 +27,7 @@
 
 #define APPLY_MAX_TRIES 32
 #define APPLY_NEWER_MAX 1024 /* newer items carried back in one ack; the rest are spooled */
-#define APPLY_GETS_KEYS 64      /* keys per batched `gets` to one node */
+#define APPLY_GETS_KEYS 64   /* keys per batched `gets` to one node */
 
 /* What a batch is for (see apply.h for who uses which). */
 enum apply_mode {
@@ -78,21 +78,19 @@ struct apply_gets {
     struct apply_op *ops[APPLY_GETS_KEYS];
 };
 
-
 /* Failures of one node repeat for every key of every batch until it is back: one line per
  * 10 s per worker thread, with how many were held back. */
 static _Thread_local struct gw_log_gate apply_log_gate;
 
-#define apply_warn(...)                                                                     \
-    do {                                                                                    \
-        uint64_t held_;                                                                     \
-        if (gw_log_gate_pass(&apply_log_gate, gw_mono_ms(), 10000, &held_)) {               \
-            log_warn(__VA_ARGS__);                                                          \
-            if (held_ > 0) {                                                                \
-                log_warn("(%" PRIu64 " more failed applies in the last 10 s not logged)",   \
-                         held_);                                                            \
-            }                                                                               \
-        }                                                                                   \
+#define apply_warn(...)                                                                            \
+    do {                                                                                           \
+        uint64_t held_;                                                                            \
+        if (gw_log_gate_pass(&apply_log_gate, gw_mono_ms(), 10000, &held_)) {                      \
+            log_warn(__VA_ARGS__);                                                                 \
+            if (held_ > 0) {                                                                       \
+                log_warn("(%" PRIu64 " more failed applies in the last 10 s not logged)", held_);  \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *error);
@@ -188,6 +186,26 @@ static void op_write(struct apply_op *op)
     }
 }
 
+/* A stale mark (m->stale) over the live local item the gets found: memcached's own
+ * invalidation, only if that item is still the one read (C<cas>), with the mark's expiry
+ * (T) when it carries one. */
+static void op_mark(struct apply_op *op)
+{
+    const Geogate__Wan__V1__Mutation *m = op->m;
+    char line[MC_KEY_MAX_LENGTH + 64];
+    uint32_t now = (uint32_t)time(NULL);
+    int n = snprintf(line, sizeof(line), "md %.*s I C%" PRIu64, (int)m->key.len,
+                     (const char *)m->key.data, op->cas);
+
+    if (m->expiry != 0) {
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " T%" PRIu32,
+                      m->expiry > now ? m->expiry - now : 1);
+    }
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "\r\n");
+    op->writing = true;
+    op_send(op, line, (size_t)n, NULL, false);
+}
+
 /* Whether line (n bytes with its CRLF) is word. */
 static bool line_is(const char *line, size_t n, const char *word)
 {
@@ -264,6 +282,13 @@ static void op_decide(struct apply_op *op, const struct gw_item_view *local)
     struct gw_server *srv = op->b->w->srv;
     enum gw_apply_verdict verdict;
 
+    if (op->b->mode == APPLY_MODE_RESTAMP && op->m->stale) {
+        /* a stale mark stamped ahead is not re-stamped: the write it marked was (its own
+         * record); the mark is dropped (docs/META.md) */
+        op->b->rejected++;
+        op_free(op);
+        return;
+    }
     if (op->b->mode == APPLY_MODE_RESTAMP) {
         /* The item a clock since put right stamped, written again as if written now,
          * unless a later write replaced it here (that write's own record ships it). */
@@ -275,6 +300,18 @@ static void op_decide(struct apply_op *op, const struct gw_item_view *local)
         }
     } else {
         verdict = gw_apply_decide(&op->nh.version, local);
+    }
+    if (verdict == GW_APPLY_WRITE && op->m->stale) {
+        /* a stale mark: nothing live here to mark, or a live item older than the mark */
+        if (local == NULL || !local->found) {
+            op->b->rejected++;
+            op_free(op);
+            return;
+        }
+        op->present = true;
+        op->cas = local->cas;
+        op_mark(op);
+        return;
     }
     if (verdict == GW_APPLY_WRITE) {
         op->present = local != NULL;
@@ -311,7 +348,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
          * will ship it again after a reconnect only if we fail the stream, so count it
          * and log it.  (A down node means the site is failing over anyway.) */
         apply_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
-                 (const char *)op->m->key.data, error);
+                   (const char *)op->m->key.data, error);
         op->b->failed = true; /* not acked: the peer ships it again */
         op_free(op);
         return;
@@ -321,8 +358,8 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         bool present;
 
         if (gw_gets_one(reply, &local, &present, err, sizeof(err)) != 0) {
-            apply_warn("apply of key %.*s: %s", (int)op->m->key.len,
-                     (const char *)op->m->key.data, err);
+            apply_warn("apply of key %.*s: %s", (int)op->m->key.len, (const char *)op->m->key.data,
+                       err);
             op->b->rejected++;
             op_free(op);
             return;
@@ -340,7 +377,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         if (len > n) {
             evbuffer_drain(reply, len - n);
         }
-        if (line_is(text, len, "STORED")) {
+        if (line_is(text, len, op->m->stale ? "HD" : "STORED")) {
             op->b->applied++;
             if (op->b->mode == APPLY_MODE_RESTAMP) {
                 /* The re-stamped item replaces the one peers refused: it ships like a write. */
@@ -357,7 +394,8 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
             return;
         }
         if ((line_is(text, len, "EXISTS") || line_is(text, len, "NOT_FOUND") ||
-             line_is(text, len, "NOT_STORED")) &&
+             line_is(text, len, "NOT_STORED") || line_is(text, len, "EX") ||
+             line_is(text, len, "NF")) &&
             ++op->tries < APPLY_MAX_TRIES) {
             op_gets(op); /* a local write landed between our gets and our write */
             return;
@@ -365,7 +403,7 @@ static void op_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
         text[n] = '\0';
         text[strcspn(text, "\r\n")] = '\0';
         apply_warn("apply of key %.*s refused by the node: %s", (int)op->m->key.len,
-                 (const char *)op->m->key.data, text);
+                   (const char *)op->m->key.data, text);
     }
     op->b->rejected++;
     op_free(op);
@@ -402,7 +440,7 @@ static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
             }
             if (!local.has_cas) {
                 apply_warn("apply of key %.*s: SERVER_ERROR unexpected reply from node",
-                         (int)local.nkey, local.key);
+                           (int)local.nkey, local.key);
                 g->ops[k]->b->rejected++;
                 op_free(g->ops[k++]);
             } else {
@@ -419,12 +457,12 @@ static void gets_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
             op_decide(op, NULL); /* after END: absent */
         } else if (error != NULL) {
             apply_warn("apply of key %.*s failed: %s", (int)op->m->key.len,
-                     (const char *)op->m->key.data, error);
+                       (const char *)op->m->key.data, error);
             op->b->failed = true; /* not acked: the peer ships it again */
             op_free(op);
         } else {
-            apply_warn("apply of key %.*s: %s", (int)op->m->key.len,
-                     (const char *)op->m->key.data, why);
+            apply_warn("apply of key %.*s: %s", (int)op->m->key.len, (const char *)op->m->key.data,
+                       why);
             op->b->rejected++;
             op_free(op);
         }
@@ -534,9 +572,11 @@ static int cmp_version(const Geogate__Wan__V1__Mutation *x, const Geogate__Wan__
     return x->gateway_id > y->gateway_id ? -1 : (x->gateway_id < y->gateway_id ? 1 : 0);
 }
 
+/* A stale mark and a write of one key are not the same thing: neither drops the other. */
 static bool same_key(const Geogate__Wan__V1__Mutation *x, const Geogate__Wan__V1__Mutation *y)
 {
-    return x->key.len == y->key.len && memcmp(x->key.data, y->key.data, x->key.len) == 0;
+    return x->key.len == y->key.len && x->stale == y->stale &&
+           memcmp(x->key.data, y->key.data, x->key.len) == 0;
 }
 
 static uint32_t key_hash(const uint8_t *key, size_t len)
@@ -672,7 +712,8 @@ static void batch_run(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, e
 
         lose = calloc(n, sizeof(*lose));
         b->ops = malloc(n * sizeof(*b->ops));
-        lost = lose != NULL && b->ops != NULL ? batch_dedup(ms, n, lose, mode == APPLY_MODE_RESTAMP) : -1;
+        lost = lose != NULL && b->ops != NULL ? batch_dedup(ms, n, lose, mode == APPLY_MODE_RESTAMP)
+                                              : -1;
         if (lost < 0) {
             free(gets);
             free(lose);
@@ -687,8 +728,8 @@ static void batch_run(struct gw_worker *w, Geogate__Wan__V1__ShipRequest *req, e
         if (!lose[i] && ms[i]->flush && mode == APPLY_MODE_RESTAMP) {
             /* A flush has no local copy to re-stamp: it ships again with a fresh version. */
             if (w->srv->apply_ship != NULL) {
-                w->srv->apply_ship->flush(w, ms[i]->expiry > now ? (int32_t)(ms[i]->expiry - now)
-                                                                 : 0);
+                w->srv->apply_ship->flush(w,
+                                          ms[i]->expiry > now ? (int32_t)(ms[i]->expiry - now) : 0);
             }
             b->applied++;
         } else if (!lose[i] && ms[i]->flush) {
@@ -838,8 +879,7 @@ static void read_cb(struct gw_frag *frag, struct evbuffer *reply, const char *er
     char err[128];
 
     /* The item borrows the reply: j->caps[i] lives until the answer is sent. */
-    if (error == NULL && gw_gets_one(reply, &local, &present, err, sizeof(err)) == 0 &&
-        present) {
+    if (error == NULL && gw_gets_one(reply, &local, &present, err, sizeof(err)) == 0 && present) {
         const struct gw_item_view *c = &local;
         Geogate__Wan__V1__Mutation *m = &j->muts[i];
         j->items[i].found = c->found;
@@ -872,8 +912,8 @@ void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,
     j->muts = calloc(n ? n : 1, sizeof(*j->muts));
     j->frags = calloc(n ? n : 1, sizeof(*j->frags));
     j->caps = calloc(n ? n : 1, sizeof(*j->caps));
-    if (j->items == NULL || j->itemp == NULL || j->muts == NULL ||
-        j->frags == NULL || j->caps == NULL) {
+    if (j->items == NULL || j->itemp == NULL || j->muts == NULL || j->frags == NULL ||
+        j->caps == NULL) {
         goto oom_job;
     }
     geogate__wan__v1__read_response__init(&j->resp);
@@ -903,8 +943,7 @@ void gw_apply_read(struct gw_worker *w, Geogate__Wan__V1__ReadRequest *req,
         len = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)req->keys[i].len,
                        (const char *)req->keys[i].data);
         j->pending++;
-        gw_backend_send(gw_worker_backend(w, gw_pool_route(w->pool,
-                                                           (const char *)req->keys[i].data,
+        gw_backend_send(gw_worker_backend(w, gw_pool_route(w->pool, (const char *)req->keys[i].data,
                                                            (uint32_t)req->keys[i].len)),
                         &j->frags[i], line, (size_t)len, NULL, 0);
     }

@@ -27,6 +27,7 @@ struct gw_item {
     const struct wan_item_header *hdr;
     const uint8_t *value;
     size_t vlen;
+    bool stale; /* shipped as a stale mark (meta md I): no value, hdr's version and expiry */
 };
 
 /* ---- reading ------------------------------------------------------------------------ */

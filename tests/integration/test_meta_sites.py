@@ -1,12 +1,18 @@
-"""Meta commands on replicating sites (issue 16, point 2): real memcached, two real geogate
-sites replicating over mTLS gRPC (multisite.Lab).
+"""Meta commands on replicating sites (issue 16, points 2 and 3): real memcached, real
+geogate sites replicating over mTLS gRPC (multisite.Lab).
 
 A meta command keeps its meaning over the 32-byte version header: `s` is the client's
 value size, `f` the client's flags, `v` the client's value, `c` the cas a `gets` gives,
 and every meta write ships like its text twin (ms: set/add/append/prepend/replace/cas,
 md: a tombstone, ma: incr/decr).  What needs more than the twin (stale-while-revalidate,
 mg T, client versions E) is refused with a SERVER_ERROR naming the flag, never silently.
+
+Stale-while-revalidate across sites (three sites): `md <key> I` at one site marks the item
+stale there and ships a stale mark; at every site the next `mg` wins the recache (W) once
+and every other reader gets the stale value with X and Z, never a miss, until a fresh `ms`
+lands, which ships and clears the mark everywhere.
 """
+import threading
 import os
 import socket
 import sys
@@ -114,15 +120,78 @@ class MetaSitesTest(unittest.TestCase):
     def test_what_needs_more_is_refused_out_loud(self):
         a = self.a
         exchange(a, b"ms r:1 2\r\nhi\r\n")
-        for cmd, flag in ((b"mg r:1 v T30\r\n", b"T"), (b"mg r:1 v N30\r\n", b"N"),
-                          (b"md r:1 I\r\n", b"I"), (b"ms r:1 2 I\r\nhi\r\n", b"I"),
-                          (b"ma r:1 N0 J5\r\n", b"N")):
+        for cmd, flag in ((b"mg r:1 v T30\r\n", b"T"), (b"md r:1 C5\r\n", b"C"),
+                          (b"ms r:1 2 I\r\nhi\r\n", b"I"), (b"ma r:1 N0 J5\r\n", b"N")):
             out = exchange(a, cmd)
             self.assertEqual(out, b"SERVER_ERROR meta flag " + flag +
                              b" is not supported on a replicating geogate yet\r\n", cmd)
         # the refused ms swallowed its block: the connection still reads commands
         self.assertEqual(exchange(a, b"ms r:1 2 I\r\nhi\r\nmg r:1 v\r\n").split(b"\r\n")[1:3],
                          [b"VA 2", b"hi"])
+
+
+class StaleWhileRevalidateTest(unittest.TestCase):
+    SITES = ["us-east", "eu-west", "ap-south"]
+
+    def test_one_recache_per_site_no_miss_then_converge(self):
+        with Lab(self.SITES, nodes=2) as lab:
+            ports = {n: lab.sites[n].port for n in self.SITES}
+            self.assertEqual(exchange(ports["us-east"], b"ms swr:hot 3 T300\r\nold\r\n"),
+                             b"HD\r\n")
+            lab.wait_drained(60 * SLOW)
+            # invalidate at one site; the mark reaches the others
+            self.assertEqual(exchange(ports["eu-west"], b"md swr:hot I T60 q\r\n"), b"")
+            self.assertEqual(exchange(ports["eu-west"], b"md swr:none I\r\n"), b"NF\r\n")
+            lab.wait_drained(60 * SLOW)
+            # 8 readers per site at once, 5 reads each
+            replies = {n: [] for n in self.SITES}
+            lock = threading.Lock()
+
+            def reader(site):
+                for _ in range(5):
+                    out = exchange(ports[site], b"mg swr:hot v\r\n")
+                    with lock:
+                        replies[site].append(out)
+            threads = [threading.Thread(target=reader, args=(n,)) for n in self.SITES
+                       for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60 * SLOW)
+            for site in self.SITES:
+                got = replies[site]
+                self.assertEqual(len(got), 40, site)
+                heads = [r.split(b"\r\n")[0] for r in got]
+                values = [r.split(b"\r\n")[1] for r in got]
+                self.assertEqual(values, [b"old"] * 40, site)  # no reader misses
+                self.assertTrue(all(b" X" in h for h in heads), (site, heads))  # all stale
+                wins = [h for h in heads if b" W" in h]
+                self.assertEqual(len(wins), 1, (site, heads))  # exactly one recache win
+                self.assertEqual(sum(1 for h in heads if b" Z" in h), 39, (site, heads))
+                print("    %s: 40 reads, 1 W, 39 Z, all X, value old" % site, file=sys.stderr)
+            # the winner at one site recaches: the fresh value lands everywhere, unmarked
+            self.assertEqual(exchange(ports["ap-south"], b"ms swr:hot 3 T300\r\nnew\r\n"),
+                             b"HD\r\n")
+            lab.wait_drained(60 * SLOW)
+            for site in self.SITES:
+                self.assertEqual(exchange(ports[site], b"mg swr:hot v\r\nget swr:hot\r\n"),
+                                 b"VA 3\r\nnew\r\nVALUE swr:hot 0 3\r\nnew\r\nEND\r\n", site)
+
+    def test_placeholder_is_local_and_older_marks_lose(self):
+        with Lab(self.SITES[:2], nodes=1) as lab:
+            a, b = lab.sites["us-east"].port, lab.sites["eu-west"].port
+            # N on a miss: a placeholder at this site only, never shipped
+            self.assertEqual(exchange(a, b"mg swr:ph v N30\r\nmg swr:ph v N30\r\n"),
+                             b"VA 0 W\r\n\r\nVA 0 Z\r\n\r\n")
+            # a fresh write after the invalidation wins over the mark at every site
+            exchange(a, b"ms swr:k 1\r\n1\r\n")
+            lab.wait_drained(60 * SLOW)
+            self.assertEqual(exchange(a, b"md swr:k I\r\nms swr:k 1\r\n2\r\n"),
+                             b"HD\r\nHD\r\n")
+            lab.wait_drained(60 * SLOW)
+            self.assertEqual(exchange(b, b"mg swr:ph v\r\n"), b"EN\r\n")
+            for port in (a, b):
+                self.assertEqual(exchange(port, b"mg swr:k v\r\n"), b"VA 1\r\n2\r\n")
 
 
 if __name__ == "__main__":
