@@ -39,6 +39,8 @@
 #include "gateway/protocol/req.h"
 #include "gateway/store/item.h"
 #include "gateway/frontend/vop.h"
+#include "gateway/server.h"
+#include "wan/version.h"
 
 #define META_MAX_TOKENS 24
 #define META_RET_MAX 320
@@ -504,7 +506,7 @@ void gw_meta_vers_store(struct gw_worker *w, struct gw_req *r, struct gw_store_p
         gw_req_finish_line(r, "CLIENT_ERROR bad command line format");
         return;
     }
-    if ((f = meta_refused(&ml, "INEc")) != 0) {
+    if ((f = meta_refused(&ml, "INc")) != 0) {
         evbuffer_drain(in, st->vlen);
         refuse_flag(r, f);
         return;
@@ -544,6 +546,20 @@ void gw_meta_vers_store(struct gw_worker *w, struct gw_req *r, struct gw_store_p
         }
         if (st->cmd == MC_CMD_SET) {
             st->cmd = MC_CMD_CAS;
+        }
+    }
+    st->client_version = 0;
+    if ((t = meta_flag(&ml, 'E')) != NULL) {
+        /* The client's own version (docs/REPLICATION.md, "Client versions"): the version's
+         * clock part, so E writes order among themselves by token and against clock
+         * writes by time; never ahead of our clock, which peers would refuse. */
+        if (!tok_u64(t, &st->client_version) || st->client_version == 0) {
+            goto bad_token;
+        }
+        if (st->client_version > wan_hlc_now(&w->srv->hlc)) {
+            evbuffer_drain(in, st->vlen);
+            gw_req_finish_line(r, "CLIENT_ERROR version E is ahead of the gateway's clock");
+            return;
         }
     }
     if (!meta_text_key(r, &ml, key, &nkey)) {

@@ -29,8 +29,9 @@ struct gw_store_pending {
     uint64_t cas_unique;
     uint16_t nkey;
     char key[MC_KEY_MAX_LENGTH + 1];
-    int remote;      /* the key's node is down: peer site to carry the write out at, or -1 */
-    char *meta_line; /* ms: the line as the client sent it, with "\r\n" (client_meta.c) */
+    int remote; /* the key's node is down: peer site to carry the write out at, or -1 */
+    uint64_t client_version; /* meta ms E<token>: the version to write with; 0: the clock's */
+    char *meta_line;         /* ms: the line as the client sent it, with "\r\n" (client_meta.c) */
     uint32_t meta_len, meta_cap;
 };
 

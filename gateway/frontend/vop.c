@@ -79,10 +79,11 @@ struct vop {
     void *on_done_arg;
     struct gw_touch_result *touch; /* gat: where the answer goes */
     bool want_cas;
-    int remote;            /* peer site the key falls back to (its local node is down), or -1 */
-    const char *answer;    /* delete: decided by the gets */
-    bool has_ttl;          /* invalidate (MC_CMD_MD): a new TTL, in exptime */
-    struct vop *next_free; /* in the worker's free list */
+    int remote;              /* peer site the key falls back to (its local node is down), or -1 */
+    const char *answer;      /* delete: decided by the gets */
+    bool has_ttl;            /* invalidate (MC_CMD_MD): a new TTL, in exptime */
+    uint64_t client_version; /* meta ms E<token>: the version's clock part; 0: ours */
+    struct vop *next_free;   /* in the worker's free list */
 };
 
 /* Ends v: what it owns is freed; v and its capture buffer go back to the worker's list. */
@@ -232,7 +233,7 @@ static void vop_stamp(struct vop *v, uint32_t expiry, bool tombstone)
     struct gw_server *srv = v->w->srv;
 
     memset(&v->nh, 0, sizeof(v->nh));
-    v->nh.version.hlc = wan_hlc_now(&srv->hlc);
+    v->nh.version.hlc = v->client_version != 0 ? v->client_version : wan_hlc_now(&srv->hlc);
     v->nh.version.site_id = srv->site_id;
     v->nh.version.gateway_id = (uint16_t)srv->cfg->gateway_id;
     v->nh.expiry = expiry;
@@ -669,6 +670,7 @@ void gw_vop_store(struct gw_worker *w, struct gw_req *r, const struct gw_store_p
     v->flags = flags;
     v->exptime = exptime;
     v->cas_unique = cas_unique;
+    v->client_version = st->client_version;
     v->ndata = st->vlen - 2;
     v->data = malloc(v->ndata + 1);
     if (v->data == NULL) {

@@ -117,6 +117,24 @@ class MetaSitesTest(unittest.TestCase):
         self.drained()
         self.assertEqual(exchange(b, b"mg q:1 v\r\n"), b"VA 2\r\nzz\r\n")
 
+    def test_client_versions_order_among_themselves(self):
+        a, b = self.a, self.b
+        # E<token> is the version's clock part: the higher token wins wherever it was
+        # written and whenever it arrives; a write on the clock beats any token in the past
+        self.assertEqual(exchange(a, b"ms e:1 4 E100\r\nv100\r\n"), b"HD\r\n")
+        self.assertEqual(exchange(b, b"ms e:1 3 E50\r\nv50\r\n"), b"HD\r\n")
+        self.drained()
+        for port in (a, b):
+            self.assertEqual(exchange(port, b"mg e:1 v\r\n"), b"VA 4\r\nv100\r\n")
+        self.assertEqual(exchange(b, b"ms e:1 3 E18446744073709551615\r\nbig\r\n"),
+                         b"CLIENT_ERROR version E is ahead of the gateway's clock\r\n")
+        self.assertEqual(exchange(b, b"ms e:1 3 Eabc\r\nbad\r\n"),
+                         b"CLIENT_ERROR bad token in command line format\r\n")
+        self.assertEqual(exchange(b, b"ms e:1 5\r\nclock\r\n"), b"HD\r\n")
+        self.drained()
+        for port in (a, b):
+            self.assertEqual(exchange(port, b"mg e:1 v\r\n"), b"VA 5\r\nclock\r\n")
+
     def test_what_needs_more_is_refused_out_loud(self):
         a = self.a
         exchange(a, b"ms r:1 2\r\nhi\r\n")
