@@ -129,14 +129,14 @@ static bool meta_keep_ret(struct gw_req *r, const struct meta_line *ml, uint8_t 
     if (meta_flag(ml, 'q') != NULL) {
         r->meta_x |= GW_META_X_QUIET;
     }
-    if ((t = meta_flag(ml, 'O')) != NULL && n + t->len + 1 < sizeof(ret)) {
-        n += (size_t)snprintf(ret + n, sizeof(ret) - n, " %.*s", (int)t->len, t->p);
-    }
-    if (meta_flag(ml, 'k') != NULL && n + ml->tok[1].len + 2 < sizeof(ret)) {
-        n +=
-            (size_t)snprintf(ret + n, sizeof(ret) - n, " k%.*s", (int)ml->tok[1].len, ml->tok[1].p);
-        if (meta_flag(ml, 'b') != NULL) {
-            n += (size_t)snprintf(ret + n, sizeof(ret) - n, " b");
+    /* in the order the client gave them, as memcached writes them */
+    for (uint32_t i = ml->first_flag; i < ml->ntok; i++) {
+        t = &ml->tok[i];
+        if (t->p[0] == 'O' && n + t->len + 1 < sizeof(ret)) {
+            n += (size_t)snprintf(ret + n, sizeof(ret) - n, " %.*s", (int)t->len, t->p);
+        } else if (t->p[0] == 'k' && n + ml->tok[1].len + 4 < sizeof(ret)) {
+            n += (size_t)snprintf(ret + n, sizeof(ret) - n, " k%.*s%s", (int)ml->tok[1].len,
+                                  ml->tok[1].p, meta_flag(ml, 'b') != NULL ? " b" : "");
         }
     }
     if (n > 0 && (r->meta_ret = strndup(ret, n)) == NULL) {
@@ -261,11 +261,21 @@ struct mg_job {
     struct meta_line ml;
 };
 
-static void mg_miss(struct mg_job *j, struct evbuffer *out)
+/* A miss, with the return flags memcached puts on EN (O, k, b) from the node's reply
+ * line rl. */
+static void mg_miss(struct mg_job *j, const struct meta_line *rl, struct evbuffer *out)
 {
-    if (!j->quiet) {
-        evbuffer_add(out, "EN\r\n", 4);
+    if (j->quiet) {
+        return;
     }
+    evbuffer_add(out, "EN", 2);
+    for (uint32_t i = rl->first_flag; i < rl->ntok; i++) {
+        const struct mc_token *t = &rl->tok[i];
+        if (t->p[0] == 'O' || t->p[0] == 'k' || (t->p[0] == 'b' && t->len == 1)) {
+            evbuffer_add_printf(out, " %.*s", (int)t->len, t->p);
+        }
+    }
+    evbuffer_add(out, "\r\n", 2);
 }
 
 /* The node's reply to our mg, in the client's words, into out. */
@@ -287,7 +297,9 @@ static void mg_rewrite(struct mg_job *j, struct evbuffer *reply, struct evbuffer
     }
     llen = (size_t)(eol - p) - 1;
     if (llen >= 2 && memcmp(p, "EN", 2) == 0) {
-        mg_miss(j, out);
+        if (!j->quiet) {
+            evbuffer_add_buffer(out, reply); /* memcached's own EN line, flags and all */
+        }
         return;
     }
     if (!mc_meta_va_bytes(p, llen, &bytes) || (size_t)(eol - p) + 1 + bytes + 2 > total ||
@@ -314,7 +326,7 @@ static void mg_rewrite(struct mg_job *j, struct evbuffer *reply, struct evbuffer
     gw_item_view_decode(&view, &mr, (const uint8_t *)eol + 1, bytes);
     if (!view.found ||
         (view.versioned && view.hdr.expiry != 0 && view.hdr.expiry <= (uint32_t)time(NULL))) {
-        mg_miss(j, out);
+        mg_miss(j, &rl, out);
         return;
     }
     if (j->want_v) {

@@ -88,6 +88,11 @@ class MetaSitesTest(unittest.TestCase):
             self.assertEqual(exchange(port, b"mg w:gone v\r\nmg w:gone\r\nget w:gone\r\n"),
                              b"EN\r\nEN\r\nEND\r\n")
             self.assertEqual(exchange(port, b"mg w:none v\r\n"), b"EN\r\n")
+            # the return flags a miss carries, in the client's order, as memcached's
+            self.assertEqual(exchange(port, b"mg w:none v O9 k\r\nmg w:gone k v O1\r\n"),
+                             b"EN O9 kw:none\r\nEN kw:gone O1\r\n")
+        self.assertEqual(exchange(a, b"ms w:ret 1 k O5\r\nx\r\nmd w:ret O6 k\r\n"),
+                         b"HD kw:ret O5\r\nHD O6 kw:ret\r\n")
 
     def test_cas_is_the_cas_gets_gives(self):
         a = self.a
