@@ -18,7 +18,9 @@
  *          the others read the stale value with X / Z until a fresh ms lands everywhere;
  *          mg N/R pass to the node (an N placeholder is the node's own, never shipped)
  *
- * Flags that need more than that (touch T on mg, ms invalidate I, client versions E, ma
+ * mg T touches first (vop touch: the new expiry reaches the header and ships, as gat's).
+ *
+ * Flags that need more than that (ms invalidate I, client versions E, ma
  * autovivify N/J, md x/C, c/t returned by ma) are refused with a SERVER_ERROR that names
  * the flag.  Worker loop only.
  */
@@ -255,10 +257,14 @@ void gw_meta_vers_reply(struct gw_req *r)
 
 struct mg_job {
     struct gw_req *r;
+    struct gw_worker *w;
+    uint32_t node;
     struct gw_frag frag;
     struct evbuffer *cap;
     bool quiet, want_v, want_f;
-    struct meta_line ml;
+    struct gw_touch_result touch; /* T: the touch that goes first */
+    size_t n;
+    char line[2100]; /* the mg the node gets */
 };
 
 /* A miss, with the return flags memcached puts on EN (O, k, b) from the node's reply
@@ -372,11 +378,40 @@ static void mg_cb(struct gw_frag *frag, struct evbuffer *reply, const char *erro
     free(j);
 }
 
+static void mg_send(struct mg_job *j)
+{
+    j->frag.cb = mg_cb;
+    j->frag.cb_arg = j;
+    j->frag.capture = j->cap;
+    j->frag.meta = true;
+    gw_backend_send(gw_worker_backend(j->w, j->node), &j->frag, j->line, j->n, NULL, 0);
+}
+
+/* mg T: the touch (a versioned write, shipped) is done; now the read. */
+static void mg_touched(void *arg)
+{
+    struct mg_job *j = arg;
+
+    free(j->touch.val);
+    j->touch.val = NULL;
+    if (j->touch.failed) {
+        j->r->pending = 0;
+        gw_req_finish_line(j->r, j->touch.error);
+        evbuffer_free(j->cap);
+        free(j);
+        return;
+    }
+    mg_send(j);
+}
+
 static void meta_get(struct gw_worker *w, struct gw_req *r, const struct meta_line *ml,
                      uint32_t node)
 {
     struct mg_job *j = calloc(1, sizeof(*j));
-    char line[2100];
+    const struct mc_token *t;
+    char key[MC_KEY_MAX_LENGTH];
+    uint32_t nkey = 0;
+    int32_t ttl = 0;
     size_t n = 0;
     char f;
 
@@ -385,32 +420,47 @@ static void meta_get(struct gw_worker *w, struct gw_req *r, const struct meta_li
         gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;
     }
-    if ((f = meta_refused(ml, "TE")) != 0) {
+    t = meta_flag(ml, 'T');
+    f = meta_refused(ml, "E");
+    if (f != 0 || (t != NULL && !tok_i32(t, &ttl))) {
         evbuffer_free(j->cap);
         free(j);
-        refuse_flag(r, f);
+        if (f != 0) {
+            refuse_flag(r, f);
+        } else {
+            gw_req_finish_line(r, "CLIENT_ERROR bad token in command line format");
+        }
         return;
     }
+    if (t != NULL && !meta_text_key(r, ml, key, &nkey)) {
+        evbuffer_free(j->cap);
+        free(j);
+        return; /* answered */
+    }
     j->r = r;
-    j->ml = *ml;
+    j->w = w;
+    j->node = node;
     j->quiet = meta_flag(ml, 'q') != NULL;
     j->want_v = meta_flag(ml, 'v') != NULL;
     j->want_f = meta_flag(ml, 'f') != NULL;
-    n += (size_t)snprintf(line + n, sizeof(line) - n, "mg %.*s", (int)ml->tok[1].len, ml->tok[1].p);
-    for (uint32_t i = ml->first_flag; i < ml->ntok && n < sizeof(line) - 16; i++) {
-        if (ml->tok[i].p[0] != 'q') {
-            n += (size_t)snprintf(line + n, sizeof(line) - n, " %.*s", (int)ml->tok[i].len,
+    n += (size_t)snprintf(j->line + n, sizeof(j->line) - n, "mg %.*s", (int)ml->tok[1].len,
+                          ml->tok[1].p);
+    for (uint32_t i = ml->first_flag; i < ml->ntok && n < sizeof(j->line) - 16; i++) {
+        if (ml->tok[i].p[0] != 'q' && ml->tok[i].p[0] != 'T') {
+            n += (size_t)snprintf(j->line + n, sizeof(j->line) - n, " %.*s", (int)ml->tok[i].len,
                                   ml->tok[i].p);
         }
     }
-    n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s\r\n", j->want_v ? "" : " v",
+    n += (size_t)snprintf(j->line + n, sizeof(j->line) - n, "%s%s\r\n", j->want_v ? "" : " v",
                           j->want_f ? "" : " f");
-    j->frag.cb = mg_cb;
-    j->frag.cb_arg = j;
-    j->frag.capture = j->cap;
-    j->frag.meta = true;
+    j->n = n;
     r->pending = 1;
-    gw_backend_send(gw_worker_backend(w, node), &j->frag, line, n, NULL, 0);
+    if (t != NULL) {
+        /* touch first, so the new expiry reaches the header and ships (as gat's) */
+        gw_vop_touch(w, node, key, nkey, ttl, false, &j->touch, mg_touched, j);
+        return;
+    }
+    mg_send(j);
 }
 
 /* ---- the entry points ---- */

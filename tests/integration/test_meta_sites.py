@@ -122,6 +122,16 @@ class MetaSitesTest(unittest.TestCase):
         self.drained()
         self.assertEqual(exchange(b, b"mg q:1 v\r\n"), b"VA 2\r\nzz\r\n")
 
+    def test_mg_touch_ships_the_new_expiry(self):
+        a, b = self.a, self.b
+        self.assertEqual(exchange(a, b"ms t:1 2 T0\r\nhi\r\n"), b"HD\r\n")
+        self.drained()
+        out = exchange(a, b"mg t:1 v t T500\r\nmg t:none v T5\r\n")
+        self.assertRegex(out, rb"^VA 2 t(499|50[01])\r\nhi\r\nEN\r\n$")
+        self.drained()
+        # the touch is a versioned write: the peer holds the new expiry too
+        self.assertRegex(exchange(b, b"mg t:1 t v\r\n"), rb"^VA 2 t(49[5-9]|50[01])\r\nhi\r\n$")
+
     def test_client_versions_order_among_themselves(self):
         a, b = self.a, self.b
         # E<token> is the version's clock part: the higher token wins wherever it was
@@ -143,7 +153,7 @@ class MetaSitesTest(unittest.TestCase):
     def test_what_needs_more_is_refused_out_loud(self):
         a = self.a
         exchange(a, b"ms r:1 2\r\nhi\r\n")
-        for cmd, flag in ((b"mg r:1 v T30\r\n", b"T"), (b"md r:1 C5\r\n", b"C"),
+        for cmd, flag in ((b"md r:1 C5\r\n", b"C"),
                           (b"ms r:1 2 I\r\nhi\r\n", b"I"), (b"ma r:1 N0 J5\r\n", b"N")):
             out = exchange(a, cmd)
             self.assertEqual(out, b"SERVER_ERROR meta flag " + flag +
