@@ -18,11 +18,12 @@
  *          the others read the stale value with X / Z until a fresh ms lands everywhere;
  *          mg N/R pass to the node (an N placeholder is the node's own, never shipped)
  *
- * mg T touches first (vop touch: the new expiry reaches the header and ships, as gat's).
+ * mg T touches first (vop touch: the new expiry reaches the header and ships, as gat's);
+ * ma N reads first and makes the item with J on a miss (a versioned add); ms E<token>
+ * writes with the client's version (docs/REPLICATION.md, "Client versions").
  *
- * Flags that need more than that (ms invalidate I, client versions E, ma
- * autovivify N/J, md x/C, c/t returned by ma) are refused with a SERVER_ERROR that names
- * the flag.  Worker loop only.
+ * Flags that need more than that (ms invalidate I, ms c, md x/C, E on md/ma/mg, c/t
+ * returned by ma) are refused with a SERVER_ERROR that names the flag.  Worker loop only.
  */
 #include "gateway/frontend/meta_vers.h"
 
@@ -225,6 +226,17 @@ void gw_meta_vers_reply(struct gw_req *r)
         return; /* not one short line: an error, passed on as it is */
     }
     line[len] = '\0';
+    if (strcmp(line, "STORED") == 0 && (r->meta_x & GW_META_X_VIVIFY)) {
+        /* ma N made the item on a miss: it holds J; memcached says so even with q */
+        const char *j = ret + strlen(ret) + 1;
+        evbuffer_drain(b, evbuffer_get_length(b));
+        if (r->meta_x & GW_META_X_VALUE) {
+            evbuffer_add_printf(b, "VA %zu%s\r\n%s\r\n", strlen(j), ret, j);
+        } else {
+            evbuffer_add_printf(b, "HD%s\r\n", ret);
+        }
+        return;
+    }
     if (strcmp(line, "STORED") == 0 || strcmp(line, "DELETED") == 0 ||
         strcmp(line, "TOUCHED") == 0) {
         code = "HD";
@@ -463,6 +475,117 @@ static void meta_get(struct gw_worker *w, struct gw_req *r, const struct meta_li
     mg_send(j);
 }
 
+/* ---- ma N: autovivify ---- */
+
+struct ma_job {
+    struct gw_req *r;
+    struct gw_worker *w;
+    uint32_t node;
+    struct gw_frag frag;
+    struct evbuffer *cap;
+    struct mc_request m; /* the incr/decr, its key in key[] */
+    char key[MC_KEY_MAX_LENGTH];
+    int32_t ttl;
+    char initial[24]; /* J's digits */
+};
+
+/* The read before ma N: a live item is counted (the text twin); a miss makes the item
+ * with J (a versioned add, shipped), as memcached's autovivify does.  An add that loses a
+ * race with another client's write answers NS (memcached would count it). */
+static void ma_read(struct gw_frag *frag, struct evbuffer *reply, const char *error)
+{
+    struct ma_job *j = frag->cb_arg;
+    struct gw_req *r = j->r;
+    struct gw_item_view view;
+    bool present = false;
+    char err[256];
+
+    r->pending = 0;
+    if (reply == NULL || gw_gets_one(reply, &view, &present, err, sizeof(err)) != 0) {
+        struct gw_client *c = r->barrier ? r->client : NULL;
+        const struct gw_req_ops *ops = r->ops; /* r may be freed before the barrier goes */
+        r->barrier = false;
+        gw_req_finish_line(r, reply == NULL ? (error != NULL ? error : "SERVER_ERROR node failed")
+                                            : err);
+        if (c != NULL) {
+            ops->barrier_release(c);
+        }
+    } else if (present && view.found) {
+        gw_vop_keyed(j->w, r, j->node, &j->m, -1);
+    } else {
+        struct gw_store_pending st;
+        struct evbuffer *in = evbuffer_new();
+        size_t n = strlen(j->initial);
+        memset(&st, 0, sizeof(st));
+        st.cmd = MC_CMD_ADD;
+        st.node = j->node;
+        st.vlen = (uint32_t)n + 2;
+        st.remote = -1;
+        if (in == NULL || evbuffer_add(in, j->initial, n) != 0 ||
+            evbuffer_add(in, "\r\n", 2) != 0) {
+            gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        } else {
+            r->meta_x |= GW_META_X_VIVIFY;
+            gw_vop_store(j->w, r, &st, j->m.key, j->m.nkey, 0, j->ttl, 0, in, -1);
+        }
+        if (in != NULL) {
+            evbuffer_free(in);
+        }
+    }
+    evbuffer_free(j->cap);
+    free(j);
+}
+
+static void meta_vivify(struct gw_worker *w, struct gw_req *r, uint32_t node,
+                        const struct mc_request *m, int32_t ttl, uint64_t initial)
+{
+    struct ma_job *j = calloc(1, sizeof(*j));
+    char line[MC_KEY_MAX_LENGTH + 16];
+    int n;
+    size_t rl = r->meta_ret != NULL ? strlen(r->meta_ret) : 0;
+    char *ret;
+
+    if (j == NULL || (j->cap = evbuffer_new()) == NULL) {
+        free(j);
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    snprintf(j->initial, sizeof(j->initial), "%" PRIu64, initial);
+    /* meta_ret becomes "<return flags>\0<J>" for gw_meta_vers_reply */
+    ret = malloc(rl + 1 + strlen(j->initial) + 1);
+    if (ret == NULL) {
+        evbuffer_free(j->cap);
+        free(j);
+        gw_req_finish_line(r, "SERVER_ERROR out of memory");
+        return;
+    }
+    memcpy(ret, r->meta_ret != NULL ? r->meta_ret : "", rl);
+    ret[rl] = '\0';
+    memcpy(ret + rl + 1, j->initial, strlen(j->initial) + 1);
+    free(r->meta_ret);
+    r->meta_ret = ret;
+    j->r = r;
+    j->w = w;
+    j->node = node;
+    j->ttl = ttl;
+    j->m = *m;
+    memcpy(j->key, m->key, m->nkey);
+    j->m.key = j->key;
+    n = snprintf(line, sizeof(line), "gets %.*s\r\n", (int)m->nkey, m->key);
+    j->frag.cb = ma_read;
+    j->frag.cb_arg = j;
+    j->frag.capture = j->cap;
+    j->frag.cb_values = true;
+    r->pending = 1;
+    /* The client's next command waits (a pipelined ma N of the same key must see the item
+     * this one makes); vop_finish lets it go. */
+    if (!r->barrier && r->client != NULL) {
+        r->barrier = true;
+        r->ops->barrier_hold(r->client);
+    }
+    gw_backend_send(gw_worker_backend(w, node), &j->frag, line, (size_t)n, NULL, 0);
+}
+
 /* ---- the entry points ---- */
 
 void gw_meta_vers_keyed(struct gw_worker *w, struct gw_req *r, const char *line, size_t len,
@@ -491,7 +614,7 @@ void gw_meta_vers_keyed(struct gw_worker *w, struct gw_req *r, const char *line,
         }
         return;
     }
-    if ((f = meta_refused(&ml, cmd == MC_CMD_MD ? "CxE" : "NJEct")) != 0) {
+    if ((f = meta_refused(&ml, cmd == MC_CMD_MD ? "CxE" : "Ect")) != 0) {
         refuse_flag(r, f);
         return;
     }
@@ -539,6 +662,21 @@ void gw_meta_vers_keyed(struct gw_worker *w, struct gw_req *r, const char *line,
     if (!meta_keep_ret(r, &ml, cmd == MC_CMD_MA && meta_flag(&ml, 'v') ? GW_META_X_VALUE : 0)) {
         gw_req_finish_line(r, "SERVER_ERROR out of memory");
         return;
+    }
+    if (cmd == MC_CMD_MA && (t = meta_flag(&ml, 'N')) != NULL) {
+        int32_t ttl = 0;
+        uint64_t initial = 0;
+        const struct mc_token *jt = meta_flag(&ml, 'J');
+        if (!tok_i32(t, &ttl) || (jt != NULL && !tok_u64(jt, &initial))) {
+            gw_req_finish_line(r, "CLIENT_ERROR bad token in command line format");
+            return;
+        }
+        if (remote_peer < 0) {
+            meta_vivify(w, r, node, &m, ttl, initial);
+            return;
+        }
+        /* failed over: counted at the peer as its text twin; no autovivify there yet
+         * (docs/META.md) */
     }
     gw_vop_keyed(w, r, node, &m, remote_peer);
 }

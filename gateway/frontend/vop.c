@@ -648,7 +648,7 @@ static struct vop *vop_new(struct gw_worker *w, struct gw_req *r, enum mc_cmd cm
     r->pending = 1;
     /* Anything but a plain set or delete may take several round trips; the client's
      * next commands wait, so a pipelined "append k; get k" reads what memcached would. */
-    if (cmd != MC_CMD_SET && cmd != MC_CMD_DELETE && r->client != NULL) {
+    if (cmd != MC_CMD_SET && cmd != MC_CMD_DELETE && !r->barrier && r->client != NULL) {
         r->barrier = true;
         r->ops->barrier_hold(r->client);
     }

@@ -91,6 +91,7 @@ struct gw_req_ops {
 #define GW_META_X_ON 1    /* the text reply is put in meta words (meta_vers.c) */
 #define GW_META_X_QUIET 2 /* q: HD is held back */
 #define GW_META_X_VALUE 4 /* ma v: the new value as VA */
+#define GW_META_X_VIVIFY 8 /* ma N on a miss: an add of J, whose digits follow meta_ret's NUL */
 
 struct gw_req {
     TAILQ_ENTRY(gw_req) link;  /* in the client's queue, in arrival order */

@@ -132,6 +132,17 @@ class MetaSitesTest(unittest.TestCase):
         # the touch is a versioned write: the peer holds the new expiry too
         self.assertRegex(exchange(b, b"mg t:1 t v\r\n"), rb"^VA 2 t(49[5-9]|50[01])\r\nhi\r\n$")
 
+    def test_ma_autovivify(self):
+        a, b = self.a, self.b
+        # N on a miss makes the item with J (default 0) and answers it, even with q
+        self.assertEqual(exchange(a, b"ma v:1 N0 J5 v O1 k\r\nma v:1 N0 J5 v\r\n"),
+                         b"VA 1 O1 kv:1\r\n5\r\nVA 1\r\n6\r\n")
+        self.assertEqual(exchange(a, b"ma v:2 q N0\r\nma v:2 q\r\nmg v:2 v\r\n"),
+                         b"HD\r\nVA 1\r\n1\r\n")
+        self.drained()
+        self.assertEqual(exchange(b, b"mg v:1 v\r\nmg v:2 v\r\n"),
+                         b"VA 1\r\n6\r\nVA 1\r\n1\r\n")
+
     def test_client_versions_order_among_themselves(self):
         a, b = self.a, self.b
         # E<token> is the version's clock part: the higher token wins wherever it was
@@ -154,7 +165,7 @@ class MetaSitesTest(unittest.TestCase):
         a = self.a
         exchange(a, b"ms r:1 2\r\nhi\r\n")
         for cmd, flag in ((b"md r:1 C5\r\n", b"C"),
-                          (b"ms r:1 2 I\r\nhi\r\n", b"I"), (b"ma r:1 N0 J5\r\n", b"N")):
+                          (b"ms r:1 2 I\r\nhi\r\n", b"I"), (b"ma r:1 t\r\n", b"t")):
             out = exchange(a, cmd)
             self.assertEqual(out, b"SERVER_ERROR meta flag " + flag +
                              b" is not supported on a replicating geogate yet\r\n", cmd)
