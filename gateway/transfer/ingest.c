@@ -31,7 +31,8 @@
 /* Pacing the adds while clients are served (see raw_pace). */
 #define INGEST_ROUND_SHARED 64      /* items per round while clients are served */
 #define INGEST_CLIENTS_QUIET_MS 100 /* no client byte read for this long: full speed */
-#define INGEST_PAUSE_MIN_NS 20000L  /* a pause is the round's own time, within these */
+#define INGEST_PAUSE_FACTOR 3 /* a pause is 3 times the round: the nodes idle 3/4 of the time */
+#define INGEST_PAUSE_MIN_NS 20000L /* and within these */
 #define INGEST_PAUSE_MAX_NS 2000000L
 
 /* Room for one "add KEY FLAGS EXPIRY BYTES\r\n". */
@@ -114,9 +115,9 @@ static bool cancelled(const struct gw_ingest *in)
  * on the same node, and the nodes and this thread keep both cores busy, so a client's p99
  * rose 10x and more on the 2-core bench.  While any client worker read a byte within
  * INGEST_CLIENTS_QUIET_MS, rounds are INGEST_ROUND_SHARED items and each is followed by a
- * pause as long as the round itself: the nodes are idle half the time and a client's get
- * waits behind at most a short round (docs/BENCHMARKS.md, "Restore").  Versioned items go
- * the same way: batches of INGEST_ROUND_SHARED, one in flight, each followed by the pause.
+ * pause INGEST_PAUSE_FACTOR times as long as the round: the nodes are idle most of the time
+ * and a client's get waits behind at most a short round (docs/BENCHMARKS.md, "Restore").  Versioned
+ * items go the same way: batches of INGEST_ROUND_SHARED, one in flight, each followed by the pause.
  */
 
 static uint64_t now_ns(void)
@@ -154,6 +155,7 @@ static void ingest_pace(struct gw_ingest *in)
     }
     in->round_max = INGEST_ROUND_SHARED;
     in->own.paced_rounds++;
+    took *= INGEST_PAUSE_FACTOR;
     struct timespec ts = {0, took < INGEST_PAUSE_MIN_NS   ? INGEST_PAUSE_MIN_NS
                              : took > INGEST_PAUSE_MAX_NS ? INGEST_PAUSE_MAX_NS
                                                           : (long)took};
