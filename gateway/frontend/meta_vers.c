@@ -182,28 +182,37 @@ static bool meta_text_key(struct gw_req *r, const struct meta_line *ml, char *ke
     return true;
 }
 
-static bool tok_i32(const struct mc_token *t, int32_t *out)
+/* A flag token's value (what follows its letter) as a string in num; false when there is
+ * none or it is too long to be a number. */
+static bool tok_value(const struct mc_token *t, char num[24])
 {
-    char num[16];
-
-    if (t->len < 2 || t->len - 1 >= sizeof(num)) {
+    if (t->len < 2 || t->len - 1 >= 24) {
         return false;
     }
     memcpy(num, t->p + 1, t->len - 1);
     num[t->len - 1] = '\0';
-    return mc_strtol(num, out);
+    return true;
+}
+
+static bool tok_i32(const struct mc_token *t, int32_t *out)
+{
+    char num[24];
+
+    return tok_value(t, num) && mc_strtol(num, out);
+}
+
+static bool tok_u32(const struct mc_token *t, uint32_t *out)
+{
+    char num[24];
+
+    return tok_value(t, num) && mc_strtoul(num, out);
 }
 
 static bool tok_u64(const struct mc_token *t, uint64_t *out)
 {
     char num[24];
 
-    if (t->len < 2 || t->len - 1 >= sizeof(num)) {
-        return false;
-    }
-    memcpy(num, t->p + 1, t->len - 1);
-    num[t->len - 1] = '\0';
-    return mc_strtoull(num, out);
+    return tok_value(t, num) && mc_strtoull(num, out);
 }
 
 /* ---- the text twin's reply, in meta words ---- */
@@ -328,13 +337,7 @@ static void mg_rewrite(struct mg_job *j, struct evbuffer *reply, struct evbuffer
     rl.first_flag = 2; /* "VA <size>" then the flags */
     for (uint32_t i = rl.first_flag; i < rl.ntok; i++) {
         if (rl.tok[i].p[0] == 'f') {
-            const struct mc_token *t = &rl.tok[i];
-            char num[16];
-            if (t->len > 1 && t->len - 1 < sizeof(num)) {
-                memcpy(num, t->p + 1, t->len - 1);
-                num[t->len - 1] = '\0';
-                mc_strtoul(num, &raw_flags);
-            }
+            tok_u32(&rl.tok[i], &raw_flags);
         }
     }
     memset(&mr, 0, sizeof(mr));
@@ -726,16 +729,8 @@ void gw_meta_vers_store(struct gw_worker *w, struct gw_req *r, struct gw_store_p
         st->cmd = cmds[at - modes];
     }
     st->flags = 0;
-    if ((t = meta_flag(&ml, 'F')) != NULL) {
-        char num[16];
-        if (t->len < 2 || t->len - 1 >= sizeof(num)) {
-            goto bad_token;
-        }
-        memcpy(num, t->p + 1, t->len - 1);
-        num[t->len - 1] = '\0';
-        if (!mc_strtoul(num, &st->flags)) {
-            goto bad_token;
-        }
+    if ((t = meta_flag(&ml, 'F')) != NULL && !tok_u32(t, &st->flags)) {
+        goto bad_token;
     }
     if ((t = meta_flag(&ml, 'T')) != NULL && !tok_i32(t, &exptime)) {
         goto bad_token;
