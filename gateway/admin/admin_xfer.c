@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -52,7 +53,7 @@
 #define XFER_QUEUE_LOW (1u << 20)  /* and is woken below this */
 #define XFER_CHUNK (256u << 10)    /* bytes per HTTP chunk */
 #define XFER_JOIN_WAIT_MS 3000     /* how long destroy waits for a thread */
-#define XFER_RESTORE_NICE 10       /* the restore thread's nice value (see restore_thread) */
+#define XFER_RESTORE_NICE 10       /* the restore thread's nice value (see restore_lower_priority) */
 
 enum xfer_kind { XFER_SNAPSHOT = 0, XFER_RESTORE, XFER_KIND_MAX };
 
@@ -456,10 +457,28 @@ void gw_admin_xfer_snapshot(struct gw_admin_xfer *x, struct evhttp_request *req)
 /* ---- POST /restore ---- */
 
 /* A restore applies as fast as a core and memcached let it, which on a busy machine is CPU
- * the client workers need.  At a lower priority it still takes idle cores whole, and yields
- * to the workers (and to memcached) while they have requests to serve, so clients' latency
- * does not pay for its speed; under a sustained full load it keeps a share and finishes.
- * Linux applies a nice value to the one thread it is set on. */
+ * the client workers need.  On a single-site gateway every item goes to memcached over the
+ * restore's own connections, so its thread is SCHED_IDLE: it takes idle cores whole and a
+ * client worker that wakes takes its core at once (under a sustained full load it waits for
+ * room).  On a replicating site versioned items are applied by the workers, which wait on a
+ * lock this thread takes, so it runs at nice 10 instead: lower priority, but never so low that
+ * a worker waits on a lock held by a thread that cannot run.  Linux applies both to the one
+ * thread they are set on. */
+static void restore_lower_priority(const struct gw_server *srv)
+{
+    if (!gw_server_replicates(srv)) {
+        struct sched_param sp = {.sched_priority = 0};
+        int rc = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+        if (rc == 0) {
+            return;
+        }
+        log_debug("restore: cannot make the thread SCHED_IDLE: %s", strerror(rc));
+    }
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), XFER_RESTORE_NICE) == -1) {
+        log_debug("restore: cannot lower the thread's priority: %s", strerror(errno));
+    }
+}
+
 static void *restore_thread(void *arg)
 {
     struct xfer_job *j = arg;
@@ -467,9 +486,7 @@ static void *restore_thread(void *arg)
     struct gw_restore_result res;
     int rc;
 
-    if (setpriority(PRIO_PROCESS, (id_t)gettid(), XFER_RESTORE_NICE) == -1) {
-        log_debug("restore: cannot lower the thread's priority: %s", strerror(errno));
-    }
+    restore_lower_priority(j->srv);
     j->body = NULL; /* gw_restore_run owns it now */
     rc = gw_restore_run(j->srv, j->pool, body, &j->cancel, &res);
     pthread_mutex_lock(&j->lock);

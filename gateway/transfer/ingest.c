@@ -28,12 +28,15 @@
 #define INGEST_INFLIGHT 8 /* batches in flight */
 #define INGEST_ROUND 256  /* items per round of adds, or mutations per gw_apply_batch */
 
-/* Pacing the adds while clients are served (see raw_pace). */
+/* Pacing while clients are served (see "pacing"). */
 #define INGEST_ROUND_SHARED 64      /* items per round while clients are served */
+#define INGEST_NODE_ROUND_SHARED 64 /* adds per round, all to one node, while clients are served */
 #define INGEST_CLIENTS_QUIET_MS 100 /* no client byte read for this long: full speed */
-#define INGEST_PAUSE_FACTOR 3 /* a pause is 3 times the round: the nodes idle 3/4 of the time */
-#define INGEST_PAUSE_MIN_NS 20000L /* and within these */
-#define INGEST_PAUSE_MAX_NS 2000000L
+/* A pause in tenths of the round it follows (see "pacing"). */
+#define INGEST_PAUSE_RAW_TENTHS 5        /* adds: half the round */
+#define INGEST_PAUSE_VERSIONED_TENTHS 30 /* batches, on the workers: 3/4 of the time idle */
+#define INGEST_PAUSE_MIN_NS 20000u       /* and within these */
+#define INGEST_PAUSE_MAX_NS 2000000u
 
 /* Room for one "add KEY FLAGS EXPIRY BYTES\r\n". */
 #define RAW_HEAD_MAX (MC_KEY_MAX_LENGTH + 96)
@@ -66,6 +69,7 @@ struct raw_node {
     struct gw_mc_sock sock; /* fd -1 until first used */
     uint32_t unanswered;    /* adds sent whose replies are not read yet */
     uint32_t last_round;    /* of which sent in the latest round */
+    uint32_t pending;       /* items for it in raw[], not sent yet */
 };
 
 struct gw_ingest {
@@ -114,10 +118,16 @@ static bool cancelled(const struct gw_ingest *in)
  * one behind the other.  memcached then takes a round of adds whole before a client's get
  * on the same node, and the nodes and this thread keep both cores busy, so a client's p99
  * rose 10x and more on the 2-core bench.  While any client worker read a byte within
- * INGEST_CLIENTS_QUIET_MS, rounds are INGEST_ROUND_SHARED items and each is followed by a
- * pause INGEST_PAUSE_FACTOR times as long as the round: the nodes are idle most of the time
- * and a client's get waits behind at most a short round (docs/BENCHMARKS.md, "Restore").  Versioned
- * items go the same way: batches of INGEST_ROUND_SHARED, one in flight, each followed by the pause.
+ * INGEST_CLIENTS_QUIET_MS, the restore gives way:
+ *   - adds go in rounds of INGEST_NODE_ROUND_SHARED to one node at a time (raw_flush_node),
+ *     each followed by a pause of half the round: one node works on the restore while the
+ *     others, and a core, are free for the clients.  Only memcached works on adds, and a
+ *     single-site restore runs on a thread the kernel schedules on idle cores only
+ *     (admin_xfer.c), so this thread's decoding costs the clients nothing;
+ *   - versioned batches are applied by the client workers themselves, so they are
+ *     INGEST_ROUND_SHARED mutations, one in flight, each followed by three times its time.
+ * A pause in proportion to the round adapts to the machine's speed (docs/BENCHMARKS.md,
+ * "Restore", has the sweeps).
  */
 
 static uint64_t now_ns(void)
@@ -143,7 +153,7 @@ static bool clients_active(struct gw_ingest *in, uint64_t now)
 }
 
 /* After a round: choose the next round's size and pause if clients are served. */
-static void ingest_pace(struct gw_ingest *in)
+static void ingest_pace(struct gw_ingest *in, uint64_t tenths)
 {
     uint64_t now = now_ns();
     uint64_t took = now - in->round_start_ns;
@@ -155,10 +165,10 @@ static void ingest_pace(struct gw_ingest *in)
     }
     in->round_max = INGEST_ROUND_SHARED;
     in->own.paced_rounds++;
-    took *= INGEST_PAUSE_FACTOR;
-    struct timespec ts = {0, took < INGEST_PAUSE_MIN_NS   ? INGEST_PAUSE_MIN_NS
-                             : took > INGEST_PAUSE_MAX_NS ? INGEST_PAUSE_MAX_NS
-                                                          : (long)took};
+    took = took * tenths / 10;
+    struct timespec ts = {0, (long)(took < INGEST_PAUSE_MIN_NS   ? INGEST_PAUSE_MIN_NS
+                                    : took > INGEST_PAUSE_MAX_NS ? INGEST_PAUSE_MAX_NS
+                                                                 : took)};
     nanosleep(&ts, NULL);
     in->round_start_ns = now_ns();
 }
@@ -257,7 +267,7 @@ static int batch_submit(struct gw_ingest *in)
         snprintf(in->reason, sizeof(in->reason), "cancelled");
         return -ECANCELED;
     }
-    ingest_pace(in);
+    ingest_pace(in, INGEST_PAUSE_VERSIONED_TENTHS);
     b = calloc(1, sizeof(*b));
     if (b == NULL) {
         geogate__wan__v1__ship_request__free_unpacked(req, NULL);
@@ -308,6 +318,25 @@ static void raw_clear(struct gw_ingest *in)
         geogate__wan__v1__mutation__free_unpacked(in->raw[i].m, NULL);
     }
     in->nraw = 0;
+    for (uint32_t node = 0; node < in->pool->nnodes; node++) {
+        in->nodes[node].pending = 0;
+    }
+}
+
+/* Forget node's items (sent, or its connection failed); the others keep their order. */
+static void raw_clear_node(struct gw_ingest *in, uint32_t node)
+{
+    uint32_t kept = 0;
+
+    for (uint32_t i = 0; i < in->nraw; i++) {
+        if (in->raw[i].node == node) {
+            geogate__wan__v1__mutation__free_unpacked(in->raw[i].m, NULL);
+        } else {
+            in->raw[kept++] = in->raw[i];
+        }
+    }
+    in->nraw = kept;
+    in->nodes[node].pending = 0;
 }
 
 /* A node stopped answering or took the connection down: say so, forget what it owed. */
@@ -419,7 +448,23 @@ static int raw_flush(struct gw_ingest *in, bool final)
         rc = rc != 0 ? rc : rc2;
     }
     if (!final && rc == 0) {
-        ingest_pace(in);
+        ingest_pace(in, INGEST_PAUSE_RAW_TENTHS);
+    }
+    return rc;
+}
+
+/* Paced: send node's adds alone, read its round before, pause.  One node at a time works on
+ * the restore, so the other nodes, and a core, are free for the clients.  Returns 0 or -EIO. */
+static int raw_flush_node(struct gw_ingest *in, uint32_t node)
+{
+    int rc = raw_send_node(in, node);
+
+    raw_clear_node(in, node);
+    if (rc == 0) {
+        rc = raw_read_node(in, node, in->nodes[node].last_round);
+    }
+    if (rc == 0) {
+        ingest_pace(in, INGEST_PAUSE_RAW_TENTHS);
     }
     return rc;
 }
@@ -483,11 +528,15 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
         geogate__wan__v1__mutation__free_unpacked(m, NULL);
         return 0;
     }
-    in->raw[in->nraw].node =
-        gw_pool_route(in->pool, (const char *)m->key.data, (uint32_t)m->key.len);
+    uint32_t node = gw_pool_route(in->pool, (const char *)m->key.data, (uint32_t)m->key.len);
+    in->raw[in->nraw].node = node;
     in->raw[in->nraw].m = m;
     in->nraw++;
-    return in->nraw >= in->round_max ? raw_flush(in, false) : 0;
+    if (in->round_max == INGEST_ROUND_SHARED &&
+        ++in->nodes[node].pending >= INGEST_NODE_ROUND_SHARED) {
+        return raw_flush_node(in, node);
+    }
+    return in->nraw >= INGEST_ROUND ? raw_flush(in, false) : 0;
 }
 
 static void *memdup(const void *p, size_t n)

@@ -19,7 +19,8 @@ For each variant: N keys with 100-byte values are written through the gateway, o
 is taken (`geogatectl snapshot`), then per round: the nodes are flushed and the snapshot is
 restored ("into flushed nodes"), then restored again over the same items (all
 `rejected_older`).  A probe client reads random keys through the same gateway, one `get` at a
-time at --probe-rate per second, the whole time; each restore is compared with the probe over
+time at --probe-rate per second, while its variant is measured (--all-probes: the whole
+time); each restore is compared with the probe over
 the --idle seconds right before it (no restore running).  Rounds of every variant are
 interleaved.  Items/s is the number of records over geogatectl's wall time (upload and
 apply).  The markdown report goes between `<!-- restore-bench:start -->` and
@@ -149,6 +150,13 @@ def run(args, tmp):
         results = []
         for rnd in range(args.rounds):
             for v in variants:
+                if not args.all_probes:
+                    # Only this variant's client reads: the other gateways' probes wait, so
+                    # each is measured with its own client on the machine, not three.
+                    for o in variants:
+                        if o is not v:
+                            o.probe.hold.set()
+                    v.probe.hold.clear()
                 for case in ("quiet", "flushed", "rejected"):
                     if case != "rejected":
                         flush_nodes(v.memcached())
@@ -205,6 +213,8 @@ def render(args, info, variants, results, took):
         cmd += " --before-bin BEFORE/bin"
     if not args.peer:
         cmd += " --no-peer"
+    if args.all_probes:
+        cmd += " --all-probes"
     out.append("Command: `%s --out docs/BENCHMARKS.md`%s, %s, commit %s, %s cores (%s), load "
                "average at the end %s; took %.0f s.\n"
                % (cmd, " (BEFORE: a build of the commit before the fix)" if args.before_bin else "",
@@ -218,8 +228,11 @@ def render(args, info, variants, results, took):
                "of %d rounds (all rounds in brackets). A probe client reads random keys through "
                "the same gateway, one `get` at a time, %d/s; p99 during the restores of all "
                "rounds pooled, against the %.0f s right before each restore (no restore "
-               "running). Every process shares the same 2 cores.\n"
-               % (args.keys, args.rounds, args.probe_rate, args.idle))
+               "running). %s Every process shares the same 2 cores.\n"
+               % (args.keys, args.rounds, args.probe_rate, args.idle,
+                  "Every variant's probe reads the whole time (--all-probes)." if args.all_probes
+                  else "Only the probe of the variant being measured reads; the other variants' "
+                  "gateways and nodes sit idle meanwhile."))
     out.append("| gateway | restore | items/s | probe p50 ms, idle / during | "
                "probe p99 ms, idle / during | p99 during / idle | snapshot items/s |")
     out.append("|---|---|---:|---:|---:|---:|---:|")
@@ -256,6 +269,9 @@ def main():
     ap.add_argument("--idle", type=float, default=2.0,
                     help="seconds of probe with no restore before each restore")
     ap.add_argument("--before-bin", help="a bin/ directory to measure side by side (single-site)")
+    ap.add_argument("--all-probes", action="store_true",
+                    help="every variant's probe reads the whole time (default: only the one "
+                    "being measured)")
     ap.add_argument("--no-peer", dest="peer", action="store_false",
                     help="leave out the site with a peer")
     args = ap.parse_args()
