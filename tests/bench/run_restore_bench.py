@@ -228,14 +228,15 @@ def render(args, info, variants, results, took):
                "of %d rounds (all rounds in brackets). A probe client reads random keys through "
                "the same gateway, one `get` at a time, %d/s; p99 during the restores of all "
                "rounds pooled, against the %.0f s right before each restore (no restore "
-               "running). %s Every process shares the same 2 cores.\n"
+               "running); per round: each restore's p99 against its own idle seconds. %s Every process shares the same 2 cores.\n"
                % (args.keys, args.rounds, args.probe_rate, args.idle,
                   "Every variant's probe reads the whole time (--all-probes)." if args.all_probes
                   else "Only the probe of the variant being measured reads; the other variants' "
                   "gateways and nodes sit idle meanwhile."))
     out.append("| gateway | restore | items/s | probe p50 ms, idle / during | "
-               "probe p99 ms, idle / during | p99 during / idle | snapshot items/s |")
-    out.append("|---|---|---:|---:|---:|---:|---:|")
+               "probe p99 ms, idle / during | p99 during / idle | per round (median) | "
+               "snapshot items/s |")
+    out.append("|---|---|---:|---:|---:|---:|---|---:|")
     for v in variants:
         for case, label in (("quiet", "into flushed nodes, no client reading"),
                             ("flushed", "into flushed nodes, probe reading"),
@@ -243,7 +244,7 @@ def render(args, info, variants, results, took):
                              "reading")):
             runs = [r for r in results if r["variant"] == v.name and r["case"] == case]
             if case == "quiet":
-                out.append("| %s | %s | **%.0f** (%s) | | | | %s |" % (
+                out.append("| %s | %s | **%.0f** (%s) | | | | | %s |" % (
                     v.name, label, med([r["items_per_s"] for r in runs]),
                     ", ".join("%.0f" % r["items_per_s"] for r in runs),
                     "%.0f" % (args.keys / v.snap_s)))
@@ -251,12 +252,15 @@ def render(args, info, variants, results, took):
             idle = pooled(v.probe, [(r["t"][0], r["t"][1]) for r in runs])
             during = pooled(v.probe, [(r["t"][1], r["t"][2]) for r in runs])
             ratio = during["p99"] / idle["p99"] if idle.get("p99") and during.get("p99") else 0
-            out.append("| %s | %s | **%.0f** (%s) | %.2f / %.2f | %.2f / %.2f | %.2fx (n=%d) | %s |" % (
+            per = [r["probe"]["p99"] / r["baseline"]["p99"] for r in runs
+                   if r["probe"].get("p99") and r["baseline"].get("p99")]
+            out.append("| %s | %s | **%.0f** (%s) | %.2f / %.2f | %.2f / %.2f | %.2fx (n=%d) | "
+                       "%s (**%.2fx**) | %s |" % (
                 v.name, label, med([r["items_per_s"] for r in runs]),
                 ", ".join("%.0f" % r["items_per_s"] for r in runs),
                 idle.get("p50", 0), during.get("p50", 0), idle.get("p99", 0),
                 during.get("p99", 0), ratio, during["n"],
-                ""))
+                ", ".join("%.2f" % x for x in per), med(per) if per else 0, ""))
     return "\n".join(out) + "\n"
 
 
