@@ -486,6 +486,7 @@ static void *restore_thread(void *arg)
     struct gw_restore_result res;
     int rc;
 
+    pthread_setname_np(pthread_self(), "restore"); /* for top -H, and the tests */
     restore_lower_priority(j->srv);
     j->body = NULL; /* gw_restore_run owns it now */
     rc = gw_restore_run(j->srv, j->pool, body, &j->cancel, &res);

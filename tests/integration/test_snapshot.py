@@ -15,6 +15,9 @@ peer).
                applied (memcached stays empty); a body over the limit: 413 before it is sent
   plain        a gateway without `wan:`: the round trip with raw flags and TTLs, and both
                endpoints refused (403) to a client that is not on loopback
+  paced        the same gateway restoring while a client reads through it: rounds paused
+               for the client (`paced_rounds`), the restore thread seen SCHED_IDLE, every
+               record applied with its value and flags
 
 Loopback only, bounded waits; each test class builds one lab and stops it.
 """
@@ -26,6 +29,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
@@ -477,6 +481,84 @@ class PlainGateway(unittest.TestCase):
         for i, k in enumerate(keys[1:], 1):
             self.assertTrue(ttls[k] == -1 if i % 2 == 0 else 3500 < ttls[k] <= 3600, (k, ttls[k]))
 
+        self._not_from_elsewhere()
+
+    def test_paced_while_a_client_reads(self):
+        """A restore while a client reads through the gateway gives way (paced rounds: adds to
+        one node at a time, on a SCHED_IDLE thread) and still applies every record exactly."""
+        n = 30000
+        keys = [b"pc:%05d" % i for i in range(n)]
+        with MCConn(self.port) as c:
+            for i in range(0, n, 500):
+                c.sock.sendall(b"".join(b"set %s %d 0 %d noreply\r\n%s\r\n"
+                                        % (k, i + j, len(b"val-" + k), b"val-" + k)
+                                        for j, k in enumerate(keys[i:i + 500])))
+            c.sock.sendall(b"version\r\n")
+            self.assertTrue(c.f.readline().startswith(b"VERSION"))
+        path = os.path.join(self.tmp.name, "paced.snap")
+        r = subprocess.run([GEOGATECTL, "--admin", "127.0.0.1:%d" % self.admin, "snapshot",
+                            "--out", path], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for m in self.mc:
+            with MCConn(m.port) as c:
+                c.sock.sendall(b"flush_all\r\n")
+                self.assertEqual(c.f.readline(), b"OK\r\n")
+
+        stop = threading.Event()
+        reads = [0]
+        policies = set()
+
+        def reader():
+            with MCConn(self.port) as c:
+                while not stop.is_set():
+                    c.sock.sendall(b"get %s\r\n" % keys[reads[0] % n])
+                    while c.f.readline() not in (b"END\r\n", b""):
+                        pass
+                    reads[0] += 1
+
+        def watch():  # the restore thread's scheduling policy (field 41 of its stat)
+            task = "/proc/%d/task" % self.gw.p.pid
+            while not stop.is_set():
+                for tid in os.listdir(task):
+                    try:
+                        with open("%s/%s/comm" % (task, tid)) as f:
+                            if f.read().strip() != "restore":
+                                continue
+                        with open("%s/%s/stat" % (task, tid)) as f:
+                            policies.add(int(f.read().rsplit(")", 1)[1].split()[38]))
+                    except (OSError, IndexError, ValueError):
+                        pass
+                time.sleep(0.002)
+
+        threads = [threading.Thread(target=reader), threading.Thread(target=watch)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)  # the client is reading before the restore starts
+            with open(path, "rb") as f:
+                body = f.read()
+            req = urllib.request.Request("http://127.0.0.1:%d/restore" % self.admin, data=body,
+                                         method="POST")
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                j = json.loads(resp.read())
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+        say("paced restore: %s; the client read %d times", j, reads[0])
+        self.assertEqual((j["status"], j["applied"], j["rejected_older"]), ("ok", n, 0), j)
+        self.assertGreater(j["paced_rounds"], 0, j)
+        self.assertGreater(reads[0], 0)
+        self.assertIn(5, policies, "the restore thread was not seen SCHED_IDLE: %s" % policies)
+        after = {}
+        for m in self.mc:
+            with MCConn(m.port) as c:
+                after.update(c.gets(keys))
+        self.assertEqual(len(after), n)
+        for i, k in enumerate(keys):
+            self.assertEqual(after[k][:2], (i, b"val-" + k), k)
+
+    def _not_from_elsewhere(self):
         ip = non_loopback_ipv4()
         if ip is None:
             self.skipTest("no non-loopback IPv4 address on this machine")
