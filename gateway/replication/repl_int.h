@@ -51,7 +51,10 @@ struct tls_ctx;
                                         REPL_IDLE_BATCH waits this long for company (unless a
                                         write waits for its ack): the per-batch exchange costs
                                         ~89 WAN bytes, paid by ~3 mutations at 1000/s without */
-#define REPL_IDLE_BATCH 8
+#define REPL_IDLE_BATCH 64           /* and CPU at both ends (a wake-up, a TLS record, an ack):
+                                        at 8 a fast peer took batches of ~24 at 6k sets/s and
+                                        site a paid 1.23x the CPU per request of no `wan:`, at
+                                        64 batches of ~49 and 1.15x (docs/BENCHMARKS.md) */
 #define REPL_BATCH_MAX 512           /* mutations per batch */
 #define REPL_BATCH_BYTES (512u << 10) /* bytes per batch */
 #define REPL_TICK_MS 100

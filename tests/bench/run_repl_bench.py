@@ -516,8 +516,11 @@ def measure_throughput(lab, args, res):
                     populated = True
                 wait_peer_drained(lab, "a", "b", 120)
                 order = ("off", "on") if rnd % 2 == 0 else ("on", "off")
+                if args.together:
+                    pair = measure_pair(lab, args, common, modes)
                 for m in order:
-                    runs[bname][m].append(measure_one(lab, args, common, modes[m], m))
+                    runs[bname][m].append(pair[m] if args.together
+                                          else measure_one(lab, args, common, modes[m], m))
                     r = runs[bname][m][-1]
                     log("  round %d %-6s %-3s %8.0f ops/s  gateway %.2f us/request%s  errors %d  [%s]"
                         % (rnd + 1, bname, m, r["ops_per_sec"], r["gw_us_req"],
@@ -527,6 +530,7 @@ def measure_throughput(lab, args, res):
             finally:
                 plain.stop()
     use_build(lab, builds[-1][1])
+    res["together"] = bool(args.together)
     res["by_build"] = runs
     res["runs"] = runs[builds[-1][0]]
 
@@ -574,6 +578,71 @@ def measure_one(lab, args, common, mode, m):
         r["peer_gw_us_applied"] = peer_gw * 1e6 / applied if applied else None
         r["peer_mc_us_applied"] = peer_mc * 1e6 / applied if applied else None
     return r
+
+
+def measure_pair(lab, args, common, modes):
+    """--together: both modes at once, each with its own load generator (half the
+    connections), in one CPU window that stays open until b has acked everything: whatever
+    the machine does meanwhile, both gateways meet it alike, so their ratio holds still while
+    each one's CPU per request moves with the machine.  {"off": run, "on": run}."""
+    a = lab.sites["a"]
+    b = lab.sites["b"]
+    procs = [("gateway off", modes["off"]["pid"], False), ("gateway on", modes["on"]["pid"], True)]
+    procs += [("memcached A#%d" % i, n.pid, None) for i, n in enumerate(a.memcached)]
+    procs += [("peer gateway", b.gateway.pid, True)]
+    procs += [("peer memcached#%d" % i, n.pid, None) for i, n in enumerate(b.memcached)]
+    half = list(common)
+    half[half.index("--connections") + 1] = str(max(1, args.connections // 2))
+    st0, sb0 = lab.stats("a"), lab.stats("b")
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cw = CpuWatch(procs).start()
+    out, errs = {}, []
+
+    def go(m):
+        try:
+            out[m] = bench_run(modes[m]["port"], half + ["--key-prefix", modes[m]["prefix"],
+                                                         "--duration", "%g" % args.duration],
+                               args.duration + 60)
+        except BenchError as e:
+            errs.append(e)
+    ths = [threading.Thread(target=go, args=(m,)) for m in ("off", "on")]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    if errs:
+        raise errs[0]
+    t = time.monotonic()
+    wait_peer_drained(lab, "a", "b", 120)
+    drained = time.monotonic() - t
+    cpu = cw.stop()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = out["off"]["requests"] + out["on"]["requests"]
+    bench_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    mc = sum(v for k, v in cpu["procs"].items() if k.startswith("memcached"))
+    for m, r in out.items():
+        n = r["requests"] or float("nan")
+        c = dict(cpu, procs=dict(cpu["procs"]), threads=dict(cpu["threads"]))
+        c["procs"]["gateway"] = cpu["procs"]["gateway " + m]
+        c["threads"]["gateway"] = cpu["threads"]["gateway " + m]
+        r["cpu"] = c
+        r["gw_cpu_100k"] = c["procs"]["gateway"] * 1e5 / n
+        r["gw_us_req"] = c["procs"]["gateway"] * 1e6 / n
+        r["mc_cpu_100k"] = mc * 1e5 / total  # the nodes serve both
+        r["bench_cpu_100k"] = bench_s * 1e5 / total
+    r = out["on"]
+    st1, sb1 = lab.stats("a"), lab.stats("b")
+    applied = sb1["inbound:applied"] - sb0["inbound:applied"]
+    peer_gw = cpu["procs"]["peer gateway"]
+    peer_mc = sum(v for k, v in cpu["procs"].items() if k.startswith("peer memcached"))
+    r.update({"drain_after_s": drained, "applied": applied,
+              "shipped": st1["peer:b:shipped"] - st0["peer:b:shipped"],
+              "batches": sb1["inbound:batches"] - sb0["inbound:batches"],
+              "peer_cpu_100k": (peer_gw + peer_mc) * 1e5 / r["requests"],
+              "peer_gw_cpu_100k": peer_gw * 1e5 / r["requests"],
+              "peer_gw_us_applied": peer_gw * 1e6 / applied if applied else None,
+              "peer_mc_us_applied": peer_mc * 1e6 / applied if applied else None})
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -874,12 +943,20 @@ def render(args, info, res, elapsed, load_after):
         if bb and bb["on"] and bb["off"]:
             bon, bof, bpairs = cpu_ratio(bb)
             before = "; the build before this change, same run: %.2f× (%.2f vs %.2f µs)" % (
-                bon / bof, bon, bof)
-        w("| site a's gateway CPU per client request, replication to one peer on / off (50 conns, "
-          "no pipelining, 1:4, 100 B) | ≤ %.2f× | %.2f× (medians %.2f vs %.2f µs per request; "
-          "median of the round pairs %.2f×%s) | %s |" % (
-              TARGET_CPU_RATIO, con / cof, con, cof, med(pairs), before,
-              verdict(con / cof <= TARGET_CPU_RATIO)))
+                med(bpairs) if res["throughput"].get("together") else bon / bof, bon, bof)
+        if res["throughput"].get("together"):
+            w("| site a's gateway CPU per client request, replication to one peer on / off (both "
+              "at once, 25 + 25 conns, no pipelining, 1:4, 100 B) | ≤ %.2f× | %.2f× (median of "
+              "the rounds' on / off, each round's two gateways measured over the same seconds: "
+              "%s; medians of the modes %.2f vs %.2f µs per request%s) | %s |" % (
+                  TARGET_CPU_RATIO, med(pairs), ", ".join("%.2f" % x for x in pairs), con, cof,
+                  before, verdict(med(pairs) <= TARGET_CPU_RATIO)))
+        else:
+            w("| site a's gateway CPU per client request, replication to one peer on / off (50 "
+              "conns, no pipelining, 1:4, 100 B) | ≤ %.2f× | %.2f× (medians %.2f vs %.2f µs per "
+              "request; median of the round pairs %.2f×%s) | %s |" % (
+                  TARGET_CPU_RATIO, con / cof, con, cof, med(pairs), before,
+                  verdict(con / cof <= TARGET_CPU_RATIO)))
         w("| site b's gateway CPU per applied mutation (its memcached nodes beside it) | (measured) "
           "| %.1f µs (+ %.1f µs) | — |" % (med([r.get("peer_gw_us_applied") for r in t["on"]]),
                                           med([r.get("peer_mc_us_applied") for r in t["on"]])))
@@ -927,8 +1004,7 @@ def render(args, info, res, elapsed, load_after):
           "a's same two memcached nodes. This is the figure that ships: the client throughput "
           "beside it is not a property of site a alone, since b receives and applies everything on "
           "the same 2 cores here. %s Each mode has its own key space (`on:` / `off:`, %d keys each, "
-          "all set once before the first round so gets hit); %d rounds of %g s per mode, the "
-          "order alternating. With replication the CPU window stays open until b has acked "
+          "all set once before the first round so gets hit); %d rounds of %g s %s. With replication the CPU window stays open until b has acked "
           "everything, so all of a's shipping and b's applying of the run's writes is counted. "
           "*b per applied mutation* is b's gateway process CPU (and its memcached nodes') over the "
           "same window divided by the mutations b applied (`inbound:applied`). *Other processes* "
@@ -940,7 +1016,11 @@ def render(args, info, res, elapsed, load_after):
                "as fast as each goes would charge replication for b slowing a's clients down."
                % res["throughput"]["rate"]) if res["throughput"].get("rate") else
               "Each mode runs as fast as the clients go.",
-              args.keys, args.rounds, args.duration, os.cpu_count() or 0))
+              args.keys, args.rounds, args.duration,
+              "with both modes at the same time, each with its own load generator and half the "
+              "connections (`--together`): the machine's swings between rounds move both alike, "
+              "so each round's on / off holds still" if res["throughput"].get("together")
+              else "per mode, the order alternating", os.cpu_count() or 0))
         if len(builds) > 1:
             w("")
             w("`before` is %s (the build before this change), `after` %s: both measured in this "
@@ -984,9 +1064,11 @@ def render(args, info, res, elapsed, load_after):
             off = med([r["ops_per_sec"] for r in bt["off"]])
             w("`%s`: site a's gateway CPU per request on / off **%.2f×** (%+.2f µs per request, "
               "%+.1f µs per set if all of it is the sets' replication; round by round, each run "
-              "against the other mode's run next to it: %s); client throughput on / off %.2f×." % (
+              "against the other mode's run %s: %s, median %.2f×); client throughput on / off "
+              "%.2f×." % (
                   bname, con / cof, con - cof, (con - cof) / 0.2,
-                  ", ".join("%.2f" % x for x in pairs), on / off))
+                  "over the same seconds" if res["throughput"].get("together") else "next to it",
+                  ", ".join("%.2f" % x for x in pairs), med(pairs), on / off))
             w("")
         names = list(t["on"][0]["cpu"]["threads"]["gateway"].keys())
         pnames = list(t["on"][0]["cpu"]["threads"]["peer gateway"].keys())
@@ -1271,6 +1353,10 @@ def main():
     ap.add_argument("--cpu-rate", type=int, default=0,
                     help="part 1: requests/s offered to site a in both modes, so that CPU per "
                          "request is compared at the same load (0, the default: as fast as each goes)")
+    ap.add_argument("--together", action="store_true",
+                    help="part 1: run both modes at the same time, each with half the "
+                         "connections, and compare them within each round (the machine's swings "
+                         "then move both alike)")
     ap.add_argument("--before-bin", help="directory with a geogate built before a change: part 1 "
                                          "then measures it too, interleaved with bin/ (or --bin)")
     ap.add_argument("--save", help="where to keep the measurements as JSON "
