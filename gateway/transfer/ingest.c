@@ -532,8 +532,9 @@ int gw_ingest_take(struct gw_ingest *in, Geogate__Wan__V1__Mutation *m, uint32_t
     in->raw[in->nraw].node = node;
     in->raw[in->nraw].m = m;
     in->nraw++;
+    in->nodes[node].pending++;
     if (in->round_max == INGEST_ROUND_SHARED &&
-        ++in->nodes[node].pending >= INGEST_NODE_ROUND_SHARED) {
+        in->nodes[node].pending >= INGEST_NODE_ROUND_SHARED) {
         return raw_flush_node(in, node);
     }
     return in->nraw >= INGEST_ROUND ? raw_flush(in, false) : 0;

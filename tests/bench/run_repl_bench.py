@@ -565,19 +565,25 @@ def measure_one(lab, args, common, mode, m):
                            if k.startswith("memcached")) * per100k
     r["bench_cpu_100k"] = r["bench_cpu_s"] * per100k
     if m == "on":
-        st1 = lab.stats("a")
-        sb1 = lab.stats("b")
-        applied = sb1["inbound:applied"] - sb0["inbound:applied"]
-        r["applied"] = applied
-        r["shipped"] = st1["peer:b:shipped"] - st0["peer:b:shipped"]
-        r["batches"] = sb1["inbound:batches"] - sb0["inbound:batches"]
-        peer_gw = cpu["procs"]["peer gateway"]
-        peer_mc = sum(v for k, v in cpu["procs"].items() if k.startswith("peer memcached"))
-        r["peer_cpu_100k"] = (peer_gw + peer_mc) * per100k
-        r["peer_gw_cpu_100k"] = peer_gw * per100k
-        r["peer_gw_us_applied"] = peer_gw * 1e6 / applied if applied else None
-        r["peer_mc_us_applied"] = peer_mc * 1e6 / applied if applied else None
+        add_peer_figures(lab, r, cpu, st0, sb0)
     return r
+
+
+def add_peer_figures(lab, r, cpu, st0, sb0):
+    """Into the replicating run r: what a shipped and b applied since the stats st0 / sb0,
+    and b's CPU (from the window cpu) per client request of r and per applied mutation."""
+    st1, sb1 = lab.stats("a"), lab.stats("b")
+    applied = sb1["inbound:applied"] - sb0["inbound:applied"]
+    per100k = 1e5 / (r["requests"] or float("nan"))
+    peer_gw = cpu["procs"]["peer gateway"]
+    peer_mc = sum(v for k, v in cpu["procs"].items() if k.startswith("peer memcached"))
+    r.update({"applied": applied,
+              "shipped": st1["peer:b:shipped"] - st0["peer:b:shipped"],
+              "batches": sb1["inbound:batches"] - sb0["inbound:batches"],
+              "peer_cpu_100k": (peer_gw + peer_mc) * per100k,
+              "peer_gw_cpu_100k": peer_gw * per100k,
+              "peer_gw_us_applied": peer_gw * 1e6 / applied if applied else None,
+              "peer_mc_us_applied": peer_mc * 1e6 / applied if applied else None})
 
 
 def measure_pair(lab, args, common, modes):
@@ -630,18 +636,8 @@ def measure_pair(lab, args, common, modes):
         r["gw_us_req"] = c["procs"]["gateway"] * 1e6 / n
         r["mc_cpu_100k"] = mc * 1e5 / total  # the nodes serve both
         r["bench_cpu_100k"] = bench_s * 1e5 / total
-    r = out["on"]
-    st1, sb1 = lab.stats("a"), lab.stats("b")
-    applied = sb1["inbound:applied"] - sb0["inbound:applied"]
-    peer_gw = cpu["procs"]["peer gateway"]
-    peer_mc = sum(v for k, v in cpu["procs"].items() if k.startswith("peer memcached"))
-    r.update({"drain_after_s": drained, "applied": applied,
-              "shipped": st1["peer:b:shipped"] - st0["peer:b:shipped"],
-              "batches": sb1["inbound:batches"] - sb0["inbound:batches"],
-              "peer_cpu_100k": (peer_gw + peer_mc) * 1e5 / r["requests"],
-              "peer_gw_cpu_100k": peer_gw * 1e5 / r["requests"],
-              "peer_gw_us_applied": peer_gw * 1e6 / applied if applied else None,
-              "peer_mc_us_applied": peer_mc * 1e6 / applied if applied else None})
+    out["on"]["drain_after_s"] = drained
+    add_peer_figures(lab, out["on"], cpu, st0, sb0)
     return out
 
 
